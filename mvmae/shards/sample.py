@@ -128,6 +128,17 @@ def encode_sample(key: str, fields: VideoFields, label: int, class_name: str, so
     return {"__key__": key, **members, RECORD: json.dumps(record, sort_keys=True).encode()}
 
 
+def update_record(sample: dict, key: str | None = None, **fields) -> dict:
+    """A copy of an encoded sample with a new key and/or record fields (members unchanged)."""
+    record = json.loads(sample[RECORD])
+    record.update(fields)
+    if key is not None:
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        record["key"] = key
+    return {**sample, "__key__": record["key"], RECORD: json.dumps(record, sort_keys=True).encode()}
+
+
 def _jpeg(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=JPEG_QUALITY)

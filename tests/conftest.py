@@ -80,3 +80,42 @@ def cli_runner():
         return CliRunner(mix_stderr=False)
     except TypeError:  # click >= 8.2: stdout and stderr are always kept apart
         return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def pan_clip_factory(tmp_path_factory):
+    """``make(**kwargs) -> Path``: a ``media.make_pan_clip`` clip, built once per session per kwargs.
+
+    Several test modules (accuracy, h264, memory) ask for the same clips; the cache makes each
+    distinct clip cost one encode (about 0.4 s for 64 frames of 144x192).
+    """
+    d = tmp_path_factory.mktemp("pan_clips")
+    cache: dict[tuple, Path] = {}
+
+    def make(**kwargs) -> Path:
+        key = tuple(sorted(kwargs.items()))
+        if key not in cache:
+            name = "_".join(f"{k}{v}" for k, v in key).replace("-", "m").replace(" ", "")
+            cache[key] = media.make_pan_clip(d / f"pan_{len(cache)}_{name}.mp4", **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def long_pan_mp4(pan_clip_factory) -> Path:
+    """600 frames 144x192, content moving (+2, +1) px/frame, 3 B-frames (b-pyramid), refs 4,
+    GOP 250 (about 5 s to build): long enough that anything kept per frame would show."""
+    return pan_clip_factory(vx=2, vy=1, num_frames=600, bframes=3, refs=4, gop=250)
+
+
+@pytest.fixture(scope="session")
+def bikes_fields(bikes_mp4):
+    """bikes.mp4 extracted once per session: ``{"resolved": VideoFields, "raw": VideoFields}`` (grid 8)."""
+    from mvmae.extract.decoder import ExtractConfig
+    from mvmae.extract.video import extract_video
+
+    return {
+        "resolved": extract_video(bikes_mp4, ExtractConfig()),
+        "raw": extract_video(bikes_mp4, ExtractConfig(raw=True)),
+    }

@@ -95,6 +95,7 @@ class FrameField:
 
 @dataclass
 class DecodeStats:
+    num_declared: int = 0  # frames the container says it has (0: it does not say)
     num_packets: int = 0  # video packets carrying a picture
     num_frames: int = 0  # frames decoded and emitted
     num_decode_errors: int = 0  # packets the decoder rejected
@@ -102,8 +103,13 @@ class DecodeStats:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def num_expected(self) -> int:
+        """Frames the video should have: the container's count, or the packets read."""
+        return max(self.num_declared, self.num_packets)
+
+    @property
     def frames_lost(self) -> int:
-        return max(0, self.num_packets - self.num_frames)
+        return max(0, self.num_expected - self.num_frames)
 
 
 @dataclass
@@ -158,6 +164,7 @@ class VideoDecoder:
         self._length_size, sps = _avcc_or_annexb(self.stream)
         self._sps = h264.parse_sps(sps[0]) if sps else None
         self.info = self._stream_info()
+        self.stats.num_declared = self.info.num_frames_declared
         self._configure_decoder()
 
     def __enter__(self) -> "VideoDecoder":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,11 @@ def save_export(path: str | Path, fields: VideoFields, extra: dict | None = None
 
 def load_export(path: str | Path) -> VideoFields:
     """Read an export-schema ``.npz`` back into :class:`VideoFields` (extra keys go to meta)."""
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not an mvmae export (.npz unreadable: {exc})") from exc
+    with archive as z:
         missing = [k for k in SCHEMA_KEYS if k not in z.files]
         if missing:
             raise ValueError(f"{path}: not an mvmae export (missing {', '.join(missing)})")

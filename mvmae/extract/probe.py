@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mvmae.extract import h264
+from mvmae.extract.errors import NoFramesError
 from mvmae.extract.decoder import _avcc_or_annexb, open_video
 
 
@@ -35,6 +36,7 @@ class ProbeReport:
     longest_b_run: int  # consecutive B pictures in display order
     max_num_ref_frames: int  # DPB size from the SPS: how many references a block may choose from
     duration_s: float
+    num_unparsed_packets: int = 0  # packets whose slice header does not parse (damaged data)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,10 +48,15 @@ def probe_video(path: str | Path) -> ProbeReport:
     try:
         length_size, sps_list = _avcc_or_annexb(stream)
         pictures = []  # (pts or decode order, PictureInfo)
+        unparsed = 0
         for k, packet in enumerate(container.demux(stream)):
             if not packet.size:
                 continue
-            info, in_band = h264.picture_info(h264.iter_nals(packet, length_size))
+            try:
+                info, in_band = h264.picture_info(h264.iter_nals(packet, length_size))
+            except h264.BitstreamError:
+                unparsed += 1
+                continue
             sps_list = sps_list or in_band
             if info is not None:
                 pictures.append((packet.pts if packet.pts is not None else k, info))
@@ -61,7 +68,13 @@ def probe_video(path: str | Path) -> ProbeReport:
         container_name = container.format.name
     finally:
         container.close()
-    sps = h264.parse_sps(sps_list[0]) if sps_list else None
+    if not pictures:
+        raise NoFramesError(path, f"no H.264 pictures in the stream ({unparsed} damaged packets)"
+                            if unparsed else "no H.264 pictures in the stream (truncated?)")
+    try:
+        sps = h264.parse_sps(sps_list[0]) if sps_list else None
+    except h264.BitstreamError:
+        sps = None
     types = "".join(info.picture_type for _, info in sorted(pictures, key=lambda p: p[0]))
     cc = stream.codec_context
     return ProbeReport(
@@ -82,6 +95,7 @@ def probe_video(path: str | Path) -> ProbeReport:
         longest_b_run=max((len(r) for r in types.replace("I", " ").replace("P", " ").split()), default=0),
         max_num_ref_frames=sps.max_num_ref_frames if sps else 0,
         duration_s=round(duration, 3),
+        num_unparsed_packets=unparsed,
     )
 
 

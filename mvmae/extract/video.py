@@ -159,7 +159,8 @@ def _meta(path, dec: VideoDecoder, config: ExtractConfig, num_frames: int, any_v
         if not any_valid:
             warnings.append("no motion vectors: every frame is intra-coded, all cells are invalid")
         if stats.frames_lost or stats.num_decode_errors:
-            warnings.append(f"{stats.frames_lost} of {stats.num_packets} frames lost to decoding errors")
+            warnings.append(f"{stats.frames_lost} of {stats.num_expected} frames lost "
+                            f"(truncated or corrupt data; {stats.num_decode_errors} packets rejected)")
         for w in warnings:
             log.warning("%s: %s", path, w)
     return {

@@ -261,7 +261,7 @@ def test_warning_on_stderr_in_a_real_process(edge_media, tmp_path, name) -> None
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
     assert len(proc.stdout.splitlines()) == 1 and str(out) in proc.stdout
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    warnings = [line for line in proc.stderr.splitlines() if line.lower().startswith("warning:")]
     assert warnings and all(str(path) in line for line in warnings), proc.stderr
     assert any(WORKING_WARNINGS[name] in line for line in warnings)
     assert "Traceback" not in proc.stderr

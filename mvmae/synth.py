@@ -167,6 +167,8 @@ def make_dataset(out_dir: str | Path, cfg: SynthConfig,
     rng = np.random.default_rng(cfg.seed)
     options = x264_options(cfg.bframes, cfg.refs, cfg.gop, cfg.crf)
     num_val = round(cfg.clips_per_class * cfg.val_ratio)
+    if cfg.val_ratio > 0 and cfg.clips_per_class > 1:
+        num_val = min(max(num_val, 1), cfg.clips_per_class - 1)  # at least one clip on each side
     train, val = [], []
     total, done = cfg.num_classes * cfg.clips_per_class, 0
     for name in classes:

@@ -2,9 +2,9 @@
 
 :class:`VideoDecoder` opens and validates a file (clear :class:`VideoError` for anything it cannot
 read), then iterates :class:`FrameField` items in display order. It keeps only what reference
-resolution needs: the luma of the pictures still in the decoded picture buffer (at most
-``max_num_ref_frames`` from the SPS) and the few B-frames waiting for their future reference, so
-memory does not grow with the video's length.
+resolution needs: the luma of the candidate reference pictures (``max_num_ref_frames`` I/P
+pictures from the SPS plus the reference B-pictures among them, at most about twice that) and the
+few B-frames waiting for their future reference, so memory does not grow with the video's length.
 
 Determinism: FFmpeg's frame threading changes exported B-frame vectors from run to run, so the
 decoder uses slice threading with ``threads`` (default 1); parallelise across videos instead.
@@ -226,8 +226,12 @@ class _FrameStream:
         self.size = dec.info.size
         self.max_refs = (dec._sps.max_num_ref_frames if dec._sps else 0) or _MAX_REFS
         self.by_pts: dict[int, tuple[int, h264.PictureInfo | None]] = {}  # not yet emitted
-        self.all_pts: list[int] = []  # sorted pts of every picture demuxed: display ranks
+        self.num_demuxed = 0  # pictures demuxed: the next one gets this decode index
+        self.all_pts: list[int] = []  # sorted pts of pictures not yet emitted or just emitted
+        self.pts_offset = 0  # pictures trimmed from all_pts: display rank = offset + position
+        self.last_pts: int | None = None  # pts of the frame emitted last
         self.ref_decode: list[int] = []  # decode indices of reference pictures, ascending
+        self.ref_anchor: list[bool] = []  # beside ref_decode: an I/P picture (not a B)
         self.idr_decode: list[int] = []  # decode indices of IDR pictures, ascending
         self.lost: set[int] = set()  # decode indices of packets the decoder rejected
         self.ref_luma: dict[int, Reference] = {}  # decode index -> emitted reference picture
@@ -265,9 +269,11 @@ class _FrameStream:
             self.max_refs = self.dec._sps.max_num_ref_frames or _MAX_REFS
         pts = packet.pts if packet.pts is not None else decode_index
         self.by_pts[pts] = (decode_index, info)
+        self.num_demuxed += 1
         bisect.insort(self.all_pts, pts)
         if info is not None and info.is_reference:
             self.ref_decode.append(decode_index)
+            self.ref_anchor.append(info.picture_type != "B")
         if info is not None and info.is_idr:
             self.idr_decode.append(decode_index)
 
@@ -280,10 +286,11 @@ class _FrameStream:
         frame_type = _PICT_LETTER.get(int(frame.pict_type)) or (info.picture_type if info else "P")
         is_ref = info.is_reference if info else frame_type != "B"
         if decode_index is None:  # no packet matched this frame: order it after all demuxed
-            decode_index = len(self.all_pts)
+            decode_index = self.num_demuxed
+        self.last_pts = pts
         item = _Pending(
             index=self.num_emitted,
-            rank=bisect.bisect_left(self.all_pts, pts),
+            rank=self.pts_offset + bisect.bisect_left(self.all_pts, pts),
             decode_index=decode_index,
             frame_type=frame_type,
             blocks=_blocks(frame),
@@ -301,12 +308,24 @@ class _FrameStream:
         self._evict()
 
     def _window(self, decode_index: int) -> list[int]:
-        """Decode indices of the DPB's reference pictures when ``decode_index`` is decoded."""
+        """Decode indices of the candidate references when ``decode_index`` is decoded.
+
+        The DPB holds ``max_num_ref_frames`` pictures in a sliding window, but x264's b-pyramid
+        removes its reference B-pictures early (memory management commands), keeping older
+        P-pictures that a plain window would drop. So the window counts only I/P references
+        towards the limit and also takes the reference B-pictures inside it: a superset of the
+        real DPB, among which block matching chooses.
+        """
         end = bisect.bisect_left(self.ref_decode, decode_index)
-        refs = self.ref_decode[max(0, end - self.max_refs):end]
         k = bisect.bisect_right(self.idr_decode, decode_index) - 1
         idr = self.idr_decode[k] if k >= 0 else -1
-        return [r for r in refs if r >= idr]
+        refs, anchors = [], 0
+        for i in range(end - 1, -1, -1):
+            if self.ref_decode[i] < idr or anchors == self.max_refs:
+                break
+            refs.append(self.ref_decode[i])
+            anchors += self.ref_anchor[i]
+        return refs[::-1]
 
     def _ready(self, item: _Pending) -> bool:
         if self.cfg.raw or item.blocks is None:
@@ -314,14 +333,32 @@ class _FrameStream:
         return all(r in self.ref_luma or r in self.lost for r in self._window(item.decode_index))
 
     def _evict(self) -> None:
-        """Drop reference pictures no frame still to come can use."""
-        next_decode = len(self.all_pts)  # the next picture demuxed will get this decode index
+        """Drop reference pictures and bookkeeping that no frame still to come can use."""
+        if self.last_pts is not None:  # pictures displayed before the last emitted one are lost
+            for pts in [p for p in self.by_pts if p < self.last_pts]:
+                self.lost.add(self.by_pts.pop(pts)[0])
         waiting = [p.decode_index for p in self.pending] + [d for d, _ in self.by_pts.values()]
-        first = min(waiting, default=next_decode)
+        first = min(waiting, default=self.num_demuxed)
         window = self._window(first)
         oldest = window[0] if window else first
         for d in [d for d in self.ref_luma if d < oldest]:
             del self.ref_luma[d]
+        self._trim(oldest)
+
+    def _trim(self, oldest: int) -> None:
+        """Forget bookkeeping older than ``oldest`` (amortised: only once enough has piled up)."""
+        cut = bisect.bisect_left(self.ref_decode, oldest)
+        if cut > 64:
+            del self.ref_decode[:cut], self.ref_anchor[:cut]
+            k = bisect.bisect_right(self.idr_decode, oldest) - 1
+            if k > 0:
+                del self.idr_decode[:k]
+            self.lost = {d for d in self.lost if d >= oldest}
+        if self.last_pts is not None:
+            done = bisect.bisect_left(self.all_pts, self.last_pts)  # displayed before the last
+            if done > 256:
+                del self.all_pts[:done]
+                self.pts_offset += done
 
     def _emit(self, item: _Pending) -> FrameField:
         h, w = grid_shape(self.size, self.cfg.grid)

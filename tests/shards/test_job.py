@@ -1,0 +1,215 @@
+"""``mvmae extract run``: outcomes per video, files of a dataset, segments, parts, resume, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import JOB_CLASSES, JOB_CLIPS
+from mvmae.cli import main
+from mvmae.extract.export import load_export
+from mvmae.shards.job import JobConfig, run_job
+from mvmae.shards.sample import RECORD, decode_sample
+from mvmae.shards.stream import ShardError, ShardReader
+
+NUM_GOOD, NUM_BAD = len(JOB_CLIPS), 6
+FAILURE_CODES = {"not_video": 3, "empty": 1, "missing": 1, "unsupported_codec": 1}
+CLI = [sys.executable, "-c", "from mvmae.cli import main; main()"]
+
+
+def read_samples(out: Path) -> dict[str, dict]:
+    """Every sample of the folder's visible shards: key -> {member: bytes}."""
+    samples = {}
+    for tar in sorted(out.glob("*.tar")):
+        for s in ShardReader(str(tar)):
+            assert s["__key__"] not in samples, f"{s['__key__']} twice"
+            samples[s["__key__"]] = {k: v for k, v in s.items() if not k.startswith("__")}
+    return samples
+
+
+def read_manifest(out: Path, split: str = "train") -> list[dict]:
+    return [json.loads(line) for line in (out / f"{split}-manifest.jsonl").read_text().splitlines()]
+
+
+def check_outcomes(out: Path, job_media: dict) -> None:
+    """Manifest, stats files and shards agree with what each input video is."""
+    manifest = read_manifest(out)
+    assert len(manifest) == NUM_GOOD + NUM_BAD
+    by_name = {Path(v["source"]).name: v for v in manifest}
+    for name, (path, cls, code) in job_media["bad"].items():
+        v = by_name[path.name]
+        assert (v["status"], v["code"], v["keys"]) == ("failed", code, []), name
+        assert v["reason"] and v["class_name"] == cls
+    for path, cls in job_media["good"]:
+        v = by_name[path.name]
+        assert (v["status"], v["code"], v["keys"]) == ("ok", "", [path.stem])
+        assert v["label"] == JOB_CLASSES.index(cls) and v["class_name"] == cls
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("train-[0-9]*.json"))]
+    assert [s["shard"] for s in stats] == [p.stem for p in sorted(out.glob("*.tar"))]
+    assert sum(s["num_videos"] for s in stats) == NUM_GOOD + NUM_BAD
+    assert sum(s["num_samples"] for s in stats) == NUM_GOOD
+    assert sum(s["num_frames"] for s in stats) == NUM_GOOD * 40
+    assert sum((Counter(s["failures_by_code"]) for s in stats), Counter()) == FAILURE_CODES
+    for s in stats:
+        assert s["bytes"] == (out / f"{s['shard']}.tar").stat().st_size
+    records = {k: json.loads(s[RECORD]) for k, s in read_samples(out).items()}
+    assert sorted(records) == sorted(p.stem for p, _ in job_media["good"])
+    for path, cls in job_media["good"]:
+        r = records[path.stem]
+        assert (r["class_name"], r["label"], r["num_frames"]) == (cls, JOB_CLASSES.index(cls), 40)
+        assert r["segment"] == {"index": 0, "start": 0, "num_segments": 1}
+
+
+def test_run_list_with_class_names(job_dataset, job_media) -> None:
+    result, out = job_dataset["result"], job_dataset["out"]
+    assert result.exit_code == 0, result.stderr
+    assert re.search(rf"^{NUM_GOOD + NUM_BAD} videos: {NUM_GOOD} ok, {NUM_BAD} failed; {NUM_GOOD} "
+                     r"samples in 5 shards \(5 written, 0 already complete\)", result.stdout, re.M)
+    reported = {code: int(n) for n, code in re.findall(r"failed:\s+(\d+)\s+(\w+)", result.stdout)}
+    assert reported == FAILURE_CODES
+    assert json.loads((out / "classes.json").read_text()) == JOB_CLASSES
+    job = json.loads((out / "train-job.json").read_text())
+    assert (job["shard_size"], job["split"], job["format_version"]) == (3, "train", 1)
+    check_outcomes(out, job_media)
+
+
+def test_run_list_with_integer_labels(job_list_ints, job_media, tmp_path) -> None:
+    summary = run_job(JobConfig(input=job_list_ints, out_dir=tmp_path, shard_size=4))
+    assert (summary.num_videos, summary.num_ok, summary.num_failed) == (NUM_GOOD + NUM_BAD, NUM_GOOD, NUM_BAD)
+    assert summary.failures_by_code == FAILURE_CODES
+    assert (summary.num_shards, summary.shards_written, summary.num_samples) == (4, 4, NUM_GOOD)
+    # Integer labels are class indices; their names are the numbers.
+    assert json.loads((tmp_path / "classes.json").read_text()) == ["0", "1", "2"]
+    for key, sample in read_samples(tmp_path).items():
+        cls = dict((stem, c) for stem, c, _, _ in JOB_CLIPS)[key]
+        record = json.loads(sample[RECORD])
+        assert record["label"] == int(sample["cls"]) == JOB_CLASSES.index(cls)
+        assert record["class_name"] == str(JOB_CLASSES.index(cls))
+
+
+def test_run_class_folder(job_class_folder, tmp_path, cli_runner) -> None:
+    result = cli_runner.invoke(main, ["extract", "run", str(job_class_folder), str(tmp_path),
+                                      "--shard-size", "5", "--workers", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "classes.json").read_text()) == JOB_CLASSES
+    manifest = read_manifest(tmp_path)
+    assert len(manifest) == NUM_GOOD + NUM_BAD - 1  # the missing file is not in the folder
+    for v in manifest:  # sources are relative to the folder, class folder first
+        assert v["source"] == f"{v['class_name']}/{Path(v['source']).name}"
+    assert Counter(v["code"] for v in manifest if v["status"] == "failed") == \
+        {"not_video": 3, "empty": 1, "unsupported_codec": 1}
+    assert len(read_samples(tmp_path)) == NUM_GOOD
+
+
+def test_max_seconds_cuts_long_video(job_media, pan_clip_factory, tmp_path, cli_runner) -> None:
+    """--max-seconds 1 at 25 fps: 25-frame segments; the 60-frame clip (I-frames at 0, 24, 48)
+    gives 25 + 25 + 10 frames, the 40-frame one 25 + 15."""
+    long_clip = pan_clip_factory(vx=2, vy=1, num_frames=60)
+    short = job_media["good"][0][0]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{long_clip} run\n{short} jump\n")
+    result = cli_runner.invoke(main, ["extract", "run", str(listing), str(tmp_path / "out"),
+                                      "--max-seconds", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert "2 videos: 2 ok, 0 failed; 5 samples in 1 shards" in result.stdout
+    samples = read_samples(tmp_path / "out")
+    key = long_clip.stem
+    assert sorted(samples) == sorted([f"{key}_0", f"{key}_1", f"{key}_2", f"{short.stem}_0", f"{short.stem}_1"])
+    segments = [decode_sample({"__key__": f"{key}_{k}", **samples[f"{key}_{k}"]}) for k in range(3)]
+    assert [s.num_frames for s in segments] == [25, 25, 10]
+    assert [s.record["segment"] for s in segments] == [
+        {"index": k, "start": start, "num_segments": 3} for k, start in enumerate([0, 25, 50])]
+    # A segment that does not start on an I-frame carries the latest earlier one (negative index).
+    assert [s.iframe_index.tolist() for s in segments] == [[0, 24], [-1, 23], [-2]]
+    assert [len(s.iframes) for s in segments] == [2, 2, 1]
+    assert all(s.record["source"] == str(long_clip) for s in segments)
+    manifest = {Path(v["source"]).stem: v for v in read_manifest(tmp_path / "out")}
+    assert manifest[key]["keys"] == [f"{key}_0", f"{key}_1", f"{key}_2"]
+    assert manifest[short.stem]["keys"] == [f"{short.stem}_0", f"{short.stem}_1"]
+
+
+def test_parts_are_disjoint_and_cover_every_video(job_list_names, job_media, tmp_path) -> None:
+    """--part i/3 on three machines (folders): each video in exactly one part, shards and keys disjoint."""
+    outs = [tmp_path / f"part{i}" for i in range(3)]
+    for i, out in enumerate(outs):
+        summary = run_job(JobConfig(input=job_list_names, out_dir=out, shard_size=2, part_index=i,
+                                    num_parts=3))
+        assert summary.num_shards == len(range(i, 7, 3))  # 14 videos in 7 shards, shard j in part j % 3
+    shard_names = [{p.name for p in out.glob("*.tar")} for out in outs]
+    keys = [set(read_samples(out)) for out in outs]
+    sources = [[v["source"] for v in read_manifest(out)] for out in outs]
+    for a in range(3):
+        assert shard_names[a] == {f"train-{j:06d}.tar" for j in range(a, 7, 3)}
+        for b in range(a + 1, 3):
+            assert not shard_names[a] & shard_names[b] and not keys[a] & keys[b]
+            assert not set(sources[a]) & set(sources[b])
+    assert sorted(s for part in sources for s in part) == sorted(
+        line.rsplit(maxsplit=1)[0] for line in job_list_names.read_text().splitlines()[1:])
+    assert set().union(*keys) == {p.stem for p, _ in job_media["good"]}
+
+
+def test_rerun_of_finished_job_writes_nothing(job_dataset, tmp_path, cli_runner) -> None:
+    out = tmp_path / "shards"
+    shutil.copytree(job_dataset["out"], out)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("train-[0-9]*")}
+    result = cli_runner.invoke(main, ["extract", "run", str(job_dataset["list"]), str(out), "--shard-size", "3"])
+    assert result.exit_code == 0, result.stderr
+    assert "5 shards (0 written, 5 already complete)" in result.stdout
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("train-[0-9]*")} == before
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_different_job_in_same_folder_is_refused(job_dataset, tmp_path, cli_runner) -> None:
+    out = tmp_path / "shards"
+    shutil.copytree(job_dataset["out"], out)
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
+    result = cli_runner.invoke(main, ["extract", "run", str(job_dataset["list"]), str(out), "--shard-size", "4"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "different job" in lines[0], result.stderr
+    assert str(out) in lines[0]
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
+    # Another split in the same folder is a different job and is allowed.
+    result = cli_runner.invoke(main, ["extract", "run", str(job_dataset["list"]), str(out),
+                                      "--shard-size", "4", "--split", "other"])
+    assert result.exit_code == 0, result.stderr
+    assert len(list(out.glob("other-[0-9]*.tar"))) == 4
+
+
+def test_export_of_a_shard_sample_matches_extract_video(job_dataset, job_media, tmp_path, cli_runner) -> None:
+    """extract run -> shards export gives what extract video gives, within the quantization."""
+    video, cls = job_media["good"][3]
+    ref_path, exp_path = tmp_path / "ref.npz", tmp_path / "exp.npz"
+    result = cli_runner.invoke(main, ["extract", "video", str(video), "--out", str(ref_path)])
+    assert result.exit_code == 0, result.stderr
+    urls = str(job_dataset["out"] / "train-{000000..000004}.tar")
+    result = cli_runner.invoke(main, ["shards", "export", urls, "--key", video.stem, "--out", str(exp_path)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"{video.stem}: 40 frames")
+    ref, exp = load_export(ref_path), load_export(exp_path)
+    np.testing.assert_array_equal(exp.valid, ref.valid)
+    np.testing.assert_array_equal(exp.frame_types, ref.frame_types)
+    valid = np.broadcast_to(ref.valid[:, None], ref.mv.shape)  # (T, 2, h, w)
+    assert ref.valid.mean() > 0.5
+    assert np.abs(exp.mv - ref.mv)[valid].max() <= 0.125 + 1e-6
+    assert not exp.mv[~valid].any()
+    np.testing.assert_array_equal(exp.iframe_index, ref.iframe_index)
+    assert exp.iframes.shape == ref.iframes.shape and len(ref.iframes) == 2
+    assert np.abs(exp.iframes.astype(float) - ref.iframes).mean() < 3
+    assert (exp.grid, exp.fps, exp.size) == (ref.grid, ref.fps, ref.size)
+    assert exp.meta["method"] == ref.meta["method"] == "resolved"
+    assert exp.meta["source"] == os.path.relpath(video, job_dataset["list"].parent)  # as listed
+    assert exp.meta["label"] == JOB_CLASSES.index(cls)
+    assert (exp.meta["segment"], exp.meta["num_segments"]) == (0, 1)

@@ -1,0 +1,423 @@
+"""``mvmae.shards.reader``: real shards (``reader_dataset``) through the train and eval pipelines,
+over local paths, brace patterns, ``pipe:`` and a loopback HTTP server; damaged and refused shards.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import shutil
+import tarfile
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from webdataset.handlers import ignore_and_continue
+
+from mvmae.extract.video import extract_video
+from mvmae.shards.reader import (ClipConfig, ReadConfig, ShardClipSource, SkipCounter, TooManySkipsError,
+                                 build_eval_pipeline, build_train_pipeline, expand_urls, iter_samples,
+                                 make_loader, read_shards, resolve_rank)
+from mvmae.shards.sample import FormatVersionError, SampleError, decode_sample, update_record
+from mvmae.shards.writer import ShardFile
+
+FAST_RETRY = ReadConfig(retries=2, retry_delay_s=0.05, max_time_s=5, connect_timeout_s=2, stall_s=2)
+CENTER = ClipConfig(mode="center")
+
+
+def keys_of(pipeline) -> list[str]:
+    return [key for batch in pipeline for key in batch["key"]]
+
+
+def raw_samples(tar: Path) -> list[dict]:
+    """A shard's samples as written ({'__key__', ext: bytes}), read with tarfile alone."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(tar) as t:
+        for info in t:
+            key, ext = info.name.split(".", 1)
+            samples.setdefault(key, {"__key__": key})[ext] = t.extractfile(info).read()
+    return list(samples.values())
+
+
+def shard_keys(tar: Path) -> list[str]:
+    return [s["__key__"] for s in raw_samples(tar)]
+
+
+def copy_shards(dataset: dict, dest: Path) -> list[Path]:
+    dest.mkdir(exist_ok=True)
+    return [Path(shutil.copy(t, dest / t.name)) for t in dataset["tars"]]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def test_round_trip_matches_extraction(reader_dataset) -> None:
+    """Each sample read back equals extract_video of its source within half a quantization step."""
+    samples = {s.key: s for s in iter_samples(reader_dataset["urls"])}
+    assert set(samples) == set(reader_dataset["videos"])
+    for key, video in reader_dataset["videos"].items():
+        fields, s = extract_video(video), samples[key]
+        np.testing.assert_array_equal(s.valid, fields.valid, err_msg=key)
+        assert s.mv.shape == fields.mv.shape and s.mv.dtype == np.float32
+        valid = np.broadcast_to(s.valid[:, None], s.mv.shape)
+        assert np.abs(s.mv - fields.mv)[valid].max() <= 0.125 + 1e-6, key
+        assert (s.mv[~valid] == 0).all()
+        assert s.iframes.shape == fields.iframes.shape, key
+        np.testing.assert_array_equal(s.iframe_index, fields.iframe_index)
+        assert np.abs(s.iframes.astype(int) - fields.iframes).mean() < 3.0  # JPEG q90
+        assert s.label == reader_dataset["labels"][key]
+
+
+def test_lazy_source_equals_decode_sample(reader_dataset) -> None:
+    """The reader's lazy decoding gives exactly sample.decode_sample's arrays."""
+    raws = list(read_shards({"url": str(t)} for t in reader_dataset["tars"]))
+    assert len(raws) == len(reader_dataset["videos"])
+    for raw in raws:
+        full, lazy = decode_sample(raw), ShardClipSource(raw)
+        mv, valid = lazy.motion(np.arange(lazy.num_frames))
+        np.testing.assert_array_equal(mv, full.mv)
+        np.testing.assert_array_equal(valid, full.valid)
+        np.testing.assert_array_equal(lazy.iframes(range(len(full.iframe_index))), full.iframes)
+        assert (lazy.key, lazy.label, lazy.size) == (full.key, full.label, tuple(full.record["size"]))
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def clips_by_key(urls, clip: ClipConfig, batch_size: int = 4) -> dict[str, list[dict]]:
+    """Every clip of an eval pipeline as {key: [per-clip dict of arrays]}."""
+    out = collections.defaultdict(list)
+    for batch in build_eval_pipeline(urls, clip, batch_size):
+        for i, key in enumerate(batch["key"]):
+            out[key].append({k: v[i].numpy() for k, v in batch.items() if k != "key"})
+    return out
+
+
+def test_center_clips_frames_and_nearest_iframes(reader_dataset) -> None:
+    clips = clips_by_key(reader_dataset["urls"], ClipConfig(mode="center", num_frames=8, stride=2,
+                                                            num_iframes=2))
+    assert set(clips) == set(reader_dataset["videos"])
+    (c,) = clips["c0_astronaut"]  # 40 frames, span 15: start 12, centre 19; I-frames 0/12/24/36
+    assert c["start"] == 12
+    np.testing.assert_array_equal(c["frame_index"], 12 + 2 * np.arange(8))
+    np.testing.assert_array_equal(c["iframe_index"], [12, 24])
+    assert c["label"] == 0 and clips["c2_coffee"][0]["label"] == 2
+
+
+@pytest.mark.parametrize("short_video", ["loop", "pad"])
+def test_short_video_looped_or_padded(reader_dataset, short_video: str) -> None:
+    clips = clips_by_key(reader_dataset["urls"], ClipConfig(mode="center", short_video=short_video,
+                                                            num_iframes=2))
+    (c,) = clips["short"]  # 10 frames, one I-frame (0), clip of 16
+    assert c["start"] == 0
+    np.testing.assert_array_equal(c["iframe_index"], [0, 0])  # one I-frame, repeated
+    if short_video == "loop":
+        np.testing.assert_array_equal(c["frame_index"], np.arange(16) % 10)
+        np.testing.assert_array_equal(c["valid"][10:16], c["valid"][0:6])
+        np.testing.assert_array_equal(c["mv"][10:16], c["mv"][0:6])
+    else:
+        np.testing.assert_array_equal(c["frame_index"], np.where(np.arange(16) < 10, np.arange(16), -1))
+        assert not c["valid"][10:].any() and (c["mv"][10:] == 0).all()
+    assert c["valid"][1:10].any()
+
+
+def test_multi_clip_count(reader_dataset) -> None:
+    clips = clips_by_key(reader_dataset["urls"], ClipConfig(mode="multi", num_clips=3), batch_size=7)
+    assert sum(map(len, clips.values())) == 3 * len(reader_dataset["videos"])
+    assert [c["start"] for c in clips["c1_coffee"]] == [0, 12, 24]
+    assert [c["clip_index"] for c in clips["c1_coffee"]] == [0, 1, 2]
+    assert [c["start"] for c in clips["short"]] == [0, 0, 0]
+
+
+def median_motion(clip: dict) -> tuple[float, float]:
+    """Median (dx, dy) over the valid cells of the clip's frames 2.. (away from the I-frames)."""
+    mv, valid = clip["mv"], clip["valid"]
+    return float(np.median(mv[:, 0][valid])), float(np.median(mv[:, 1][valid]))
+
+
+@pytest.mark.parametrize("eval_crop,sx,sy", [("center", 224 / 144, 224 / 144), ("full", 224 / 192, 224 / 144)])
+def test_eval_vectors_in_output_px_per_frame(reader_dataset, eval_crop: str, sx: float, sy: float) -> None:
+    clips = clips_by_key(reader_dataset["urls"], ClipConfig(mode="center", eval_crop=eval_crop))
+    for key, (vx, vy) in reader_dataset["velocity"].items():
+        dx, dy = median_motion(clips[key][0])
+        assert dx == pytest.approx(vx * sx, abs=0.1), key
+        assert dy == pytest.approx(vy * sy, abs=0.1), key
+
+
+def test_train_crop_and_flip_scale_vectors(reader_dataset) -> None:
+    """Random crops and flips: a pan of (vx, vy) source px/frame reads (+-vx * 224 / box width px,
+    vy * 224 / box height px) per frame, dx negated when flipped."""
+    clip = ClipConfig(crop_area=(0.3, 0.9))
+    flips = []
+    for epoch in range(3):
+        for batch in build_train_pipeline(reader_dataset["urls"], clip, 2, epoch=epoch):
+            for i, key in enumerate(batch["key"]):
+                vx, vy = reader_dataset["velocity"][key]
+                y0, x0, y1, x1 = batch["crop_box"][i].tolist()
+                flipped = bool(batch["flipped"][i])
+                dx, dy = median_motion({k: batch[k][i].numpy() for k in ("mv", "valid")})
+                expect_dx = (-vx if flipped else vx) * 224 / ((x1 - x0) * 192)
+                assert dx == pytest.approx(expect_dx, rel=0.05, abs=0.1), (key, epoch)
+                assert dy == pytest.approx(vy * 224 / ((y1 - y0) * 144), rel=0.05, abs=0.1), (key, epoch)
+                flips.append(flipped)
+    assert any(flips) and not all(flips)
+
+
+def test_collation_shapes_and_dtypes(reader_dataset) -> None:
+    clip = ClipConfig(num_frames=8, num_iframes=2, iframe_size=112, mv_size=7)
+    batch = next(iter(build_train_pipeline(reader_dataset["urls"], clip, 3)))
+    assert batch["mv"].shape == (3, 8, 2, 7, 7) and batch["mv"].dtype == torch.float32
+    assert batch["valid"].shape == (3, 8, 7, 7) and batch["valid"].dtype == torch.bool
+    assert batch["iframes"].shape == (3, 2, 3, 112, 112) and batch["iframes"].dtype == torch.uint8
+    assert batch["label"].shape == (3,) and batch["label"].dtype == torch.int64
+    assert isinstance(batch["key"], list) and len(batch["key"]) == 3
+    assert batch["frame_index"].shape == (3, 8) and batch["iframe_index"].shape == (3, 2)
+    assert batch["crop_box"].shape == (3, 4) and batch["flipped"].dtype == torch.bool
+
+
+# --------------------------------------------------------------------------- order and splitting
+
+
+def train_run(urls, seed: int, epoch: int) -> list[tuple]:
+    """(key, start, crop box, flipped) of every clip of one epoch, batch size 1."""
+    return [(b["key"][0], int(b["start"][0]), tuple(b["crop_box"][0].tolist()), bool(b["flipped"][0]))
+            for b in build_train_pipeline(urls, ClipConfig(), 1, seed=seed, epoch=epoch)]
+
+
+def test_order_deterministic_in_seed_and_epoch(reader_dataset) -> None:
+    urls = reader_dataset["urls"]
+    first = train_run(urls, seed=5, epoch=0)
+    assert first == train_run(urls, seed=5, epoch=0)
+    assert sorted(k for k, *_ in first) == sorted(reader_dataset["videos"])
+    other = train_run(urls, seed=5, epoch=1)
+    assert [k for k, *_ in other] != [k for k, *_ in first]
+    assert sorted(other) != sorted(first)  # new starts / crops / flips too
+
+
+@pytest.mark.parametrize("build", ["train", "eval"])
+def test_ranks_and_workers_cover_every_sample_once(reader_dataset, build: str) -> None:
+    """2 ranks x 2 DataLoader workers over 4 shards: every sample exactly once."""
+    per_rank = []
+    for rank in range(2):
+        if build == "train":
+            pipeline = build_train_pipeline(reader_dataset["urls"], ClipConfig(), 1, seed=1, rank=rank,
+                                            world_size=2)
+        else:
+            pipeline = build_eval_pipeline(reader_dataset["urls"], CENTER, 2, rank=rank, world_size=2)
+        per_rank.append(keys_of(make_loader(pipeline, num_workers=2)))
+    everything = per_rank[0] + per_rank[1]
+    assert sorted(everything) == sorted(reader_dataset["videos"])
+    assert not set(per_rank[0]) & set(per_rank[1])
+
+
+def test_resampled_is_endless_and_deterministic(reader_dataset) -> None:
+    def run() -> list[str]:
+        pipeline = build_train_pipeline(reader_dataset["urls"], ClipConfig(), 1, seed=2, resampled=True)
+        return keys_of(pipeline.with_epoch(25))
+
+    keys = run()
+    assert len(keys) == 25 and set(keys) <= set(reader_dataset["videos"])
+    assert keys == run()
+
+
+def test_rank_resolution() -> None:
+    assert resolve_rank(None, None) == (0, 1)  # torch.distributed not initialized
+    assert resolve_rank(1, 4) == (1, 4)
+    with pytest.raises(ValueError, match="both"):
+        resolve_rank(1, None)
+    with pytest.raises(ValueError, match="rank"):
+        resolve_rank(4, 4)
+
+
+def test_builders_refuse_the_other_mode(reader_dataset) -> None:
+    with pytest.raises(ValueError, match="train"):
+        build_train_pipeline(reader_dataset["urls"], CENTER, 2)
+    with pytest.raises(ValueError, match="center"):
+        build_eval_pipeline(reader_dataset["urls"], ClipConfig(), 2)
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def test_url_forms(reader_dataset) -> None:
+    tars = [str(t) for t in reader_dataset["tars"]]
+    folder = reader_dataset["shards"]
+    assert expand_urls(reader_dataset["urls"]) == tars
+    assert expand_urls([f"{folder}/train-{{000000..000001}}.tar", f"{folder}/train-{{000002..000003}}.tar"]) == tars
+    assert expand_urls("::".join(tars[:2])) == tars[:2]
+    with pytest.raises(ValueError, match="no shard"):
+        expand_urls([])
+    everything = sorted(reader_dataset["videos"])
+    two_patterns = [f"{folder}/train-{{000000..000001}}.tar", f"file://{folder}/train-00000{{2,3}}.tar"]
+    assert sorted(keys_of(build_eval_pipeline(two_patterns, CENTER, 3))) == everything
+    pipes = [f"pipe:cat {t}" for t in tars]
+    assert sorted(keys_of(build_eval_pipeline(pipes, CENTER, 3))) == everything
+
+
+@contextlib.contextmanager
+def http_server(folder: Path, behaviour: dict[str, str] | None = None):
+    """Serve ``folder`` on 127.0.0.1 (a free port) in a thread; ``behaviour`` {file name: "500" |
+    "drop" (half the bytes, then the connection closes) | "stall" (half, then silence)}.
+    Yields (base URL, Counter of requests per file name)."""
+    behaviour, requests, release = behaviour or {}, collections.Counter(), threading.Event()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            name = self.path.lstrip("/")
+            requests[name] += 1
+            mode = behaviour.get(name)
+            if mode == "500":
+                self.send_error(500, "server on fire")
+            elif mode in ("drop", "stall"):
+                data = (folder / name).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:len(data) // 2])
+                self.wfile.flush()
+                if mode == "stall":
+                    release.wait(30)
+            else:
+                super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_reads_the_same_samples(reader_dataset) -> None:
+    with http_server(reader_dataset["shards"]) as (base, _):
+        remote = {s.key: s for s in iter_samples(f"{base}/train-{{000000..000003}}.tar", read=FAST_RETRY)}
+    local = {s.key: s for s in iter_samples(reader_dataset["urls"])}
+    assert remote.keys() == local.keys()
+    for key in local:
+        np.testing.assert_array_equal(remote[key].mv, local[key].mv)
+        np.testing.assert_array_equal(remote[key].iframes, local[key].iframes)
+
+
+@pytest.mark.parametrize("failure", ["500", "drop", "stall"])
+def test_http_failing_shard_retried_then_skipped(reader_dataset, failure: str) -> None:
+    """One shard fails (HTTP 500, dropped connection, stalled server): it is retried, then skipped
+    and counted, in bounded time; the samples delivered before the failure are not repeated."""
+    bad = "train-000001.tar"
+    read = ReadConfig(retries=2, retry_delay_s=0.05, max_time_s=1.0, connect_timeout_s=2, stall_s=1)
+    start = time.monotonic()
+    with http_server(reader_dataset["shards"], {bad: failure}) as (base, requests):
+        pipeline = build_train_pipeline(f"{base}/train-{{000000..000003}}.tar", ClipConfig(), 1, read=read)
+        keys = keys_of(pipeline)
+    elapsed = time.monotonic() - start
+    assert requests[bad] == 3  # the first try and 2 retries
+    assert pipeline.skips.shards_skipped == 1 and pipeline.skips.shards_seen == 4
+    assert len(keys) == len(set(keys))
+    lost = set(reader_dataset["videos"]) - set(keys)
+    assert lost and lost <= set(shard_keys(reader_dataset["shards"] / bad))
+    assert elapsed < (15 if failure == "stall" else 8)
+
+
+# --------------------------------------------------------------------------- damaged and refused shards
+
+
+def corrupt_member(tar: Path, member: str, header: bool = False) -> None:
+    """Flip bytes in the middle of a member's data (or in its tar header) in place."""
+    with tarfile.open(tar) as t:
+        info = t.getmember(member)
+    with open(tar, "r+b") as fh:
+        offset = info.offset + 100 if header else info.offset_data + info.size // 2
+        fh.seek(offset)
+        old = fh.read(8)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in old))
+
+
+@pytest.fixture
+def corrupt_dataset(reader_dataset, tmp_path) -> dict:
+    """A copy of the shards with c0_coffee's mv.zst damaged (shard 0, second sample)."""
+    tars = copy_shards(reader_dataset, tmp_path / "corrupt")
+    corrupt_member(tars[0], "c0_coffee.mv.zst")
+    return {"urls": [str(t) for t in tars], "keys": set(reader_dataset["videos"])}
+
+
+def test_corrupt_sample_skipped_and_counted_across_workers(corrupt_dataset, caplog) -> None:
+    pipeline = build_train_pipeline(corrupt_dataset["urls"], ClipConfig(), 1)
+    with caplog.at_level("WARNING", logger="mvmae.shards.reader"):
+        keys = keys_of(make_loader(pipeline, num_workers=2))
+    assert sorted(keys) == sorted(corrupt_dataset["keys"] - {"c0_coffee"})
+    assert pipeline.skips.summary() == {"seen": 10, "skipped": 1, "shards_seen": 4, "shards_skipped": 0}
+
+
+def test_corrupt_sample_is_loud_in_eval_by_default(corrupt_dataset) -> None:
+    with pytest.raises(SampleError, match="c0_coffee.*checksum"):
+        keys_of(build_eval_pipeline(corrupt_dataset["urls"], CENTER, 2))
+    skips = SkipCounter()
+    keys = keys_of(build_eval_pipeline(corrupt_dataset["urls"], CENTER, 2, handler=skips))
+    assert len(keys) == 9 and skips.skipped == 1
+
+
+@pytest.mark.parametrize("ratio,raises", [(0.05, True), (0.2, False)])
+def test_max_skip_ratio(corrupt_dataset, ratio: float, raises: bool) -> None:
+    skips = SkipCounter(max_skip_ratio=ratio, min_samples=5)
+    pipeline = build_eval_pipeline(corrupt_dataset["urls"], CENTER, 2, handler=skips)
+    if raises:
+        with pytest.raises(TooManySkipsError, match="1 of 5 samples"):
+            keys_of(pipeline)
+    else:
+        assert len(keys_of(pipeline)) == 9
+
+
+def test_damaged_tar_header_counts_the_shard(reader_dataset, tmp_path) -> None:
+    """A garbage header in the middle of a shard (tarfile alone would stop there silently): the
+    samples before it are read, the shard is counted as skipped."""
+    tars = copy_shards(reader_dataset, tmp_path / "header")
+    corrupt_member(tars[0], "c0_coffee.mv.zst", header=True)
+    skips = SkipCounter()
+    read = ReadConfig(retries=1, retry_delay_s=0.01)
+    keys = keys_of(build_eval_pipeline([str(t) for t in tars], CENTER, 2, handler=skips, read=read))
+    assert sorted(keys) == sorted(set(reader_dataset["videos"]) - {"c0_coffee", "c0_chelsea"})
+    assert skips.shards_skipped == 1
+
+
+@pytest.fixture
+def version_99_shard(reader_dataset, tmp_path) -> Path:
+    """Shard 0's samples with format_version 99 in their records."""
+    with ShardFile(tmp_path / "train-000099.tar") as shard:
+        for raw in raw_samples(reader_dataset["tars"][0]):
+            shard.write(update_record(raw, format_version=99))
+        shard.commit()
+    return shard.path
+
+
+@pytest.mark.parametrize("handler", [None, ignore_and_continue])
+def test_format_version_refused_never_skipped(reader_dataset, version_99_shard, handler) -> None:
+    urls = [str(reader_dataset["tars"][1]), str(version_99_shard)]
+    pipeline = build_train_pipeline(urls, ClipConfig(), 1, handler=handler)
+    with pytest.raises(FormatVersionError) as err:
+        keys_of(pipeline)
+    message = str(err.value)
+    assert "version 99" in message and "version(s) 1" in message and str(version_99_shard) in message
+
+
+def test_iter_samples_refuses_format_version(version_99_shard) -> None:
+    with pytest.raises(FormatVersionError, match="99"):
+        list(iter_samples(str(version_99_shard)))
+
+
+def test_read_config_validation() -> None:
+    with pytest.raises(ValueError, match="max_time_s"):
+        ReadConfig(max_time_s=0)
+    cmd = ReadConfig(max_time_s=60, connect_timeout_s=5).curl_command("http://x/a.tar")
+    assert "--max-time" in cmd and cmd[cmd.index("--max-time") + 1] == "60" and "--retry" not in cmd

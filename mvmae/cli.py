@@ -304,3 +304,222 @@ def synth(out_dir: Path, num_classes: int, clips_per_class: int, size: str, num_
         lists = make_dataset(out_dir, cfg, lambda done, total: bar.update(done - bar.n))
     click.echo(f"{num_classes * clips_per_class} clips of {num_classes} classes -> {out_dir} "
                f"(lists: {lists['train'].name}, {lists['val'].name})")
+
+
+SHARD_URLS_HELP = """\b
+URL forms (as webdataset reads them; several URLs may be given):
+  shards/train-000000.tar                  a local file (or file:///abs/path.tar)
+  'shards/train-{000000..000127}.tar'      a brace pattern (quote it for the shell)
+  https://host/data/train-000000.tar       fetched with curl
+  'pipe:aws s3 cp s3://bucket/train-000000.tar -'   a command's stdout
+"""
+
+
+@main.group()
+def shards() -> None:
+    """Read shards back: counts, integrity checks, one sample to .npz."""
+
+
+@shards.command("inspect", epilog=SHARD_URLS_HELP)
+@click.argument("urls", metavar="URL...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@handle_errors
+def shards_inspect(urls: tuple[str, ...], as_json: bool) -> None:
+    """Count what the shards hold, from the records alone (fast: nothing is decoded).
+
+    Per shard and in total: samples, videos (distinct sources), frames, seconds of video, bytes,
+    MV values clipped by quantization; then the samples per class, the format versions and the
+    extraction methods seen. A damaged shard stops the count with a one-line error (see verify).
+    """
+    from mvmae.shards.inspect import inspect_shards
+
+    report = inspect_shards(urls)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    rows = [(s["url"], s) for s in report["shards"]]
+    rows.append((f"total: {report['total']['num_shards']} shard(s)", report["total"]))
+    width = max(len(name) for name, _ in rows)
+    click.echo(f"{'shard':<{width}}  samples   videos    frames   seconds        MB   clipped")
+    for name, s in rows:
+        click.echo(f"{name:<{width}}  {s['num_samples']:7d}  {s['num_videos']:7d}  {s['num_frames']:8d}"
+                   f"  {s['seconds']:8.1f}  {s['bytes'] / 1e6:8.2f}  {s['num_clipped']:8d}")
+    total = report["total"]
+    classes = ", ".join(f"{name} {n}" for name, n in total["classes"].items())
+    click.echo(f"samples per class: {classes or '-'}")
+    click.echo(f"format versions: {', '.join(map(str, total['format_versions'])) or '-'}; "
+               f"extraction: {', '.join(total['methods']) or '-'}")
+
+
+@shards.command("verify", epilog=SHARD_URLS_HELP)
+@click.argument("urls", metavar="URL...", nargs=-1, required=True)
+@handle_errors
+def shards_verify(urls: tuple[str, ...]) -> None:
+    """Check every sample of the shards; exit status 1 if anything is wrong.
+
+    Each sample must decode: all members present, CRC32 of each, zstd, JPEG, shapes against its
+    record; keys must be unique over all URLs; the tar must be intact to its end (a truncated or
+    overwritten tar is reported with the last good key); a local shard's stats file
+    (<name>.json) must agree with it. Prints one line per problem, 'shard key: reason'
+    ('-' for the whole shard), then a summary line.
+    """
+    from mvmae.shards.inspect import verify_shards
+
+    counts = {"shards": 0, "samples": 0}
+
+    def progress(url: str, num_samples: int) -> None:
+        counts["shards"] += 1
+        counts["samples"] += num_samples
+
+    problems = verify_shards(urls, progress)
+    for problem in problems:
+        click.echo(str(problem))
+    bad = len({p.shard for p in problems})
+    click.echo(f"{counts['shards']} shard(s), {counts['samples']} samples: "
+               + (f"{len(problems)} problem(s) in {bad} shard(s)" if problems else "all good"))
+    if problems:
+        sys.exit(1)
+
+
+@shards.command("export", epilog=SHARD_URLS_HELP + "\n" + EXPORT_SCHEMA_HELP)
+@click.argument("urls", metavar="URL...", nargs=-1, required=True)
+@click.option("--key", required=True, help="Sample key (the video's stem; <stem>_<k> for segment k).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Output .npz in the export schema, plus 'source' and 'label' (written atomically).")
+@handle_errors
+def shards_export(urls: tuple[str, ...], key: str, out: Path) -> None:
+    """Write one sample of the shards as an .npz in the export schema of `mvmae extract video`.
+
+    MVs come back dequantized (within 0.125 px/frame of the extraction), I-frames decoded from
+    their JPEGs; meta holds the record's extraction info and the segment. The shards are read
+    in order until the key is found.
+    """
+    from mvmae.shards.inspect import export_sample
+
+    fields = export_sample(urls, key, out)
+    types = bytes(fields.frame_types).decode()
+    click.echo(f"{key}: {fields.num_frames} frames ({types.count('I')} I, {types.count('P')} P, "
+               f"{types.count('B')} B), segment {fields.meta['segment'] + 1} of "
+               f"{fields.meta['num_segments']}, {len(fields.iframe_index)} I-frames -> {out}")
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True)
+@click.option("--size", "size", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Number of codes K; code 0 is reserved for static (near-zero) motion.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Output codebook .npz.")
+@click.option("--token", type=click.Choice(["tubelet", "vector"]), default="tubelet", show_default=True,
+              help="Cluster whole tubelet vectors, or single (dx, dy) vectors as published MV-MAE.")
+@click.option("--frames", "num_frames", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Frames per clip (T).")
+@click.option("--mv-size", type=click.IntRange(min=1), default=14, show_default=True,
+              help="Cells per side of a clip's MV field.")
+@click.option("--tubelet", default="2x1", show_default=True,
+              help="Token size: frames x cells (2x1: 2 frames of one cell).")
+@click.option("--camera", type=click.Choice(["median", "affine", "none"]), default="median",
+              show_default=True, help="Camera-motion compensation before tokenizing.")
+@click.option("--scale-px", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="px/frame that map to 1.0 in token vectors.")
+@click.option("--static-threshold", type=click.FloatRange(min=0), default=0.125, show_default=True,
+              help="Mean token vector length (normalised) below which a token is static (code 0).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=200_000, show_default=True,
+              help="Tokens sampled from the shards for k-means.")
+@click.option("--clips-per-video", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@handle_errors
+def codebook(shards: tuple[str, ...], size: int, out: Path, token: str, num_frames: int, mv_size: int,
+             tubelet: str, camera: str, scale_px: float, static_threshold: float, max_tokens: int,
+             clips_per_video: int, batch_size: int, workers: int, seed: int) -> None:
+    """Learn a discrete codebook of motion tokens from SHARDS (URLs or brace patterns).
+
+    Clips are cut from every sample, camera motion is removed, vectors are normalised and cut
+    into tubelet tokens (the token spec is saved in the codebook, so pretraining tokenizes the
+    same way); codes 1..K-1 come from mini-batch k-means over the moving tokens, code 0 is static.
+    Prints code usage (perplexity, dead codes) and the quantization error. Deterministic for a seed.
+    """
+    from tqdm import tqdm
+
+    from mvmae.shards.reader import build_eval_pipeline, make_loader
+    from mvmae.train.codebook import CodebookConfig, collect_tokens, fit_codebook
+    from mvmae.train.tokenizer import TokenSpec
+
+    t, p = _parse_tubelet(tubelet)
+    spec = TokenSpec(num_frames=num_frames, mv_size=mv_size, tubelet_frames=t, tubelet_cells=p,
+                     camera=camera, scale_px=scale_px)
+    config = CodebookConfig(size=size, token=token, static_threshold=static_threshold,
+                            max_tokens=max_tokens, seed=seed)
+    clip = spec.clip_config("multi", num_clips=clips_per_video) if clips_per_video > 1 \
+        else spec.clip_config("center")
+    loader = make_loader(build_eval_pipeline(list(shards), clip, batch_size), workers)
+    tokens = collect_tokens(tqdm(loader, unit="batch", desc="tokens"), spec, max_tokens, seed)
+    book = fit_codebook(tokens, config)
+    book.token_spec = spec.to_dict()
+    book.save(out)
+    s = book.stats
+    click.echo(f"codebook of {book.size} codes from {s['num_tokens']} tokens (dim {book.token_dim}): "
+               f"perplexity {s['perplexity']:.1f}, dead codes {s['dead_codes']}, static "
+               f"{s['static_ratio']:.1%}, quantization error {s['quantization_error']:.3f} -> {out}")
+
+
+def _parse_tubelet(value: str) -> tuple[int, int]:
+    try:
+        t, p = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected FRAMESxCELLS (e.g. 2x1), got {value!r}") from None
+    return t, p
+
+
+def _overrides(**values) -> dict:
+    """CLI values that were given (None means: keep the YAML or default)."""
+    return {k: v for k, v in values.items() if v is not None and v != ()}
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="YAML with any PretrainConfig field; command-line flags override it.")
+@click.option("--train", "train", multiple=True, help="Shard URL or brace pattern (repeatable).")
+@click.option("--codebook", "codebook_path", help="Codebook .npz from `mvmae codebook`.")
+@click.option("--masking", type=click.Choice(["random", "tube", "mgm", "mofo", "videoms"]),
+              help="Masking strategy [default: mgm].")
+@click.option("--mask-ratio", type=float, help="Share of tokens masked [default: 0.9].")
+@click.option("--model-size", type=click.Choice(["micro", "tiny", "small", "base"]),
+              help="Motion encoder size [default: small = 384-d, 12 blocks, 6 heads].")
+@click.option("--epochs", type=int, help="Passes over the shards [default: 400].")
+@click.option("--warmup-epochs", type=int, help="Linear warmup [default: 20].")
+@click.option("--steps-per-epoch", type=int, help="Batches per epoch from resampled shards (0: one pass).")
+@click.option("--batch-size", type=int, help="Clips per step and process [default: 32].")
+@click.option("--accum-steps", type=int, help="Gradient accumulation steps [default: 1].")
+@click.option("--lr", type=float, help="Peak learning rate [default: 3e-4].")
+@click.option("--workers", type=int, help="DataLoader workers per process [default: 2].")
+@click.option("--predict", type=click.Choice(["ids", "vectors"]),
+              help="Targets: codebook ids (cross-entropy) or token vectors (MSE) [default: ids].")
+@click.option("--seed", type=int, help="Seed of data order, masks and init [default: 0].")
+@click.option("--out", "out", help="Output folder: checkpoints, config.yaml, metrics.jsonl, tensorboard/.")
+@click.option("--resume", is_flag=True, default=None, help="Continue from OUT/last.pt.")
+@handle_errors
+def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: str | None, **flags) -> None:
+    """Masked motion pretraining of the Motion encoder on shards.
+
+    \b
+    Example:
+      mvmae pretrain --train 'shards/train-{000000..000009}.tar' --codebook codebook.npz \\
+          --masking mgm --epochs 100 --out runs/pretrain
+    Multi-GPU / multi-process: torchrun --nproc_per_node=N -m mvmae.cli pretrain ...
+    """
+    from mvmae.train.config import load_config
+    from mvmae.train.pretrain import PretrainConfig, Pretrainer
+
+    overrides = _overrides(train=list(train) or None, codebook=codebook_path, **flags)
+    cfg = load_config(PretrainConfig, config_path, overrides)
+    if not cfg.train or not cfg.codebook:
+        raise click.UsageError("--train and --codebook are required (on the command line or in --config)")
+    metrics = Pretrainer(cfg).run()
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    click.echo(f"pretraining done: {summary} -> {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()

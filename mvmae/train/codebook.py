@@ -55,11 +55,12 @@ class Codebook:
     """Centroids float32 (K, D'), D' = token dim ('tubelet') or 2 ('vector'); row 0 is static."""
 
     def __init__(self, centroids: np.ndarray, config: CodebookConfig, token_dim: int,
-                 stats: dict | None = None) -> None:
+                 stats: dict | None = None, token_spec: dict | None = None) -> None:
         self.centroids = np.asarray(centroids, np.float32)
         self.config = config
         self.token_dim = token_dim
         self.stats = stats or {}
+        self.token_spec = token_spec or {}  # TokenSpec fields: how tokens were made
         self._torch: torch.Tensor | None = None
 
     @property
@@ -100,7 +101,7 @@ class Codebook:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         meta = {"version": CODEBOOK_VERSION, "config": asdict(self.config),
-                "token_dim": self.token_dim, "stats": self.stats}
+                "token_dim": self.token_dim, "stats": self.stats, "token_spec": self.token_spec}
         try:
             with open(tmp, "wb") as fh:
                 np.savez(fh, centroids=self.centroids, meta=np.str_(json.dumps(meta)))
@@ -119,7 +120,8 @@ class Codebook:
         if meta.get("version") != CODEBOOK_VERSION:
             raise ValueError(f"{path}: codebook version {meta.get('version')}, this mvmae reads "
                              f"{CODEBOOK_VERSION}")
-        return cls(centroids, CodebookConfig(**meta["config"]), meta["token_dim"], meta["stats"])
+        return cls(centroids, CodebookConfig(**meta["config"]), meta["token_dim"], meta["stats"],
+                   meta.get("token_spec"))
 
 
 def fit_codebook(tokens: np.ndarray, config: CodebookConfig) -> Codebook:
@@ -152,3 +154,25 @@ def fit_codebook(tokens: np.ndarray, config: CodebookConfig) -> Codebook:
     book = Codebook(centroids, config, token_dim=tokens.shape[1])
     book.stats = book.usage(torch.from_numpy(tokens))
     return book
+
+
+def collect_tokens(batches, spec, max_tokens: int, seed: int = 0) -> np.ndarray:
+    """Token vectors (N, D) from an iterable of reader batches (dicts with mv, valid), at most
+    ``4 * max_tokens`` kept (a seeded random subset of each batch once over budget)."""
+    from mvmae.train.tokenizer import tokenize
+
+    rng = np.random.default_rng(seed)
+    chunks, total = [], 0
+    for batch in batches:
+        tokens, _ = tokenize(batch["mv"], batch["valid"], spec)  # (B, N, D)
+        flat = tokens.reshape(-1, tokens.shape[-1]).numpy()  # (B * N, D)
+        room = 4 * max_tokens - total
+        if room <= 0:
+            break
+        if len(flat) > room:
+            flat = flat[np.sort(rng.choice(len(flat), room, replace=False))]
+        chunks.append(flat)
+        total += len(flat)
+    if not chunks:
+        raise ValueError("no clips could be read from the shards to build the codebook")
+    return np.concatenate(chunks)

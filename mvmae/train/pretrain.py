@@ -1,0 +1,222 @@
+"""Masked motion pretraining of the Motion encoder (``mvmae pretrain``).
+
+MAE-style: the encoder sees the visible motion tokens chosen by a masking strategy; a light
+decoder predicts the codebook id of every masked token (cross-entropy; or regresses the
+normalised token vector with ``predict='vectors'``). Streams clips from shards; AdamW with warmup
+then cosine; bf16 autocast on CUDA; gradient accumulation; DDP under torchrun; atomic checkpoints
+with everything ``--resume`` needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mvmae.shards.reader import build_train_pipeline, make_loader
+from mvmae.train import checkpoint as ckpt
+from mvmae.train.codebook import Codebook
+from mvmae.train.config import config_to_dict, save_resolved_config
+from mvmae.train.distributed import all_reduce_mean, init_distributed, unwrap_model, wrap_ddp
+from mvmae.train.logs import MetricLogger
+from mvmae.train.masking import build_masking
+from mvmae.train.motion_encoder import MaskedMotionModel, MotionDecoderConfig, motion_encoder_config
+from mvmae.train.schedule import build_optimizer, lr_at, set_lr
+from mvmae.train.tokenizer import TokenSpec, tokenize
+
+log = logging.getLogger(__name__)
+
+MASKINGS = ("random", "tube", "mgm", "mofo", "videoms")
+
+
+@dataclass
+class PretrainConfig:
+    """One pretraining run. train: shard URLs/brace patterns; codebook: from ``mvmae codebook``
+    (its token spec defines the tokens); masking: random | tube | mgm | mofo | videoms, with
+    ``masking_options`` passed to the strategy; model_size: micro | tiny | small | base.
+    epochs and warmup_epochs count passes over the shards (or ``steps_per_epoch`` batches)."""
+
+    train: list[str] = field(default_factory=list)
+    codebook: str = ""
+    out: str = "runs/pretrain"
+    masking: str = "mgm"
+    mask_ratio: float = 0.9
+    masking_options: dict = field(default_factory=dict)
+    model_size: str = "small"
+    pos: str = "joint"
+    decoder_dim: int = 192
+    decoder_depth: int = 4
+    decoder_heads: int = 3
+    predict: str = "ids"
+    epochs: int = 400
+    warmup_epochs: int = 20
+    steps_per_epoch: int = 0
+    batch_size: int = 32
+    accum_steps: int = 1
+    lr: float = 3e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    clip_grad: float = 1.0
+    workers: int = 2
+    shuffle_buffer: int = 64
+    seed: int = 0
+    amp: bool = True
+    keep_last: int = 3
+    log_every: int = 10
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
+        if self.predict not in ("ids", "vectors"):
+            raise ValueError(f"predict must be 'ids' or 'vectors', got {self.predict!r}")
+        for name in ("epochs", "batch_size", "accum_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+
+
+def build_model(cfg: PretrainConfig, spec: TokenSpec, num_codes: int) -> MaskedMotionModel:
+    encoder = motion_encoder_config(cfg.model_size, in_dim=spec.token_dim,
+                                    grid=tuple(spec.grid.shape), pos=cfg.pos)
+    decoder = MotionDecoderConfig(dim=cfg.decoder_dim, depth=cfg.decoder_depth,
+                                  heads=cfg.decoder_heads, num_codes=num_codes, predict=cfg.predict)
+    return MaskedMotionModel(encoder, decoder)
+
+
+def masked_loss(model, batch: dict, spec: TokenSpec, book: Codebook, masking, predict: str,
+                generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and masked-token accuracy (ids) or mean squared error (vectors) of one batch."""
+    mv, valid = batch["mv"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
+    tokens, motion = tokenize(mv, valid, spec)  # (B, N, D), (B, T', h', w', 2)
+    visible, masked = masking(motion.cpu(), generator).indices()  # (B, N_vis), (B, N_mask)
+    visible, masked = visible.to(device), masked.to(device)
+    out = model(tokens, visible, masked)  # (B, N_mask, K) or (B, N_mask, D)
+    index = masked[..., None].expand(-1, -1, tokens.shape[-1])  # (B, N_mask, D)
+    targets = torch.gather(tokens, 1, index)  # (B, N_mask, D)
+    if predict == "vectors":
+        loss = F.mse_loss(out.float(), targets)
+        return loss, loss.detach()
+    ids = book.assign(targets.reshape(-1, targets.shape[-1])).view(masked.shape)  # (B, N_mask)
+    logits = out.float().reshape(-1, out.shape[-1])  # (B * N_mask, K)
+    loss = F.cross_entropy(logits, ids.reshape(-1))
+    accuracy = (logits.argmax(1) == ids.reshape(-1)).float().mean()
+    return loss, accuracy.detach()
+
+
+class Pretrainer:
+    """State of a pretraining run: model, optimizer, loaders, checkpoints, logs."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        self.dist = init_distributed()
+        self.out = Path(cfg.out)
+        self.book = Codebook.load(cfg.codebook)
+        if not self.book.token_spec:
+            raise ValueError(f"{cfg.codebook}: codebook has no token spec (rebuild it with mvmae codebook)")
+        self.spec = TokenSpec(**self.book.token_spec)
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        self.device = self.dist.device
+        model = build_model(cfg, self.spec, self.book.size).to(self.device)
+        self.model = wrap_ddp(model, self.dist)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.masking = build_masking(cfg.masking, mask_ratio=cfg.mask_ratio, **self._masking_options())
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.manager = ckpt.CheckpointManager(self.out, keep_last_n=cfg.keep_last, best_metric="loss",
+                                              mode="min")
+        self.logger = MetricLogger(self.out, is_main=self.dist.is_main)
+        self.epoch, self.step = 0, 0
+        self.steps_per_epoch = cfg.steps_per_epoch or self._count_steps()
+        if cfg.resume and self.manager.last_path.exists():
+            self._resume()
+        if self.dist.is_main:
+            save_resolved_config(cfg, self.out / "config.yaml")
+
+    def _masking_options(self) -> dict:
+        options = dict(self.cfg.masking_options)
+        if self.cfg.masking == "mgm":
+            options.setdefault("frames_per_token", self.spec.tubelet_frames)
+            options.setdefault("px_per_token", self.spec.px_per_token)
+        return options
+
+    def _loader(self, epoch: int):
+        pipeline = build_train_pipeline(self.cfg.train, self.spec.clip_config("train"),
+                                        self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch,
+                                        shuffle_buffer=self.cfg.shuffle_buffer,
+                                        resampled=bool(self.cfg.steps_per_epoch))
+        loader = make_loader(pipeline, self.cfg.workers, pin_memory=self.device.type == "cuda")
+        return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
+
+    def _count_steps(self) -> int:
+        """Optimizer steps in one pass over the shards (one pass of the loader, epoch 0)."""
+        batches = sum(1 for _ in self._loader(0))
+        if batches == 0:
+            raise ValueError(f"no full batch of {self.cfg.batch_size} clips in {self.cfg.train}")
+        return max(1, batches // self.cfg.accum_steps)
+
+    def _resume(self) -> None:
+        state = ckpt.load_checkpoint(self.manager.last_path, map_location=self.device)
+        unwrap_model(self.model).load_state_dict(state[ckpt.MODEL])
+        self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
+        self.manager.restore(state)
+        self.epoch, self.step = state[ckpt.EPOCH] + 1, state[ckpt.STEP]
+        ckpt.restore_rng_state(state[ckpt.RNG])
+        log.info(f"resumed from {self.manager.last_path}: epoch {self.epoch}, step {self.step}")
+
+    def run(self) -> dict:
+        """Train from the current epoch to ``cfg.epochs``; returns the last epoch's metrics."""
+        metrics: dict = {}
+        for epoch in range(self.epoch, self.cfg.epochs):
+            metrics = self.train_epoch(epoch)
+            if self.dist.is_main:
+                self.manager.save(self._state(), epoch, metrics)
+        self.logger.close()
+        return metrics
+
+    def _state(self) -> dict:
+        return {ckpt.MODEL: unwrap_model(self.model).state_dict(),
+                ckpt.OPTIMIZER: self.optimizer.state_dict(), ckpt.STEP: self.step,
+                ckpt.RNG: ckpt.capture_rng_state(), ckpt.CONFIG: config_to_dict(self.cfg),
+                ckpt.EXTRA: {"kind": "pretrain", "token_spec": self.spec.to_dict(),
+                             "codebook_size": self.book.size}}
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, total_steps = self.cfg, self.cfg.epochs * self.steps_per_epoch
+        warmup = cfg.warmup_epochs * self.steps_per_epoch
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1009 + self.dist.rank)
+        self.model.train()
+        sums, num_batches, num_tokens, t0 = torch.zeros(2), 0, 0, time.monotonic()
+        for i, batch in enumerate(self._loader(epoch)):
+            if i % cfg.accum_steps == 0:
+                set_lr(self.optimizer, lr_at(self.step, cfg.lr, warmup, total_steps, cfg.min_lr))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                loss, quality = masked_loss(self.model, batch, self.spec, self.book, self.masking,
+                                            cfg.predict, generator, self.device)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {self.step}")
+            (loss / cfg.accum_steps).backward()
+            if (i + 1) % cfg.accum_steps == 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+            sums += torch.stack([loss.detach().float().cpu(), quality.float().cpu()])
+            num_batches += 1
+            num_tokens += batch["mv"].shape[0] * self.spec.grid.num_tokens
+            if self.step and i % (cfg.log_every * cfg.accum_steps) == 0:
+                self.logger.log({"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]},
+                                step=self.step, epoch=epoch)
+        if num_batches == 0:
+            raise ValueError(f"epoch {epoch}: no batch could be read from {cfg.train}")
+        mean = all_reduce_mean(sums / num_batches)
+        name = "masked_mse" if cfg.predict == "vectors" else "masked_acc"
+        metrics = {"loss": float(mean[0]), name: float(mean[1]),
+                   "tokens_per_s": num_tokens / max(time.monotonic() - t0, 1e-9)}
+        self.logger.log(metrics, step=self.step, epoch=epoch, split="epoch")
+        return metrics

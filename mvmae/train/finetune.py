@@ -1,0 +1,308 @@
+"""Two-phase fine-tuning of the MV-MAE classifier (``mvmae train``).
+
+Phase 1 (epochs ``0 .. phase1_epochs-1``): both encoders frozen (and in eval mode), so the new
+temporal transformer, fusion and head settle. Phase 2 (the rest): the top ``unfreeze_blocks``
+blocks of each encoder train too, at ``encoder_lr_scale`` x the learning rate of the new parts
+(separate AdamW parameter groups). Validation after every epoch; checkpoints record the phase and
+the trainable parameters, and ``--resume`` restores everything, also across the phase boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mvmae.eval.metrics import StreamingMetrics
+from mvmae.shards.clips import ClipConfig
+from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, expand_urls, make_loader
+from mvmae.train import checkpoint as ckpt
+from mvmae.train.config import config_to_dict, save_resolved_config
+from mvmae.train.distributed import all_reduce_mean, init_distributed, unwrap_model, wrap_ddp
+from mvmae.train.logs import MetricLogger
+from mvmae.train.model import ClassifierConfig, MVMAEClassifier, top_blocks
+from mvmae.train.schedule import build_optimizer, lr_at, set_lr
+from mvmae.train.tokenizer import TokenSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run. train/val: shard URLs; classes: classes.json (default: beside the
+    first local train shard); pretrained: Motion encoder pretraining checkpoint (its token spec
+    wins over the token fields here); init: weights-only start from a classifier checkpoint."""
+
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    out: str = "runs/train"
+    classes: str = ""
+    pretrained: str = ""
+    init: str = ""
+    resume: bool = False
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    tokens: TokenSpec = field(default_factory=TokenSpec)
+    epochs: int = 51
+    phase1_epochs: int = 6
+    unfreeze_blocks: int = 2
+    encoder_lr_scale: float = 0.1
+    lr: float = 5e-5
+    min_lr: float = 1e-6
+    warmup_epochs: int = 1
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    clip_grad: float = 1.0
+    accum_steps: int = 1
+    batch_size: int = 8
+    val_batch_size: int = 16
+    steps_per_epoch: int = 0
+    workers: int = 2
+    amp: bool = True
+    compile: bool = False
+    ema: float = 0.0
+    seed: int = 0
+    deterministic: bool = False
+    keep_last: int = 3
+    best_metric: str = "macro_f1"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.phase1_epochs <= self.epochs:
+            raise ValueError(f"phase1_epochs must be in [0, epochs], got {self.phase1_epochs}")
+        if self.encoder_lr_scale <= 0 or self.lr <= 0:
+            raise ValueError("lr and encoder_lr_scale must be > 0")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema decay must be in [0, 1), got {self.ema}")
+
+    def phase(self, epoch: int) -> int:
+        return 1 if epoch < self.phase1_epochs else 2
+
+
+def read_classes(cfg: FinetuneConfig) -> list[str]:
+    """Class names from ``cfg.classes`` or the classes.json beside the first train shard."""
+    path = Path(cfg.classes) if cfg.classes else None
+    if path is None:
+        first = expand_urls(cfg.train)[0]
+        if "://" in first or first.startswith("pipe:"):
+            raise ValueError("remote shards: pass --classes (the classes.json of the extraction job)")
+        path = Path(first).parent / "classes.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the class list ({exc})") from exc
+
+
+def set_phase(model: MVMAEClassifier, phase: int, k: int) -> list[str]:
+    """Freeze the encoders (phase 1) or all but their top ``k`` blocks (phase 2); frozen parts
+    stay in eval mode. Returns the names of the trainable parameters."""
+    for enc in model.encoders():
+        enc.requires_grad_(False)
+        enc.eval()
+        if phase == 2:
+            for block in top_blocks(enc, k):
+                block.requires_grad_(True)
+                block.train(model.training)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def param_groups(model: MVMAEClassifier, cfg: FinetuneConfig) -> list[dict]:
+    """New parts at lr x 1; the encoders' top blocks at lr x encoder_lr_scale (frozen in phase 1
+    but in the optimizer from the start, so phase 2 needs no new optimizer)."""
+    top = {id(p) for enc in model.encoders() for b in top_blocks(enc, cfg.unfreeze_blocks)
+           for p in b.parameters()}
+    encoder_ids = {id(p) for enc in model.encoders() for p in enc.parameters()}
+    named = list(model.named_parameters())
+    return [{"name": "new", "lr_scale": 1.0, "params": [(n, p) for n, p in named if id(p) not in encoder_ids]},
+            {"name": "encoders_top", "lr_scale": cfg.encoder_lr_scale,
+             "params": [(n, p) for n, p in named if id(p) in top]}]
+
+
+def load_pretrained_motion(path: str) -> tuple[dict, TokenSpec]:
+    """Motion encoder weights and token spec from a ``mvmae pretrain`` checkpoint."""
+    state = ckpt.load_checkpoint(path)
+    extra = state.get(ckpt.EXTRA) or {}
+    if extra.get("kind") != "pretrain":
+        raise ValueError(f"{path}: not a pretraining checkpoint of mvmae pretrain")
+    weights = {k[len("encoder."):]: v for k, v in state[ckpt.MODEL].items() if k.startswith("encoder.")}
+    return weights, TokenSpec(**extra["token_spec"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+class Finetuner:
+    """A fine-tuning run: model, optimizer, EMA, loaders, checkpoints, logs."""
+
+    def __init__(self, cfg: FinetuneConfig) -> None:
+        self.cfg = cfg
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.dist = init_distributed()
+        self.device = self.dist.device
+        self.out = Path(cfg.out)
+        self.classes = read_classes(cfg)
+        cfg.model.num_classes = len(self.classes)
+        motion_weights = None
+        if cfg.pretrained:
+            motion_weights, cfg.tokens = load_pretrained_motion(cfg.pretrained)
+        self.spec = cfg.tokens
+        model = MVMAEClassifier(cfg.model, self.spec)
+        if motion_weights is not None and hasattr(model, "motion_encoder"):
+            model.motion_encoder.load_state_dict(motion_weights)
+            log.info(f"Motion encoder initialised from {cfg.pretrained}")
+        if cfg.init:
+            model.load_state_dict(ckpt.load_checkpoint(cfg.init)[ckpt.MODEL])
+        self.raw_model = model.to(self.device)
+        self.optimizer = build_optimizer(param_groups(model, cfg), cfg.lr, cfg.weight_decay,
+                                         betas=(0.9, 0.999), include_frozen=True)
+        self.ema = self._make_ema()
+        self.model = wrap_ddp(torch.compile(model) if cfg.compile else model, self.dist,
+                              find_unused_parameters=True)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.manager = ckpt.CheckpointManager(self.out, cfg.keep_last, cfg.best_metric, "max")
+        self.logger = MetricLogger(self.out, is_main=self.dist.is_main)
+        self.epoch, self.step = 0, 0
+        self.steps_per_epoch = cfg.steps_per_epoch or self._count_steps()
+        if cfg.resume and self.manager.last_path.exists():
+            self._resume()
+        if self.dist.is_main:
+            save_resolved_config(cfg, self.out / "config.yaml")
+
+    def _make_ema(self):
+        if not self.cfg.ema:
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.raw_model, decay=self.cfg.ema)
+
+    def _clip(self, mode: str) -> ClipConfig:
+        """Clips of num_segments x segment frames with one I-frame per segment."""
+        s, segments = self.spec, self.cfg.model.num_segments
+        return ClipConfig(num_frames=s.num_frames * segments, stride=s.stride, mode=mode,
+                          num_iframes=segments, mv_size=s.mv_size, iframe_size=s.iframe_size)
+
+    def _train_loader(self, epoch: int):
+        pipe = build_train_pipeline(self.cfg.train, self._clip("train"), self.cfg.batch_size,
+                                    seed=self.cfg.seed, epoch=epoch, resampled=bool(self.cfg.steps_per_epoch))
+        loader = make_loader(pipe, self.cfg.workers, pin_memory=self.device.type == "cuda")
+        return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
+
+    def _count_steps(self) -> int:
+        batches = sum(1 for _ in self._train_loader(0))
+        if batches == 0:
+            raise ValueError(f"no full batch of {self.cfg.batch_size} clips in {self.cfg.train}")
+        return max(1, batches // self.cfg.accum_steps)
+
+    def _state(self, phase: int, trainable: list[str]) -> dict:
+        return {ckpt.MODEL: self.raw_model.state_dict(), ckpt.OPTIMIZER: self.optimizer.state_dict(),
+                ckpt.STEP: self.step, ckpt.RNG: ckpt.capture_rng_state(), ckpt.PHASE: phase,
+                ckpt.TRAINABLE: trainable, ckpt.CONFIG: config_to_dict(self.cfg),
+                ckpt.EXTRA: {"kind": "classifier", "classes": self.classes,
+                             "ema": self.ema.module.state_dict() if self.ema else None}}
+
+    def _resume(self) -> None:
+        state = ckpt.load_checkpoint(self.manager.last_path, map_location=self.device)
+        self.raw_model.load_state_dict(state[ckpt.MODEL])
+        self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
+        if self.ema is not None and state[ckpt.EXTRA].get("ema"):
+            self.ema.module.load_state_dict(state[ckpt.EXTRA]["ema"])
+        self.manager.restore(state)
+        saved_epoch = state[ckpt.EPOCH]
+        if set_phase(self.raw_model, state[ckpt.PHASE], self.cfg.unfreeze_blocks) != state[ckpt.TRAINABLE]:
+            raise ValueError(f"{self.manager.last_path}: its trainable parameters do not match phase "
+                             f"{state[ckpt.PHASE]} of this configuration (unfreeze_blocks changed?)")
+        self.epoch, self.step = saved_epoch + 1, state[ckpt.STEP]
+        ckpt.restore_rng_state(state[ckpt.RNG])
+        log.info(f"resumed from {self.manager.last_path}: epoch {self.epoch} (phase "
+                 f"{self.cfg.phase(self.epoch)}), step {self.step}")
+
+    def run(self) -> dict:
+        metrics: dict = {}
+        for epoch in range(self.epoch, self.cfg.epochs):
+            phase = self.cfg.phase(epoch)
+            self.raw_model.train()
+            trainable = set_phase(self.raw_model, phase, self.cfg.unfreeze_blocks)
+            train = self.train_epoch(epoch, phase)
+            metrics = self.validate(epoch) if self.cfg.val else {}
+            self.logger.log(train, step=self.step, epoch=epoch, phase=phase, split="train")
+            if metrics:
+                self.logger.log(metrics, step=self.step, epoch=epoch, phase=phase, split="val")
+            if self.dist.is_main:
+                self.manager.save(self._state(phase, trainable), epoch,
+                                  metrics if self.cfg.best_metric in metrics else None)
+        self.logger.close()
+        return metrics
+
+    def train_epoch(self, epoch: int, phase: int) -> dict:
+        cfg = self.cfg
+        total, warmup = cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch
+        sums, n = torch.zeros(2), 0
+        bar = tqdm(self._train_loader(epoch), total=self.steps_per_epoch * cfg.accum_steps, leave=False,
+                   desc=f"epoch {epoch} (phase {phase})", disable=not self.dist.is_main, unit="batch")
+        for i, batch in enumerate(bar):
+            if i % cfg.accum_steps == 0:
+                set_lr(self.optimizer, lr_at(self.step, cfg.lr, warmup, total, cfg.min_lr))
+            mv, valid, iframes, label = (batch[k].to(self.device, non_blocking=True)
+                                         for k in ("mv", "valid", "iframes", "label"))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.model(mv, valid, iframes)
+            loss = F.cross_entropy(logits.float(), label, label_smoothing=cfg.label_smoothing)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {self.step}")
+            (loss / cfg.accum_steps).backward()
+            if (i + 1) % cfg.accum_steps == 0:
+                torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.raw_model, step=self.step)
+            sums += torch.tensor([loss.item(), (logits.argmax(1) == label).float().mean().item()])
+            n += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if n == 0:
+            raise ValueError(f"epoch {epoch}: no batch could be read from {cfg.train}")
+        mean = all_reduce_mean(sums / n)
+        return {"loss": float(mean[0]), "acc": float(mean[1]), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict:
+        model = self.ema.module if self.ema is not None else self.raw_model
+        model.eval()
+        pipe = build_eval_pipeline(self.cfg.val, self._clip("center"), self.cfg.val_batch_size)
+        stream = StreamingMetrics(len(self.classes))
+        for batch in make_loader(pipe, self.cfg.workers):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                logits = model(*(batch[k].to(self.device) for k in ("mv", "valid", "iframes")))
+            stream.update(logits.float().cpu(), batch["label"], batch["key"])
+        stream.gather()
+        return stream.compute() if self.dist.is_main else {}
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu",
+                    use_ema: bool = True) -> tuple[MVMAEClassifier, list[str], FinetuneConfig]:
+    """A trained classifier (EMA weights when the run kept them), its class names and config."""
+    from mvmae.train.config import load_config
+
+    state = ckpt.load_checkpoint(path, map_location=device)
+    extra = state.get(ckpt.EXTRA) or {}
+    if extra.get("kind") != "classifier":
+        raise ValueError(f"{path}: not a classifier checkpoint of mvmae train")
+    cfg = load_config(FinetuneConfig, None, {k: v for k, v in state[ckpt.CONFIG].items()
+                                             if k not in ("pretrained", "init", "resume")})
+    model = MVMAEClassifier(cfg.model, cfg.tokens)
+    model.load_state_dict(extra["ema"] if use_ema and extra.get("ema") else state[ckpt.MODEL])
+    return model.to(device).eval(), extra["classes"], cfg

@@ -558,6 +558,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA [default: on].")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (reproducible resume).")
 @click.option("--steps-per-epoch", type=int, help="Batches per epoch from resampled shards (0: one pass).")
+@click.option("--flip-prob", type=float, help="Horizontal flips (negate dx): 0 for left/right classes [default: 0.5].")
+@click.option("--crop-area", type=(float, float), default=None, help="Random crop area range [default: 0.35 1.0].")
 @click.option("--seed", type=int, help="[default: 0]")
 @handle_errors
 def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, ...], compile_, **flags) -> None:
@@ -573,6 +575,7 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
       mvmae train --train 'sh/train-{000000..000099}.tar' --val 'sh/val-{000000..000009}.tar' \\
           --pretrained runs/pretrain/last.pt --out runs/train
     """
+    from mvmae.eval.metrics import StreamingMetrics
     from mvmae.train.config import load_config
     from mvmae.train.finetune import FinetuneConfig, Finetuner
 
@@ -586,7 +589,7 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
     cfg = load_config(FinetuneConfig, config_path, overrides)
     if not cfg.train:
         raise click.UsageError("--train is required (on the command line or in --config)")
-    metrics = Finetuner(cfg).run()
+    metrics = Finetuner(cfg, StreamingMetrics).run()
     if metrics:
         from mvmae.eval.report import format_table
 

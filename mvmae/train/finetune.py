@@ -16,13 +16,13 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mvmae.eval.metrics import StreamingMetrics
 from mvmae.shards.clips import ClipConfig
 from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 class FinetuneConfig:
     """One fine-tuning run. train/val: shard URLs; classes: classes.json (default: beside the
     first local train shard); pretrained: Motion encoder pretraining checkpoint (its token spec
-    wins over the token fields here); init: weights-only start from a classifier checkpoint."""
+    wins over the token fields here); init: weights-only start from a classifier checkpoint.
+    flip_prob, crop_area: train augmentation; a horizontal flip negates dx, so set flip_prob=0
+    when classes differ by left/right direction (``mvmae synth`` classes do)."""
 
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
@@ -73,6 +75,8 @@ class FinetuneConfig:
     deterministic: bool = False
     keep_last: int = 3
     best_metric: str = "macro_f1"
+    flip_prob: float = 0.5
+    crop_area: tuple[float, float] = (0.35, 1.0)
 
     def __post_init__(self) -> None:
         if not 0 <= self.phase1_epochs <= self.epochs:
@@ -145,10 +149,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 class Finetuner:
-    """A fine-tuning run: model, optimizer, EMA, loaders, checkpoints, logs."""
+    """A fine-tuning run: model, optimizer, EMA, loaders, checkpoints, logs.
 
-    def __init__(self, cfg: FinetuneConfig) -> None:
+    metrics_factory(num_classes) makes the validation accumulator (``update(scores, labels,
+    keys)``, ``gather()``, ``compute() -> dict``): the evaluation stage's
+    ``mvmae.eval.metrics.StreamingMetrics``, handed in by the caller so that training does not
+    import the stage after it.
+    """
+
+    def __init__(self, cfg: FinetuneConfig, metrics_factory: Callable[[int], Any]) -> None:
         self.cfg = cfg
+        self.metrics_factory = metrics_factory
         seed_everything(cfg.seed, cfg.deterministic)
         self.dist = init_distributed()
         self.device = self.dist.device
@@ -192,7 +203,8 @@ class Finetuner:
         """Clips of num_segments x segment frames with one I-frame per segment."""
         s, segments = self.spec, self.cfg.model.num_segments
         return ClipConfig(num_frames=s.num_frames * segments, stride=s.stride, mode=mode,
-                          num_iframes=segments, mv_size=s.mv_size, iframe_size=s.iframe_size)
+                          num_iframes=segments, mv_size=s.mv_size, iframe_size=s.iframe_size,
+                          flip_prob=self.cfg.flip_prob, crop_area=self.cfg.crop_area)
 
     def _train_loader(self, epoch: int):
         pipe = build_train_pipeline(self.cfg.train, self._clip("train"), self.cfg.batch_size,
@@ -283,7 +295,7 @@ class Finetuner:
         model = self.ema.module if self.ema is not None else self.raw_model
         model.eval()
         pipe = build_eval_pipeline(self.cfg.val, self._clip("center"), self.cfg.val_batch_size)
-        stream = StreamingMetrics(len(self.classes))
+        stream = self.metrics_factory(len(self.classes))
         for batch in make_loader(pipe, self.cfg.workers):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 logits = model(*(batch[k].to(self.device) for k in ("mv", "valid", "iframes")))

@@ -442,8 +442,7 @@ def codebook(shards: tuple[str, ...], size: int, out: Path, token: str, num_fram
     """
     from tqdm import tqdm
 
-    from mvmae.shards.reader import build_eval_pipeline, make_loader
-    from mvmae.train.codebook import CodebookConfig, collect_tokens, fit_codebook
+    from mvmae.train.codebook import CodebookConfig, build_codebook
     from mvmae.train.tokenizer import TokenSpec
 
     t, p = _parse_tubelet(tubelet)
@@ -451,12 +450,8 @@ def codebook(shards: tuple[str, ...], size: int, out: Path, token: str, num_fram
                      camera=camera, scale_px=scale_px)
     config = CodebookConfig(size=size, token=token, static_threshold=static_threshold,
                             max_tokens=max_tokens, seed=seed)
-    clip = spec.clip_config("multi", num_clips=clips_per_video) if clips_per_video > 1 \
-        else spec.clip_config("center")
-    loader = make_loader(build_eval_pipeline(list(shards), clip, batch_size), workers)
-    tokens = collect_tokens(tqdm(loader, unit="batch", desc="tokens"), spec, max_tokens, seed)
-    book = fit_codebook(tokens, config)
-    book.token_spec = spec.to_dict()
+    book = build_codebook(list(shards), spec, config, clips_per_video, batch_size, workers,
+                          lambda it: tqdm(it, unit="batch", desc="tokens"))
     book.save(out)
     s = book.stats
     click.echo(f"codebook of {book.size} codes from {s['num_tokens']} tokens (dim {book.token_dim}): "
@@ -631,6 +626,37 @@ def eval_cmd(ckpt: Path, data: tuple[str, ...], out: Path, clips: int, crops: in
         click.echo(f"{key:<16}" + "".join(f"{metrics[f'{v}_{key}']:>13.2%}" for v in views))
     click.echo(f"{metrics['num_samples']} videos, {metrics['views']} view(s) per video")
     click.echo(f"report -> {out} (metrics.json, confusion_matrix.png, per_class.csv, predictions.csv)")
+
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default="mvmae-demo",
+              show_default=True, help="Folder for the dataset, shards, checkpoints and reports.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Extraction processes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@handle_errors
+def demo(out: Path, workers: int, seed: int) -> None:
+    """The whole pipeline on a synthetic dataset, on the CPU (a few minutes on 2 cores).
+
+    synth -> extract run -> codebook -> pretrain -> train -> eval, then the metrics table and
+    where the plots are. Running it again with the same --out resumes where it stopped.
+    """
+    import time
+
+    from mvmae.demo import DemoConfig, run_demo
+
+    t0 = time.monotonic()
+    metrics = run_demo(DemoConfig(out=out, workers=workers, seed=seed),
+                       lambda name: click.secho(f"== {name}", bold=True, err=True))
+    keys = ("top1", "top5", "macro_f1", "macro_precision", "macro_recall", "mean_class_acc")
+    views = [v for v in ("single_view", "multi_view") if f"{v}_top1" in metrics]
+    click.echo(f"\n{'metric':<16}" + "".join(f"{v.replace('_', '-'):>13}" for v in views))
+    for key in keys:
+        click.echo(f"{key:<16}" + "".join(f"{metrics[f'{v}_{key}']:>13.2%}" for v in views))
+    click.echo(f"\n{metrics['num_samples']} validation videos; done in {time.monotonic() - t0:.0f} s")
+    click.echo(f"plots: {out / 'eval' / 'confusion_matrix.png'}, {out / 'eval' / 'training_curves.png'}")
+    click.echo(f"report: {out / 'eval' / 'metrics.json'}; checkpoints: {out / 'train'}")
 
 
 if __name__ == "__main__":

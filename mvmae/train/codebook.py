@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,8 +116,11 @@ class Codebook:
         try:
             with np.load(path, allow_pickle=False) as z:
                 centroids, meta = z["centroids"], json.loads(str(z["meta"]))
-        except (OSError, KeyError, ValueError) as exc:
-            raise ValueError(f"{path}: not an mvmae codebook ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise ValueError(f"{path}: codebook not found") from exc
+        # EOFError: empty file; BadZipFile: damaged .npz; TypeError: a plain .npy (no context manager).
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, TypeError) as exc:
+            raise ValueError(f"{path}: not an mvmae codebook ({type(exc).__name__}: {exc})") from exc
         if meta.get("version") != CODEBOOK_VERSION:
             raise ValueError(f"{path}: codebook version {meta.get('version')}, this mvmae reads "
                              f"{CODEBOOK_VERSION}")
@@ -176,3 +180,19 @@ def collect_tokens(batches, spec, max_tokens: int, seed: int = 0) -> np.ndarray:
     if not chunks:
         raise ValueError("no clips could be read from the shards to build the codebook")
     return np.concatenate(chunks)
+
+
+def build_codebook(urls: list[str], spec, config: CodebookConfig, clips_per_video: int = 2,
+                   batch_size: int = 32, workers: int = 2, progress=None) -> Codebook:
+    """Stream clips from shard ``urls``, tokenize them with ``spec`` and fit the codebook; the
+    spec is stored in it. ``progress`` wraps the batch iterator (e.g. tqdm)."""
+    from mvmae.shards.reader import build_eval_pipeline, make_loader
+
+    clip = (spec.clip_config("multi", num_clips=clips_per_video) if clips_per_video > 1
+            else spec.clip_config("center"))
+    batches = make_loader(build_eval_pipeline(list(urls), clip, batch_size), workers)
+    tokens = collect_tokens(progress(batches) if progress else batches, spec, config.max_tokens,
+                            config.seed)
+    book = fit_codebook(tokens, config)
+    book.token_spec = spec.to_dict()
+    return book

@@ -56,6 +56,8 @@ def handle_errors(func):
     def wrapper(*args, **kwargs):
         from mvmae.extract.errors import VideoError
         from mvmae.shards.job import JobError
+        from mvmae.shards.sample import SampleError
+        from mvmae.shards.stream import ShardError
         from mvmae.shards.videolist import VideoListError
 
         ctx = click.get_current_context()
@@ -64,7 +66,7 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (VideoError, JobError, VideoListError) as exc:
+        except (VideoError, JobError, VideoListError, ShardError, SampleError) as exc:
             if debug:
                 raise
             _fail(str(exc))
@@ -245,7 +247,7 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
                        workers=workers, part_index=part_index, num_parts=num_parts,
                        max_seconds=max_seconds, retries=retries,
                        extract=ExtractConfig(grid=int(grid), iframe_short_side=iframe_size, raw=raw))
-    bar = tqdm(unit="video", desc=f"extract {split}", dynamic_ncols=True)
+    bar = tqdm(unit="video", desc=f"extract {split}", dynamic_ncols=True, delay=0.5)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -534,6 +536,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
               help="Motion encoder size when not pretrained [default: small].")
 @click.option("--fusion", type=click.Choice(["concat", "afm"]), help="Feature fusion [default: concat].")
 @click.option("--dptam/--no-dptam", default=None, help="Double-pooling temporal attention on motion features.")
+@click.option("--motion-pool", type=click.Choice(["mean", "motion"]),
+              help="Pool motion tokens by plain mean (published) or motion-weighted mean [default: mean].")
 @click.option("--segments", type=int, help="Segments per clip [default: 8].")
 @click.option("--dim", type=int, help="Temporal transformer width [default: 512].")
 @click.option("--segment-frames", type=int, help="MV frames per segment when not pretrained [default: 16].")
@@ -576,7 +580,7 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
 
     nested = {"inputs": "model.inputs", "context_model": "model.context_model",
               "context_weights": "model.context_weights", "motion_size": "model.motion_size",
-              "fusion": "model.fusion", "dptam": "model.dptam", "segments": "model.num_segments",
+              "fusion": "model.fusion", "dptam": "model.dptam", "motion_pool": "model.motion_pool", "segments": "model.num_segments",
               "dim": "model.dim", "segment_frames": "tokens.num_frames", "mv_size": "tokens.mv_size",
               "iframe_size": "tokens.iframe_size"}
     values = {nested.get(k, k): v for k, v in flags.items()}

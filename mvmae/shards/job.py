@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -272,7 +273,10 @@ def _run_pool(tasks: list[ShardTask], config: JobConfig, job_id: str,
               report: Callable[[int], None], done: int) -> tuple[list[ShardTask], int]:
     """One pool's go at ``tasks``: (tasks not finished because the pool broke, videos done)."""
     unfinished = []
-    with ProcessPoolExecutor(max_workers=min(config.workers, len(tasks))) as pool:
+    # spawn, not fork: a forked worker inherits PyAV objects of the parent whose FFmpeg threads it
+    # lacks, and hangs for ever when the garbage collector frees them (sws_freeContext joins them).
+    with ProcessPoolExecutor(max_workers=min(config.workers, len(tasks)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(write_shard, t, config, job_id): t for t in tasks}
         pending = set(futures)
         while pending:

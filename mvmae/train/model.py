@@ -33,7 +33,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ClassifierConfig:
     """num_segments x segment_frames MV frames per clip (the Motion encoder sees one segment of
     ``segment_frames``; it must equal the token spec's num_frames). dim: width of the fused
-    segment tokens and the Temporal Transformer."""
+    segment tokens and the Temporal Transformer. motion_pool: ``mean`` over a segment's tokens
+    (published) or ``motion``: a mean weighted by each token's camera-compensated motion
+    magnitude, so the few moving tokens are not drowned by static background (no parameters;
+    useful while the encoder is frozen)."""
 
     num_classes: int = 155
     inputs: str = "both"
@@ -41,6 +44,7 @@ class ClassifierConfig:
     context_weights: str = ""
     motion_size: str = "small"
     motion_pos: str = "joint"
+    motion_pool: str = "mean"
     fusion: str = "concat"
     dptam: bool = False
     num_segments: int = 8
@@ -52,6 +56,8 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         if self.inputs not in ("mv", "iframe", "both"):
             raise ValueError(f"inputs must be mv, iframe or both, got {self.inputs!r}")
+        if self.motion_pool not in ("mean", "motion"):
+            raise ValueError(f"motion_pool must be mean or motion, got {self.motion_pool!r}")
         if self.fusion not in ("concat", "afm"):
             raise ValueError(f"fusion must be concat or afm, got {self.fusion!r}")
         if self.num_classes < 2 or self.num_segments < 1:
@@ -163,13 +169,18 @@ class MVMAEClassifier(nn.Module):
         B, S = mv.shape[0], self.cfg.num_segments
         seg_mv = mv.reshape(B * S, -1, *mv.shape[2:])  # (B*S, F, 2, h, w)
         seg_valid = valid.reshape(B * S, -1, *valid.shape[2:])  # (B*S, F, h, w)
-        tokens, _ = tokenize(seg_mv, seg_valid, self.spec)  # (B*S, N, D)
+        tokens, motion = tokenize(seg_mv, seg_valid, self.spec)  # (B*S, N, D), (B*S, T', h', w', 2)
         x = self.motion_encoder(tokens)  # (B*S, N, C)
         g = self.spec.grid
         x = x.reshape(B * S, g.T, g.h * g.w, -1)  # (B*S, T', h'w', C)
         if self.dptam is not None:
             x = self.dptam(x)
-        return x.mean(dim=(1, 2)).reshape(B, S, -1)  # (B, S, C)
+        if self.cfg.motion_pool == "motion":
+            weight = motion.norm(dim=-1).reshape(B * S, g.T, g.h * g.w, 1) + 1e-3  # (B*S, T', h'w', 1)
+            pooled = (x * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))  # (B*S, C)
+        else:
+            pooled = x.mean(dim=(1, 2))  # (B*S, C)
+        return pooled.reshape(B, S, -1)  # (B, S, C)
 
     def context_features(self, iframes: torch.Tensor) -> torch.Tensor:
         """iframes uint8 (B, K, 3, H, W), K = 1 or num_segments -> (B, S, C_c)."""

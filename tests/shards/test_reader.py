@@ -19,9 +19,10 @@ import torch
 from webdataset.handlers import ignore_and_continue
 
 from mvmae.extract.video import extract_video
-from mvmae.shards.reader import (ClipConfig, ReadConfig, ShardClipSource, SkipCounter, TooManySkipsError,
-                                 build_eval_pipeline, build_train_pipeline, expand_urls, iter_samples,
-                                 make_loader, read_shards, resolve_rank)
+from mvmae.shards.clips import ShardClipSource
+from mvmae.shards.reader import (ClipConfig, ReadConfig, SkipCounter, TooManySkipsError, build_eval_pipeline,
+                                 build_train_pipeline, expand_urls, iter_samples, make_loader, read_shards,
+                                 resolve_rank)
 from mvmae.shards.sample import FormatVersionError, SampleError, decode_sample, update_record
 from mvmae.shards.writer import ShardFile
 
@@ -81,7 +82,8 @@ def test_lazy_source_equals_decode_sample(reader_dataset) -> None:
         mv, valid = lazy.motion(np.arange(lazy.num_frames))
         np.testing.assert_array_equal(mv, full.mv)
         np.testing.assert_array_equal(valid, full.valid)
-        np.testing.assert_array_equal(lazy.iframes(range(len(full.iframe_index))), full.iframes)
+        images = np.stack([np.asarray(img) for img in lazy.iframes(range(len(full.iframe_index)))])
+        np.testing.assert_array_equal(images, full.iframes)
         assert (lazy.key, lazy.label, lazy.size) == (full.key, full.label, tuple(full.record["size"]))
 
 
@@ -196,6 +198,22 @@ def test_order_deterministic_in_seed_and_epoch(reader_dataset) -> None:
     other = train_run(urls, seed=5, epoch=1)
     assert [k for k, *_ in other] != [k for k, *_ in first]
     assert sorted(other) != sorted(first)  # new starts / crops / flips too
+
+
+def test_set_epoch_reaches_persistent_workers(reader_dataset) -> None:
+    """set_epoch between epochs of one persistent-worker loader = a loader built for that epoch."""
+    def run(loader) -> list[tuple]:
+        return [(k, s) for b in loader for k, s in zip(b["key"], b["start"].tolist())]
+
+    urls = reader_dataset["urls"]
+    pipeline = build_train_pipeline(urls, ClipConfig(), 1, seed=9)
+    loader = make_loader(pipeline, num_workers=2, persistent_workers=True)
+    epoch0 = run(loader)
+    pipeline.set_epoch(1)
+    epoch1 = run(loader)
+    assert epoch0 == run(make_loader(build_train_pipeline(urls, ClipConfig(), 1, seed=9, epoch=0), num_workers=2))
+    assert epoch1 == run(make_loader(build_train_pipeline(urls, ClipConfig(), 1, seed=9, epoch=1), num_workers=2))
+    assert epoch0 != epoch1
 
 
 @pytest.mark.parametrize("build", ["train", "eval"])
@@ -421,3 +439,28 @@ def test_read_config_validation() -> None:
         ReadConfig(max_time_s=0)
     cmd = ReadConfig(max_time_s=60, connect_timeout_s=5).curl_command("http://x/a.tar")
     assert "--max-time" in cmd and cmd[cmd.index("--max-time") + 1] == "60" and "--retry" not in cmd
+
+
+@pytest.mark.parametrize("bad_url", ["pipe:cat /nonexistent/train-000009.tar", "/nonexistent/train-000009.tar"])
+def test_unopenable_shard_skipped_and_counted(reader_dataset, bad_url: str) -> None:
+    skips = SkipCounter()
+    read = ReadConfig(retries=1, retry_delay_s=0.01)
+    urls = [str(reader_dataset["tars"][3]), bad_url]
+    keys = keys_of(build_eval_pipeline(urls, CENTER, 2, handler=skips, read=read))
+    assert keys == ["short"] and skips.summary()["shards_skipped"] == 1
+    with pytest.raises(OSError, match="nonexistent"):  # loud by default
+        keys_of(build_eval_pipeline(urls, CENTER, 2, read=read))
+
+
+def test_skip_counter_skips_data_errors_only() -> None:
+    skips = SkipCounter()
+    assert skips(SampleError("bad sample")) is True
+    assert (skips.skipped, skips.shards_skipped) == (1, 0)
+    with pytest.raises(FormatVersionError):
+        skips(FormatVersionError("version 99"))
+    with pytest.raises(TypeError):  # a bug, not bad data
+        skips(TypeError("unsupported operand"))
+    skips.reset()
+    assert skips.summary() == {"seen": 0, "skipped": 0, "shards_seen": 0, "shards_skipped": 0}
+    with pytest.raises(ValueError, match="max_skip_ratio"):
+        SkipCounter(max_skip_ratio=1.5)

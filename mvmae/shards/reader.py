@@ -1,0 +1,388 @@
+"""Reading shards for training and evaluation: webdataset pipelines of MV-field clips.
+
+A pipeline is an explicit list of stages (generators from iterator to iterator, each testable on
+a list), then ``webdataset.DataPipeline(*stages)``::
+
+    shard URLs -> [shuffle (seed, epoch)] -> split by rank -> split by DataLoader worker
+    -> read_shards (open with timeouts, retry with backoff, tar members -> raw samples)
+    -> [shuffle buffer] -> decode_sources (format version, CRC, lazy decoding)
+    -> sample_clips (clips.py) -> batched(collate_clips) -> torch tensors
+
+URLs: local paths, ``file:``, ``http(s)://`` (read with curl under bounded timeouts, see
+``fetch.ReadConfig``), ``pipe:`` commands and anything else ``webdataset.gopen`` opens; brace
+patterns (``train-{000000..000127}.tar``), ``::``-separated lists, or a list of any of these.
+Clip sampling and augmentation are in ``clips.py``; the rules are in FORMAT.md, "Reader".
+
+Errors. Every stage takes a webdataset handler ``handler(exn) -> bool`` and is loud by default
+(``reraise_exception``). :class:`SkipCounter` is the opt-in skip-and-count handler: it logs and
+counts corrupt samples and unreadable shards (across DataLoader workers) and raises
+:class:`TooManySkipsError` past ``max_skip_ratio``. A :class:`FormatVersionError` is never
+skipped, whatever the handler: the shard is refused with the versions found and supported.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import random
+import tarfile
+import zlib
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from webdataset.handlers import reraise_exception
+
+from mvmae.shards import sample as fmt
+from mvmae.shards.clips import Clip, ClipConfig, ShardClipSource, make_clips
+from mvmae.shards.sample import FormatVersionError, SampleError
+from mvmae.shards.fetch import Handler, ReadConfig, ShardReadError, expand_urls, read_shards
+
+__all__ = [
+    "Clip", "ClipConfig", "ReadConfig", "ShardReadError", "SkipCounter", "TooManySkipsError",
+    "SharedEpoch", "build_train_pipeline", "build_eval_pipeline", "make_loader", "collate_clips", "iter_samples",
+    "expand_urls", "read_shards", "decode_sources", "sample_clips", "split_by_rank", "shuffle_samples",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TooManySkipsError(RuntimeError):
+    """More samples (or shards) were skipped than ``max_skip_ratio`` allows."""
+
+
+# --------------------------------------------------------------------------- skip and count
+
+
+class SkipCounter:
+    """The skip-and-count handler: logs a warning per skipped sample or shard and counts them in
+    shared memory (readable in the main process after an epoch, whatever the number of
+    DataLoader workers). ``max_skip_ratio`` (None: no limit) raises :class:`TooManySkipsError`
+    once skipped/seen exceeds it, for samples after ``min_samples`` seen and for shards after
+    ``min_shards`` seen. FormatVersionError and errors that are not data errors (bugs) re-raise.
+    """
+
+    SKIPPABLE = (SampleError, OSError, EOFError, tarfile.TarError)
+    _FIELDS = ("seen", "skipped", "shards_seen", "shards_skipped")
+
+    def __init__(self, max_skip_ratio: float | None = None, min_samples: int = 100,
+                 min_shards: int = 10) -> None:
+        if max_skip_ratio is not None and not 0.0 <= max_skip_ratio < 1.0:
+            raise ValueError(f"max_skip_ratio must be in [0, 1), got {max_skip_ratio}")
+        self.max_skip_ratio, self.min_samples, self.min_shards = max_skip_ratio, min_samples, min_shards
+        self._counts = multiprocessing.Array("q", len(self._FIELDS))  # shared with forked/spawned workers
+
+    @property
+    def seen(self) -> int:
+        """Samples read (decoded or skipped)."""
+        return int(self._counts[0])
+
+    @property
+    def skipped(self) -> int:
+        return int(self._counts[1])
+
+    @property
+    def shards_seen(self) -> int:
+        return int(self._counts[2])
+
+    @property
+    def shards_skipped(self) -> int:
+        return int(self._counts[3])
+
+    def summary(self) -> dict[str, int]:
+        with self._counts.get_lock():
+            return dict(zip(self._FIELDS, map(int, self._counts[:])))
+
+    def reset(self) -> None:
+        with self._counts.get_lock():
+            self._counts[:] = [0] * len(self._FIELDS)
+
+    def count_sample(self) -> None:
+        self._check(*self._add(0), shard=False)
+
+    def count_shard(self) -> None:
+        self._check(*self._add(2), shard=True)
+
+    def __call__(self, exn: Exception) -> bool:
+        if isinstance(exn, FormatVersionError) or not isinstance(exn, self.SKIPPABLE):
+            raise exn
+        shard = isinstance(exn, ShardReadError)
+        seen, skipped = self._add(3 if shard else 1)
+        notes = "; ".join(getattr(exn, "__notes__", []))
+        log.warning("skipped %s (%d of %d so far): %s%s", "shard" if shard else "sample", skipped, seen,
+                    exn, f" ({notes})" if notes else "")
+        self._check(seen, skipped, shard, exn)
+        return True
+
+    def _add(self, field: int) -> tuple[int, int]:
+        """Increment one count; returns (seen, skipped) of its kind (samples or shards)."""
+        with self._counts.get_lock():
+            self._counts[field] += 1
+            base = field - field % 2
+            return int(self._counts[base]), int(self._counts[base + 1])
+
+    def _check(self, seen: int, skipped: int, shard: bool, exn: Exception | None = None) -> None:
+        """Raise once at least the minimum were seen and skipped/seen is past the ratio."""
+        minimum = self.min_shards if shard else self.min_samples
+        if self.max_skip_ratio is None or seen < minimum or skipped <= self.max_skip_ratio * seen:
+            return
+        kind = "shards" if shard else "samples"
+        raise TooManySkipsError(f"{skipped} of {seen} {kind} skipped, more than max_skip_ratio="
+                                f"{self.max_skip_ratio}" + (f"; last: {exn}" if exn else ""))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_sources(src: Iterable[dict], check_crc: bool = True,
+                   handler: Handler = reraise_exception) -> Iterator[ShardClipSource]:
+    """Raw samples -> :class:`ShardClipSource`; a FormatVersionError always raises, naming the shard."""
+    for raw in src:
+        if hasattr(handler, "count_sample"):
+            handler.count_sample()
+        url = raw.get("__url__", "?")
+        try:
+            source = ShardClipSource(raw, check_crc)
+        except FormatVersionError as exc:
+            raise FormatVersionError(f"{url}: refused: {exc}") from exc
+        except Exception as exc:
+            exc.add_note(f"shard {url}")
+            if not handler(exc):
+                return
+            continue
+        yield source
+
+
+def sample_clips(src: Iterable, clip: ClipConfig, seed: int = 0, epoch: SharedEpoch | int = 0,
+                 handler: Handler = reraise_exception) -> Iterator[Clip]:
+    """Clip sources -> clips. Random draws (train) come from a generator seeded by (seed, epoch,
+    key): the same clips whatever the worker that reads the sample."""
+    epoch = _epoch(epoch)
+    for source in src:
+        try:
+            rng = np.random.default_rng([seed, epoch, zlib.crc32(source.key.encode())])
+            clips = make_clips(source, clip, rng)
+        except SampleError as exc:
+            if not handler(exc):
+                return
+            continue
+        yield from clips
+
+
+def collate_clips(clips: list[Clip]) -> dict:
+    """Clips -> a batch: mv float32 (B, T, 2, h, w) output px per frame, valid bool (B, T, h, w),
+    iframes uint8 (B, K, 3, H, W), label int64 (B,), key list[str] (B); and for bookkeeping
+    start, clip_index int64 (B,), frame_index int64 (B, T), iframe_index int64 (B, K),
+    crop_box float32 (B, 4) normalized (y0, x0, y1, x1), flipped bool (B,)."""
+    def stack(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([getattr(c, name) for c in clips]))
+
+    def values(name: str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor([getattr(c, name) for c in clips], dtype=dtype)
+
+    return {"mv": stack("mv"), "valid": stack("valid"), "iframes": stack("iframes"),
+            "label": values("label", torch.int64), "key": [c.key for c in clips],
+            "start": values("start", torch.int64), "clip_index": values("clip_index", torch.int64),
+            "frame_index": stack("frame_index"), "iframe_index": stack("iframe_index"),
+            "crop_box": values("crop_box", torch.float32), "flipped": values("flipped", torch.bool)}
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+class ClipPipeline(wds.DataPipeline):
+    """A DataPipeline of clip batches; ``skips``: its SkipCounter (None when loud); ``set_epoch``
+    takes effect at the next iteration, in persistent DataLoader workers too."""
+
+    def __init__(self, stages: list, skips: SkipCounter | None, num_shards: int, world_size: int,
+                 epoch: SharedEpoch | None = None) -> None:
+        super().__init__(*stages)
+        self.skips, self.num_shards, self.world_size = skips, num_shards, world_size
+        self.epoch = epoch or SharedEpoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.set(epoch)
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): as given, else torch.distributed's when initialized, else (0, 1)."""
+    if (rank is None) != (world_size is None):
+        raise ValueError("give both rank and world_size, or neither")
+    if rank is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            rank, world_size = 0, 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got {rank} of {world_size}")
+    return rank, world_size
+
+
+class SharedEpoch:
+    """The epoch number in shared memory: set in the main process, read by DataLoader workers
+    (persistent ones included) when they start iterating."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self._value = multiprocessing.Value("q", epoch)
+
+    def set(self, epoch: int) -> None:
+        self._value.value = epoch
+
+    def get(self) -> int:
+        return int(self._value.value)
+
+
+def _epoch(epoch: SharedEpoch | int) -> int:
+    return epoch.get() if isinstance(epoch, SharedEpoch) else int(epoch)
+
+
+class EpochShardList(wds.SimpleShardList):
+    """webdataset's shard list, shuffled at each iteration by (seed, current epoch) (None: in order),
+    the same order on every rank."""
+
+    def __init__(self, urls: list[str], seed: int | None, epoch: SharedEpoch) -> None:
+        super().__init__(urls)
+        self.shuffle_seed, self.shared_epoch = seed, epoch
+
+    def __iter__(self):
+        self.seed = None if self.shuffle_seed is None else _epoch_seed(self.shuffle_seed, self.shared_epoch.get())
+        return super().__iter__()
+
+
+class EpochResampledShards(wds.ResampledShards):
+    """webdataset's ResampledShards (endless draws with replacement), its draws a function of
+    (seed, current epoch, rank, DataLoader worker)."""
+
+    def __init__(self, urls: list[str], seed: int, epoch: SharedEpoch, rank: int) -> None:
+        super().__init__(urls, seed=seed, deterministic=True, worker_seed=functools.partial(_worker_seed, rank))
+        self.base_seed, self.shared_epoch = seed, epoch
+
+    def __iter__(self):
+        self.seed, self.epoch = _epoch_seed(self.base_seed, self.shared_epoch.get()), -1
+        return super().__iter__()
+
+
+def split_by_rank(src: Iterable, rank: int, world_size: int) -> Iterator:
+    """Every world_size-th item, from the rank-th (the shard list is in the same order on every rank)."""
+    for i, item in enumerate(src):
+        if i % world_size == rank:
+            yield item
+
+
+def shuffle_samples(src: Iterable, bufsize: int, seed: int, epoch: SharedEpoch | int, rank: int) -> Iterator:
+    """webdataset's buffer shuffle, its generator seeded by (seed, epoch, rank, DataLoader worker)."""
+    worker = wds.utils.pytorch_worker_info()[2]
+    rng = np.random.default_rng([seed, _epoch(epoch), rank, worker])
+    yield from wds.shuffle(bufsize, min(bufsize, max(1, bufsize // 4)),
+                           rng=random.Random(int(rng.integers(2 ** 63))))(iter(src))
+
+
+def _worker_seed(rank: int) -> int:
+    """ResampledShards' per-worker seed: distinct for each (rank, DataLoader worker)."""
+    return rank * 1000 + wds.utils.pytorch_worker_info()[2]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, epoch]).integers(2 ** 31))
+
+
+def build_train_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size: int, *, seed: int = 0,
+                         epoch: int = 0, shuffle_shards: bool = True, shuffle_buffer: int = 256,
+                         resampled: bool = False, rank: int | None = None, world_size: int | None = None,
+                         handler: Handler | None = None, read: ReadConfig | None = None) -> ClipPipeline:
+    """Batches of random clips (``clip.mode == 'train'``), full batches only.
+
+    Shard order, sample shuffle and augmentation are deterministic in (seed, epoch):
+    ``pipeline.set_epoch(e)`` before each epoch (or build with ``epoch=e``). Shards are split by
+    rank (``rank``/``world_size``, else torch.distributed's) and DataLoader worker; ``resampled``
+    draws shards with replacement per worker instead, endlessly (bound it with ``.with_epoch(n)``).
+    shuffle_buffer: raw samples (compressed, ~0.1-1 MB each) held per worker; 0 disables.
+    handler: None skips and counts corrupt samples and unreadable shards in a new
+    ``SkipCounter()`` (``pipeline.skips``); pass ``SkipCounter(max_skip_ratio=...)`` to bound
+    them or ``reraise_exception`` to be loud.
+    """
+    if clip.mode != "train":
+        raise ValueError(f"the train pipeline needs ClipConfig(mode='train'), got {clip.mode!r}")
+    _check_batch(batch_size, shuffle_buffer)
+    read, shard_urls = read or ReadConfig(), expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
+    handler, shared_epoch = SkipCounter() if handler is None else handler, SharedEpoch(epoch)
+    if resampled:
+        source = [EpochResampledShards(shard_urls, seed, shared_epoch, rank)]
+    else:
+        source = [EpochShardList(shard_urls, seed if shuffle_shards else None, shared_epoch),
+                  functools.partial(split_by_rank, rank=rank, world_size=world_size), wds.split_by_worker]
+    stages = [
+        *source,
+        functools.partial(read_shards, config=read, handler=handler),
+        functools.partial(shuffle_samples, bufsize=shuffle_buffer, seed=seed, epoch=shared_epoch, rank=rank)
+        if shuffle_buffer else None,
+        functools.partial(decode_sources, check_crc=read.check_crc, handler=handler),
+        functools.partial(sample_clips, clip=clip, seed=seed, epoch=shared_epoch, handler=handler),
+        wds.batched(batch_size, collation_fn=collate_clips, partial=False),
+    ]
+    skips = handler if isinstance(handler, SkipCounter) else None
+    return ClipPipeline([s for s in stages if s is not None], skips, len(shard_urls), world_size, shared_epoch)
+
+
+def build_eval_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size: int, *,
+                        rank: int | None = None, world_size: int | None = None,
+                        handler: Handler = reraise_exception, read: ReadConfig | None = None) -> ClipPipeline:
+    """Batches of deterministic clips (``center`` or ``multi`` mode), shards in order, split by rank
+    and worker: every sample once across ranks and workers; the last batch may be partial.
+    Loud by default (a partial evaluation must be a decision): pass a SkipCounter to skip."""
+    if clip.mode == "train":
+        raise ValueError("the eval pipeline needs ClipConfig(mode='center' or 'multi')")
+    _check_batch(batch_size, 0)
+    read, shard_urls = read or ReadConfig(), expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
+    stages = [
+        wds.SimpleShardList(shard_urls),
+        functools.partial(split_by_rank, rank=rank, world_size=world_size),
+        wds.split_by_worker,
+        functools.partial(read_shards, config=read, handler=handler),
+        functools.partial(decode_sources, check_crc=read.check_crc, handler=handler),
+        functools.partial(sample_clips, clip=clip, handler=handler),
+        wds.batched(batch_size, collation_fn=collate_clips, partial=True),
+    ]
+    skips = handler if isinstance(handler, SkipCounter) else None
+    return ClipPipeline(stages, skips, len(shard_urls), world_size)
+
+
+def _check_batch(batch_size: int, shuffle_buffer: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shuffle_buffer < 0:
+        raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+
+
+def make_loader(pipeline: wds.DataPipeline, num_workers: int = 0, *, pin_memory: bool = False,
+                persistent_workers: bool = False, prefetch_factor: int = 2) -> wds.WebLoader:
+    """A ``webdataset.WebLoader`` over a batching pipeline (batch_size=None: batches come
+    collated from the workers). More workers than this rank's shards leaves some idle (warned)."""
+    shards = getattr(pipeline, "num_shards", 0) // max(1, getattr(pipeline, "world_size", 1))
+    if num_workers > 1 and 0 < shards < num_workers:
+        log.warning("%d DataLoader workers for %d shard(s) per rank: %d worker(s) will be idle",
+                    num_workers, shards, num_workers - shards)
+    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
+    return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
+                         pin_memory=pin_memory, **extra)
+
+
+def iter_samples(urls: str | Sequence[str], *, with_iframes: bool = True, read: ReadConfig | None = None,
+                 handler: Handler = reraise_exception) -> Iterator[fmt.ShardSample]:
+    """Every sample of the shards, in order, fully decoded (``sample.decode_sample``): for
+    inspection and tests, not training."""
+    read = read or ReadConfig()
+    shards = ({"url": u} for u in expand_urls(urls))
+    for raw in read_shards(shards, read, handler):
+        try:
+            yield fmt.decode_sample(raw, with_iframes=with_iframes, check=read.check_crc)
+        except FormatVersionError as exc:
+            raise FormatVersionError(f"{raw.get('__url__')}: refused: {exc}") from exc
+        except SampleError as exc:
+            if not handler(exc):
+                return

@@ -1,0 +1,264 @@
+"""``mvmae shards inspect|verify|export`` on real shards: counts, URL forms, damage found and named."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mvmae.cli import main
+from mvmae.shards.inspect import Problem, inspect_shards, verify_shards
+from mvmae.shards.stream import ShardError, ShardReader, expand_urls, iter_raw_samples
+
+PATTERN = "train-{000000..000004}.tar"
+NUM_GOOD = 8  # good videos of the job_media fixture (conftest.py), 40 frames each
+SAMPLES_PER_SHARD = [2, 1, 2, 1, 2]  # good videos per shard of 3 inputs (bad ones interleaved)
+
+
+def shard_keys(path: Path) -> list[str]:
+    return [s["__key__"] for s in ShardReader(str(path))]
+
+
+@pytest.fixture
+def shards_copy(job_dataset, tmp_path) -> Path:
+    """A private copy of the dataset's folder, to damage."""
+    return Path(shutil.copytree(job_dataset["out"], tmp_path / "shards"))
+
+
+@pytest.fixture(scope="module")
+def http_root(job_dataset):
+    """The dataset's folder served over HTTP on the loopback interface: its base URL."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl (webdataset's http reader) is not installed")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(job_dataset["out"]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_inspect_counts(job_dataset, job_media) -> None:
+    out = job_dataset["out"]
+    report = inspect_shards(str(out / PATTERN))
+    total = report["total"]
+    assert total["num_shards"] == 5
+    assert (total["num_samples"], total["num_videos"]) == (NUM_GOOD, NUM_GOOD)
+    assert total["classes"] == {"jump": 3, "run": 3, "wave": 2}
+    assert total["num_frames"] == 40 * NUM_GOOD
+    assert total["seconds"] == pytest.approx(40 / 25 * NUM_GOOD)
+    assert total["bytes"] == sum(p.stat().st_size for p in out.glob("*.tar"))
+    assert (total["format_versions"], total["methods"], total["num_clipped"]) == ([1], ["resolved"], 0)
+    assert [s["num_samples"] for s in report["shards"]] == SAMPLES_PER_SHARD
+    for shard in report["shards"]:
+        stats = json.loads(Path(shard["url"]).with_suffix(".json").read_text())
+        assert (shard["num_samples"], shard["bytes"], shard["num_frames"]) == \
+            (stats["num_samples"], stats["bytes"], stats["num_frames"])
+
+
+def test_inspect_cli(job_dataset, cli_runner) -> None:
+    urls = str(job_dataset["out"] / PATTERN)
+    result = cli_runner.invoke(main, ["shards", "inspect", urls, "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == json.loads(json.dumps(inspect_shards(urls)))
+    result = cli_runner.invoke(main, ["shards", "inspect", urls])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 + 5 + 1 + 2
+    assert lines[6].split()[:5] == ["total:", "5", "shard(s)", "8", "8"]
+    assert "samples per class: jump 3, run 3, wave 2" in lines
+    assert "format versions: 1; extraction: resolved" in lines
+
+
+@pytest.mark.parametrize("form", ["file", "pipe", "http", "list"])
+def test_url_forms_read_the_same_samples(job_dataset, http_root, form) -> None:
+    out = job_dataset["out"]
+    names = [p.name for p in sorted(out.glob("*.tar"))]
+    urls = {
+        "file": [f"file://{out / PATTERN}"],
+        "pipe": [f"pipe:cat {out / name}" for name in names],
+        "http": [f"{http_root}/{PATTERN}"],
+        "list": [str(out / name) for name in names],
+    }[form]
+    assert len(expand_urls(urls)) == 5
+    expected = inspect_shards(str(out / PATTERN))["total"]
+    assert inspect_shards(urls)["total"] == expected
+    assert verify_shards(urls) == []
+
+
+def test_verify_passes_on_good_shards(job_dataset, cli_runner) -> None:
+    urls = str(job_dataset["out"] / PATTERN)
+    seen = []
+    assert verify_shards(urls, lambda url, n: seen.append(n)) == []
+    assert seen == SAMPLES_PER_SHARD
+    result = cli_runner.invoke(main, ["shards", "verify", urls])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "5 shard(s), 8 samples: all good\n"
+
+
+def flip_bytes(shard: Path, member: str, num_bytes: int = 3) -> None:
+    """Invert ``num_bytes`` bytes in the middle of a member's data, in place."""
+    with tarfile.open(shard) as tar:
+        info = tar.getmember(member)
+    data = bytearray(shard.read_bytes())
+    start = info.offset_data + info.size // 2
+    for i in range(start, min(start + num_bytes, info.offset_data + info.size)):
+        data[i] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+def run_verify(cli_runner, urls: list[str]) -> tuple[list[str], str]:
+    """`mvmae shards verify`: (problem lines, summary line); asserts the exit status 1."""
+    result = cli_runner.invoke(main, ["shards", "verify", *urls])
+    assert result.exit_code == 1, result.stdout + result.stderr
+    *lines, summary = result.stdout.splitlines()
+    return lines, summary
+
+
+@pytest.mark.parametrize("member", ["mv.zst", "types.txt", "iframes.jpgs", "cls"])
+def test_verify_finds_flipped_bytes(shards_copy, cli_runner, member) -> None:
+    shard = shards_copy / "train-000002.tar"
+    key = shard_keys(shard)[1]
+    flip_bytes(shard, f"{key}.{member}", num_bytes=1 if member == "cls" else 3)
+    expected = Problem(str(shard), key, f"checksum mismatch in {member} (corrupt data)")
+    assert verify_shards(str(shards_copy / PATTERN)) == [expected]
+    lines, summary = run_verify(cli_runner, [str(shards_copy / PATTERN)])
+    assert lines == [f"{shard} {key}: checksum mismatch in {member} (corrupt data)"]
+    assert summary == "5 shard(s), 8 samples: 1 problem(s) in 1 shard(s)"
+
+
+def member_offsets(shard: Path) -> dict[str, tuple[int, int]]:
+    """Member name -> (offset of its header, offset of its data)."""
+    with tarfile.open(shard) as tar:
+        return {m.name: (m.offset, m.offset_data) for m in tar.getmembers()}
+
+
+@pytest.mark.parametrize("where", ["in_data", "at_header", "in_header"])
+def test_verify_finds_truncated_tar(shards_copy, cli_runner, where) -> None:
+    """Cut inside the second sample: the problem names the first (last good) sample."""
+    shard = shards_copy / "train-000000.tar"
+    first, second = shard_keys(shard)
+    header, data = member_offsets(shard)[f"{second}.iframes.jpgs"]
+    cut = {"in_data": data + 1000, "at_header": header, "in_header": header + 100}[where]
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:cut])
+    problems = verify_shards(str(shard))
+    assert problems[0].shard == str(shard) and problems[0].key == first
+    assert problems[0].reason.startswith("tar unreadable after this sample: truncated tar")
+    assert problems[1:] == [
+        Problem(str(shard), None, f"1 samples, train-000000.json says 2; missing: {second}"),
+        Problem(str(shard), None, f"{cut} bytes, train-000000.json says {size}"),
+    ]
+    lines, summary = run_verify(cli_runner, [str(shard)])
+    assert lines[0].startswith(f"{shard} {first}: tar unreadable after this sample: truncated tar")
+    assert summary == "1 shard(s), 1 samples: 3 problem(s) in 1 shard(s)"
+
+
+def test_verify_finds_garbage_header(shards_copy, cli_runner) -> None:
+    shard = shards_copy / "train-000004.tar"
+    first, second = shard_keys(shard)
+    header, _ = member_offsets(shard)[f"{second}.types.txt"]
+    data = bytearray(shard.read_bytes())
+    data[header:header + 512] = np.random.default_rng(0).integers(0, 256, 512, np.uint8).tobytes()
+    shard.write_bytes(bytes(data))
+    problems = verify_shards(str(shard))
+    assert (problems[0].key, problems[0].reason) == (
+        first, f"tar unreadable after this sample: invalid tar header at byte {header} (invalid header), "
+               f"after member {second}.mv.zst")
+    assert problems[1].reason == f"1 samples, train-000004.json says 2; missing: {second}"
+    lines, _ = run_verify(cli_runner, [str(shard)])
+    assert lines[0] == str(problems[0])
+
+
+def test_verify_finds_missing_member(shards_copy, cli_runner) -> None:
+    """The shard rewritten without ``<key>.types.txt``."""
+    shard = shards_copy / "train-000002.tar"
+    key = shard_keys(shard)[0]
+    rewritten = shard.with_name("rewritten.tar")
+    with tarfile.open(shard) as src, tarfile.open(rewritten, "w", format=tarfile.USTAR_FORMAT) as dst:
+        for info in src.getmembers():
+            if info.name != f"{key}.types.txt":
+                dst.addfile(info, src.extractfile(info))
+    rewritten.replace(shard)
+    problems = verify_shards(str(shards_copy / PATTERN))
+    assert Problem(str(shard), key, f"sample {key!r} lacks member(s) types.txt") in problems
+    assert {p.shard for p in problems} == {str(shard)}
+    lines, _ = run_verify(cli_runner, [str(shards_copy / PATTERN)])
+    assert f"{shard} {key}: sample {key!r} lacks member(s) types.txt" in lines
+
+
+def test_verify_finds_duplicate_keys_and_missing_stats(shards_copy) -> None:
+    first, second = (str(shards_copy / f"train-00000{i}.tar") for i in (0, 1))
+    (shards_copy / "train-000001.json").unlink()
+    problems = verify_shards([first, second, first])
+    keys = shard_keys(Path(first))
+    assert problems == [
+        Problem(second, None, "no stats file train-000001.json beside it (an incomplete shard)"),
+        *[Problem(first, k, f"duplicate key (also in {first})") for k in keys],
+    ]
+
+
+def test_damaged_shard_stops_inspect_with_one_line(shards_copy, cli_runner) -> None:
+    shard = shards_copy / "train-000000.tar"
+    first, second = shard_keys(shard)
+    shard.write_bytes(shard.read_bytes()[:member_offsets(shard)[f"{second}.json"][1] + 10])
+    with pytest.raises(ShardError) as info:
+        inspect_shards(str(shards_copy / PATTERN))
+    assert (info.value.url, info.value.key) == (str(shard), first)
+    result = cli_runner.invoke(main, ["shards", "inspect", str(shards_copy / PATTERN)])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"{shard} {first}: tar unreadable" in lines[0]
+
+
+def test_iter_raw_samples_handler_skips_a_damaged_shard(shards_copy) -> None:
+    shard = shards_copy / "train-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    errors = []
+    keys = [s["__key__"] for s in iter_raw_samples(str(shards_copy / PATTERN),
+                                                   handler=lambda exc: errors.append(exc) or True)]
+    assert len(keys) == NUM_GOOD - 2 and len(set(keys)) == len(keys)
+    assert [(e.url, e.key) for e in errors] == [(str(shard), None)]
+    assert "truncated tar" in errors[0].reason
+    with pytest.raises(ShardError, match="train-000002.tar -: tar unreadable: truncated tar"):
+        list(iter_raw_samples(str(shards_copy / PATTERN)))
+
+
+def test_export_of_unknown_key_fails_with_one_line(job_dataset, cli_runner, tmp_path) -> None:
+    out = tmp_path / "x.npz"
+    result = cli_runner.invoke(main, ["shards", "export", str(job_dataset["out"] / PATTERN),
+                                      "--key", "no_such_clip", "--out", str(out)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "'no_such_clip'" in lines[0] and "5 shard(s)" in lines[0]
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_export_carries_source_and_label(job_dataset, job_media, cli_runner, tmp_path) -> None:
+    """The npz holds the source as listed and the label; meta the key and class name."""
+    from mvmae.extract.export import load_export
+
+    video, cls = job_media["good"][6]
+    key = video.stem
+    out = tmp_path / f"{key}.npz"
+    result = cli_runner.invoke(main, ["shards", "export", str(job_dataset["out"] / PATTERN),
+                                      "--key", key, "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    fields = load_export(out)
+    assert fields.meta["source"] == video.name and fields.meta["label"] == 2
+    assert fields.meta["key"] == key and fields.meta["class_name"] == cls == "wave"
+    assert fields.mv.shape == (40, 2, 18, 24) and fields.valid.any()

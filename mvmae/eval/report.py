@@ -304,7 +304,8 @@ def _curve_points(records: list[dict[str, Any]]) -> tuple[str, dict[str, dict[st
         x = order if axis == "record" else record[axis]
         split = str(record.get("split", "all"))
         for name, value in record.items():
-            if name not in _CURVE_AXES and _is_number(value):
+            # num_* are counts (classes, samples), not curves worth a panel.
+            if name not in _CURVE_AXES and not name.startswith("num_") and _is_number(value):
                 sums[name][split][x].append(float(value))
     curves = {name: {split: (np.array(sorted(by_x)),
                              np.array([np.mean(by_x[x]) for x in sorted(by_x)]))

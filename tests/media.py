@@ -24,11 +24,12 @@ import math
 import shutil
 import struct
 from collections.abc import Iterable
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from mvmae.synth import encode_h264, x264_options
 
 #: Factor by which the photograph is upsampled before cropping, so that a
 #: 144x192 window can travel up to ~1300 px across a 512x512 photo.
@@ -90,36 +91,15 @@ def render_pan(*, vx: float, vy: float, num_frames: int = 48, size: tuple[int, i
 def _encode(path: str | Path, frames: Iterable[np.ndarray], *, codec: str = "libx264", fps: int = 25,
             pix_fmt: str = "yuv420p", options: dict[str, str] | None = None,
             container_options: dict[str, str] | None = None) -> Path:
-    """Encode RGB uint8 frames (H, W, 3) into ``path`` (container chosen by suffix)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", options=container_options or {}) as container:
-        stream = None
-        for t, rgb in enumerate(frames):
-            if stream is None:
-                stream = container.add_stream(codec, rate=fps)
-                stream.height, stream.width = rgb.shape[:2]
-                stream.pix_fmt = pix_fmt
-                stream.options = dict(options or {})
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=pix_fmt)
-            frame.pts = t
-            frame.time_base = Fraction(1, fps)
-            container.mux(stream.encode(frame))
-        if stream is None:
-            raise ValueError("no frames to encode")
-        container.mux(stream.encode(None))
-    return path
+    """Encode RGB uint8 frames (H, W, 3) into ``path`` with mvmae's own encoder helper."""
+    return encode_h264(path, frames, fps, options or {}, pix_fmt=pix_fmt, codec=codec,
+                       container_options=container_options)
 
 
 def _x264_options(*, bframes: int, refs: int, gop: int, crf: int) -> dict[str, str]:
-    """x264 options for a fixed GOP: IDR exactly every ``gop`` frames, exactly ``bframes`` B-frames."""
-    return {
-        "bf": str(bframes), "refs": str(refs), "g": str(gop), "keyint_min": str(gop),
-        "sc_threshold": "0", "crf": str(crf), "threads": "1",
-        # b-adapt=0: fixed B-frame pattern (adaptive placement would drop B-frames on fast pans).
-        # mbtree=0 + threads=1: with MB-tree on, this libx264 build is not bit-exact run to run.
-        "x264-params": "b-adapt=0:mbtree=0:log-level=error",
-    }
+    """x264 options for a fixed GOP: IDR exactly every ``gop`` frames, exactly ``bframes``
+    B-frames, bit-exact from run to run (see ``mvmae.synth.x264_options``)."""
+    return x264_options(bframes, refs, gop, crf)
 
 
 def make_pan_clip(path: str | Path, *, vx: float, vy: float, num_frames: int = 48,

@@ -27,7 +27,7 @@ from mvmae.shards.clips import ClipConfig
 from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict, save_resolved_config
-from mvmae.train.distributed import all_reduce_mean, init_distributed, unwrap_model, wrap_ddp
+from mvmae.train.distributed import all_reduce_mean, init_distributed, wrap_ddp
 from mvmae.train.logs import MetricLogger
 from mvmae.train.model import ClassifierConfig, MVMAEClassifier, top_blocks
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr

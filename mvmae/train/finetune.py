@@ -27,7 +27,7 @@ from mvmae.shards.clips import ClipConfig
 from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict, save_resolved_config
-from mvmae.train.distributed import all_reduce_mean, init_distributed, wrap_ddp
+from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, init_distributed, wrap_ddp
 from mvmae.train.logs import MetricLogger
 from mvmae.train.model import ClassifierConfig, MVMAEClassifier, top_blocks
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
@@ -212,8 +212,25 @@ class Finetuner:
         loader = make_loader(pipe, self.cfg.workers, pin_memory=self.device.type == "cuda")
         return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
 
+    def _batches(self, epoch: int):
+        """The epoch's train batches. Under DDP, every rank stops as soon as one runs out (shards
+        split unevenly over ranks): a rank that went on alone would meet the others in another
+        collective (its gradient all-reduce against their metrics all-reduce)."""
+        loader = self._train_loader(epoch)
+        if not self.dist.is_distributed:
+            yield from loader
+            return
+        batches = iter(loader)
+        while True:
+            batch = next(batches, None)
+            has_batch = torch.tensor([int(batch is not None)], device=self.device)
+            torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
+            if not has_batch.item():
+                return
+            yield batch
+
     def _count_steps(self) -> int:
-        batches = sum(1 for _ in self._train_loader(0))
+        batches = sum(1 for _ in self._batches(0))
         if batches == 0:
             raise ValueError(f"no full batch of {self.cfg.batch_size} clips in {self.cfg.train}")
         return max(1, batches // self.cfg.accum_steps)
@@ -256,13 +273,17 @@ class Finetuner:
                 self.manager.save(self._state(phase, trainable), epoch,
                                   metrics if self.cfg.best_metric in metrics else None)
         self.logger.close()
+        # Leave the process group only once rank 0 has written its last checkpoint: a rank that
+        # exits first can abort in the gloo teardown, and torchrun then kills rank 0 mid-save.
+        barrier()
+        cleanup()
         return metrics
 
     def train_epoch(self, epoch: int, phase: int) -> dict:
         cfg = self.cfg
         total, warmup = cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch
         sums, n = torch.zeros(2), 0
-        bar = tqdm(self._train_loader(epoch), total=self.steps_per_epoch * cfg.accum_steps, leave=False,
+        bar = tqdm(self._batches(epoch), total=self.steps_per_epoch * cfg.accum_steps, leave=False,
                    desc=f"epoch {epoch} (phase {phase})", disable=not self.dist.is_main, unit="batch")
         for i, batch in enumerate(bar):
             if i % cfg.accum_steps == 0:

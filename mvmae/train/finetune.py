@@ -231,9 +231,10 @@ class Finetuner:
 
     def _count_steps(self) -> int:
         batches = sum(1 for _ in self._batches(0))
-        if batches == 0:
-            raise ValueError(f"no full batch of {self.cfg.batch_size} clips in {self.cfg.train}")
-        return max(1, batches // self.cfg.accum_steps)
+        if batches < self.cfg.accum_steps:
+            raise ValueError(f"{batches} full batch(es) of {self.cfg.batch_size} clips per epoch in "
+                             f"{self.cfg.train}: fewer than accum_steps={self.cfg.accum_steps}")
+        return batches // self.cfg.accum_steps
 
     def _state(self, phase: int, trainable: list[str]) -> dict:
         return {ckpt.MODEL: self.raw_model.state_dict(), ckpt.OPTIMIZER: self.optimizer.state_dict(),
@@ -283,6 +284,9 @@ class Finetuner:
         cfg = self.cfg
         total, warmup = cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch
         sums, n = torch.zeros(2), 0
+        # A last unfinished accumulation of the previous epoch is not in the checkpoint: drop it,
+        # so a resumed run and an uninterrupted one take the same steps.
+        self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(self._batches(epoch), total=self.steps_per_epoch * cfg.accum_steps, leave=False,
                    desc=f"epoch {epoch} (phase {phase})", disable=not self.dist.is_main, unit="batch")
         for i, batch in enumerate(bar):

@@ -22,7 +22,8 @@ from mvmae.shards.reader import build_train_pipeline, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.codebook import Codebook
 from mvmae.train.config import config_to_dict, save_resolved_config
-from mvmae.train.distributed import all_reduce_mean, init_distributed, unwrap_model, wrap_ddp
+from mvmae.train.distributed import (all_reduce_mean, barrier, cleanup, init_distributed, unwrap_model,
+                                     wrap_ddp)
 from mvmae.train.logs import MetricLogger
 from mvmae.train.masking import build_masking
 from mvmae.train.motion_encoder import MaskedMotionModel, MotionDecoderConfig, motion_encoder_config
@@ -78,6 +79,8 @@ class PretrainConfig:
         for name in ("epochs", "batch_size", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_epochs <= self.epochs:  # lr_at would fail at the first step
+            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
 
@@ -153,12 +156,30 @@ class Pretrainer:
         loader = make_loader(pipeline, self.cfg.workers, pin_memory=self.device.type == "cuda")
         return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
 
+    def _batches(self, epoch: int):
+        """The epoch's batches. Under DDP, every rank stops as soon as one runs out (shards split
+        unevenly over ranks): a rank that stopped early would leave the others waiting in DDP's
+        gradient all-reduce until the timeout."""
+        loader = self._loader(epoch)
+        if not self.dist.is_distributed:
+            yield from loader
+            return
+        batches = iter(loader)
+        while True:
+            batch = next(batches, None)
+            has_batch = torch.tensor([int(batch is not None)], device=self.device)
+            torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
+            if not has_batch.item():
+                return
+            yield batch
+
     def _count_steps(self) -> int:
         """Optimizer steps in one pass over the shards (one pass of the loader, epoch 0)."""
-        batches = sum(1 for _ in self._loader(0))
-        if batches == 0:
-            raise ValueError(f"no full batch of {self.cfg.batch_size} clips in {self.cfg.train}")
-        return max(1, batches // self.cfg.accum_steps)
+        batches = sum(1 for _ in self._batches(0))
+        if batches < self.cfg.accum_steps:
+            raise ValueError(f"{batches} full batch(es) of {self.cfg.batch_size} clips per epoch in "
+                             f"{self.cfg.train}: fewer than accum_steps={self.cfg.accum_steps}")
+        return batches // self.cfg.accum_steps
 
     def _resume(self) -> None:
         state = ckpt.load_checkpoint(self.manager.last_path, map_location=self.device)
@@ -172,11 +193,18 @@ class Pretrainer:
     def run(self) -> dict:
         """Train from the current epoch to ``cfg.epochs``; returns the last epoch's metrics."""
         metrics: dict = {}
-        for epoch in range(self.epoch, self.cfg.epochs):
-            metrics = self.train_epoch(epoch)
-            if self.dist.is_main:
-                self.manager.save(self._state(), epoch, metrics)
-        self.logger.close()
+        try:
+            for epoch in range(self.epoch, self.cfg.epochs):
+                metrics = self.train_epoch(epoch)
+                if self.dist.is_main:
+                    self.manager.save(self._state(), epoch, metrics)
+        finally:
+            self.logger.close()
+        # Leave the process group only once rank 0 has written its last checkpoint: a rank that
+        # exits with the group alive can abort in the gloo teardown ("terminate called without
+        # an active exception"), and torchrun then kills rank 0, possibly mid-save.
+        barrier()
+        cleanup()
         return metrics
 
     def _state(self) -> dict:
@@ -192,7 +220,10 @@ class Pretrainer:
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1009 + self.dist.rank)
         self.model.train()
         sums, num_batches, num_tokens, t0 = torch.zeros(2), 0, 0, time.monotonic()
-        for i, batch in enumerate(self._loader(epoch)):
+        # Gradients of a last incomplete accumulation must not leak into this epoch (nor be lost
+        # only when resuming from a checkpoint, which does not hold them).
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self._batches(epoch)):
             if i % cfg.accum_steps == 0:
                 set_lr(self.optimizer, lr_at(self.step, cfg.lr, warmup, total_steps, cfg.min_lr))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):

@@ -597,6 +597,15 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
 
 
 
+def _echo_views_table(metrics: dict) -> None:
+    """The headline metrics of ``mvmae eval``'s result, a column per view setting."""
+    keys = ("top1", "top5", "macro_f1", "macro_precision", "macro_recall", "mean_class_acc")
+    views = [v for v in ("single_view", "multi_view") if f"{v}_top1" in metrics]
+    click.echo(f"{'metric':<16}" + "".join(f"{v.replace('_', '-'):>13}" for v in views))
+    for key in keys:
+        click.echo(f"{key:<16}" + "".join(f"{metrics[f'{v}_{key}']:>13.2%}" for v in views))
+
+
 @main.command("eval")
 @click.option("--ckpt", "ckpt", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Classifier checkpoint from `mvmae train` (best.pt or last.pt).")
@@ -623,11 +632,7 @@ def eval_cmd(ckpt: Path, data: tuple[str, ...], out: Path, clips: int, crops: in
 
     metrics = evaluate(EvalConfig(ckpt=str(ckpt), data=list(data), out=str(out), clips=clips,
                                   crops=crops, batch_size=batch_size, workers=workers, device=device))
-    keys = ("top1", "top5", "macro_f1", "macro_precision", "macro_recall", "mean_class_acc")
-    views = [v for v in ("single_view", "multi_view") if f"{v}_top1" in metrics]
-    click.echo(f"{'metric':<16}" + "".join(f"{v.replace('_', '-'):>13}" for v in views))
-    for key in keys:
-        click.echo(f"{key:<16}" + "".join(f"{metrics[f'{v}_{key}']:>13.2%}" for v in views))
+    _echo_views_table(metrics)
     click.echo(f"{metrics['num_samples']} videos, {metrics['views']} view(s) per video")
     click.echo(f"report -> {out} (metrics.json, confusion_matrix.png, per_class.csv, predictions.csv)")
 
@@ -653,11 +658,8 @@ def demo(out: Path, workers: int, seed: int) -> None:
     t0 = time.monotonic()
     metrics = run_demo(DemoConfig(out=out, workers=workers, seed=seed),
                        lambda name: click.secho(f"== {name}", bold=True, err=True))
-    keys = ("top1", "top5", "macro_f1", "macro_precision", "macro_recall", "mean_class_acc")
-    views = [v for v in ("single_view", "multi_view") if f"{v}_top1" in metrics]
-    click.echo(f"\n{'metric':<16}" + "".join(f"{v.replace('_', '-'):>13}" for v in views))
-    for key in keys:
-        click.echo(f"{key:<16}" + "".join(f"{metrics[f'{v}_{key}']:>13.2%}" for v in views))
+    click.echo()
+    _echo_views_table(metrics)
     click.echo(f"\n{metrics['num_samples']} validation videos; done in {time.monotonic() - t0:.0f} s")
     click.echo(f"plots: {out / 'eval' / 'confusion_matrix.png'}, {out / 'eval' / 'training_curves.png'}")
     click.echo(f"report: {out / 'eval' / 'metrics.json'}; checkpoints: {out / 'train'}")

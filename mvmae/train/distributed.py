@@ -11,6 +11,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -109,3 +110,20 @@ def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = Fa
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a DDP wrapper (what checkpoints should save), else ``model``."""
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def in_lockstep(batches: Iterable, info: DistInfo) -> Iterator:
+    """Yield ``batches`` until ANY rank runs out. Shards split unevenly over ranks give ranks
+    different numbers of batches; a rank that went on alone would wait forever (or abort) in a
+    collective the others never join. Single process: the batches unchanged."""
+    if not info.is_distributed:
+        yield from batches
+        return
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        has_batch = torch.tensor([int(batch is not None)], device=info.device)
+        torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
+        if not has_batch.item():
+            return
+        yield batch

@@ -27,7 +27,7 @@ from mvmae.shards.clips import ClipConfig
 from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict, save_resolved_config
-from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, init_distributed, wrap_ddp
+from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, in_lockstep, init_distributed, wrap_ddp
 from mvmae.train.logs import MetricLogger
 from mvmae.train.model import ClassifierConfig, MVMAEClassifier, top_blocks
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
@@ -213,21 +213,8 @@ class Finetuner:
         return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
 
     def _batches(self, epoch: int):
-        """The epoch's train batches. Under DDP, every rank stops as soon as one runs out (shards
-        split unevenly over ranks): a rank that went on alone would meet the others in another
-        collective (its gradient all-reduce against their metrics all-reduce)."""
-        loader = self._train_loader(epoch)
-        if not self.dist.is_distributed:
-            yield from loader
-            return
-        batches = iter(loader)
-        while True:
-            batch = next(batches, None)
-            has_batch = torch.tensor([int(batch is not None)], device=self.device)
-            torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
-            if not has_batch.item():
-                return
-            yield batch
+        """The epoch's batches, all ranks stopping together (``distributed.in_lockstep``)."""
+        return in_lockstep(self._train_loader(epoch), self.dist)
 
     def _count_steps(self) -> int:
         batches = sum(1 for _ in self._batches(0))

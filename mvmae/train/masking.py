@@ -20,6 +20,8 @@ in all (within T'/2 tokens of ``round(mask_ratio * N)``); ``random`` and ``video
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from dataclasses import dataclass
 
@@ -110,7 +112,7 @@ def _select_ranked(keys: Tensor, allowed: Tensor, counts: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class MaskingStrategy:
+class MaskingStrategy(ABC):
     """Base of the strategies: ``mask_ratio`` is the fraction of kept tokens to mask."""
 
     mask_ratio: float = 0.9
@@ -124,8 +126,9 @@ class MaskingStrategy:
         T, h, w = grid
         return _count(self.mask_ratio, T * h * w), 0
 
+    @abstractmethod
     def __call__(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
-        raise NotImplementedError
+        """token_motion (B, T', h', w', 2) px per frame -> the masked and dropped tokens."""
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from mvmae.shards.reader import build_train_pipeline, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.codebook import Codebook
 from mvmae.train.config import config_to_dict, save_resolved_config
-from mvmae.train.distributed import (all_reduce_mean, barrier, cleanup, init_distributed, unwrap_model,
-                                     wrap_ddp)
+from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, in_lockstep, init_distributed, unwrap_model, wrap_ddp
 from mvmae.train.logs import MetricLogger
 from mvmae.train.masking import build_masking
 from mvmae.train.motion_encoder import MaskedMotionModel, MotionDecoderConfig, motion_encoder_config
@@ -157,21 +156,8 @@ class Pretrainer:
         return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
 
     def _batches(self, epoch: int):
-        """The epoch's batches. Under DDP, every rank stops as soon as one runs out (shards split
-        unevenly over ranks): a rank that stopped early would leave the others waiting in DDP's
-        gradient all-reduce until the timeout."""
-        loader = self._loader(epoch)
-        if not self.dist.is_distributed:
-            yield from loader
-            return
-        batches = iter(loader)
-        while True:
-            batch = next(batches, None)
-            has_batch = torch.tensor([int(batch is not None)], device=self.device)
-            torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
-            if not has_batch.item():
-                return
-            yield batch
+        """The epoch's batches, all ranks stopping together (``distributed.in_lockstep``)."""
+        return in_lockstep(self._loader(epoch), self.dist)
 
     def _count_steps(self) -> int:
         """Optimizer steps in one pass over the shards (one pass of the loader, epoch 0)."""

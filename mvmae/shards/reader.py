@@ -37,8 +37,8 @@ from webdataset.handlers import reraise_exception
 
 from mvmae.shards import sample as fmt
 from mvmae.shards.clips import Clip, ClipConfig, ShardClipSource, make_clips
-from mvmae.shards.sample import FormatVersionError, SampleError
 from mvmae.shards.fetch import Handler, ReadConfig, ShardReadError, expand_urls, read_shards
+from mvmae.shards.sample import FormatVersionError, SampleError
 
 __all__ = [
     "Clip", "ClipConfig", "ReadConfig", "ShardReadError", "SkipCounter", "TooManySkipsError",
@@ -58,46 +58,49 @@ class TooManySkipsError(RuntimeError):
 
 class SkipCounter:
     """The skip-and-count handler: logs a warning per skipped sample or shard and counts them in
-    shared memory (readable in the main process after an epoch, whatever the number of
-    DataLoader workers). ``max_skip_ratio`` (None: no limit) raises :class:`TooManySkipsError`
-    once skipped/seen exceeds it, for samples after ``min_samples`` seen and for shards after
-    ``min_shards`` seen. FormatVersionError and errors that are not data errors (bugs) re-raise.
+    shared memory, readable in the main process after an epoch whatever the number of DataLoader
+    workers and their start method (one row of counts per worker: no lock). ``max_skip_ratio``
+    (None: no limit) raises :class:`TooManySkipsError` once skipped/seen exceeds it, for samples
+    after ``min_samples`` seen and for shards after ``min_shards`` seen (totals over workers).
+    FormatVersionError and errors that are not data errors (bugs) re-raise.
     """
 
     SKIPPABLE = (SampleError, OSError, EOFError, tarfile.TarError)
     _FIELDS = ("seen", "skipped", "shards_seen", "shards_skipped")
+    _ROWS = 256  # DataLoader workers with their own row (beyond: rows shared, counts may race)
 
     def __init__(self, max_skip_ratio: float | None = None, min_samples: int = 100,
                  min_shards: int = 10) -> None:
         if max_skip_ratio is not None and not 0.0 <= max_skip_ratio < 1.0:
             raise ValueError(f"max_skip_ratio must be in [0, 1), got {max_skip_ratio}")
         self.max_skip_ratio, self.min_samples, self.min_shards = max_skip_ratio, min_samples, min_shards
-        self._counts = multiprocessing.Array("q", len(self._FIELDS))  # shared with forked/spawned workers
+        self._counts = multiprocessing.RawArray("q", self._ROWS * len(self._FIELDS))
+
+    def _totals(self) -> np.ndarray:
+        return np.frombuffer(self._counts, np.int64).reshape(self._ROWS, -1).sum(0)  # (4,)
 
     @property
     def seen(self) -> int:
         """Samples read (decoded or skipped)."""
-        return int(self._counts[0])
+        return int(self._totals()[0])
 
     @property
     def skipped(self) -> int:
-        return int(self._counts[1])
+        return int(self._totals()[1])
 
     @property
     def shards_seen(self) -> int:
-        return int(self._counts[2])
+        return int(self._totals()[2])
 
     @property
     def shards_skipped(self) -> int:
-        return int(self._counts[3])
+        return int(self._totals()[3])
 
     def summary(self) -> dict[str, int]:
-        with self._counts.get_lock():
-            return dict(zip(self._FIELDS, map(int, self._counts[:])))
+        return dict(zip(self._FIELDS, map(int, self._totals())))
 
     def reset(self) -> None:
-        with self._counts.get_lock():
-            self._counts[:] = [0] * len(self._FIELDS)
+        np.frombuffer(self._counts, np.int64)[:] = 0
 
     def count_sample(self) -> None:
         self._check(*self._add(0), shard=False)
@@ -117,11 +120,13 @@ class SkipCounter:
         return True
 
     def _add(self, field: int) -> tuple[int, int]:
-        """Increment one count; returns (seen, skipped) of its kind (samples or shards)."""
-        with self._counts.get_lock():
-            self._counts[field] += 1
-            base = field - field % 2
-            return int(self._counts[base]), int(self._counts[base + 1])
+        """Increment one count in this worker's row; returns the totals (seen, skipped) of its
+        kind (samples or shards)."""
+        info = torch.utils.data.get_worker_info()
+        row = (info.id if info else 0) % self._ROWS
+        self._counts[row * len(self._FIELDS) + field] += 1
+        totals, base = self._totals(), field - field % 2
+        return int(totals[base]), int(totals[base + 1])
 
     def _check(self, seen: int, skipped: int, shard: bool, exn: Exception | None = None) -> None:
         """Raise once at least the minimum were seen and skipped/seen is past the ratio."""
@@ -226,7 +231,7 @@ class SharedEpoch:
     (persistent ones included) when they start iterating."""
 
     def __init__(self, epoch: int = 0) -> None:
-        self._value = multiprocessing.Value("q", epoch)
+        self._value = multiprocessing.RawValue("q", epoch)  # one writer (the main process): no lock
 
     def set(self, epoch: int) -> None:
         self._value.value = epoch
@@ -360,14 +365,20 @@ def _check_batch(batch_size: int, shuffle_buffer: int) -> None:
 
 
 def make_loader(pipeline: wds.DataPipeline, num_workers: int = 0, *, pin_memory: bool = False,
-                persistent_workers: bool = False, prefetch_factor: int = 2) -> wds.WebLoader:
+                persistent_workers: bool = False, prefetch_factor: int = 2, timeout_s: float = 0.0,
+                multiprocessing_context: str | None = None) -> wds.WebLoader:
     """A ``webdataset.WebLoader`` over a batching pipeline (batch_size=None: batches come
-    collated from the workers). More workers than this rank's shards leaves some idle (warned)."""
+    collated from the workers). timeout_s > 0: a worker that delivers no batch for that long
+    raises instead of stalling training. multiprocessing_context: torch's default (``fork`` on
+    Linux) or ``forkserver``/``spawn`` when the main process holds state a fork must not inherit
+    (e.g. live PyAV objects, whose FFmpeg threads a forked child lacks). More workers than this
+    rank's shards leaves some idle (warned)."""
     shards = getattr(pipeline, "num_shards", 0) // max(1, getattr(pipeline, "world_size", 1))
     if num_workers > 1 and 0 < shards < num_workers:
         log.warning("%d DataLoader workers for %d shard(s) per rank: %d worker(s) will be idle",
                     num_workers, shards, num_workers - shards)
-    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
+    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers,
+             "timeout": timeout_s, "multiprocessing_context": multiprocessing_context} if num_workers else {}
     return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
                          pin_memory=pin_memory, **extra)
 

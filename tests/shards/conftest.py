@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -142,6 +143,9 @@ def reader_dataset(tmp_path_factory) -> dict:
     (d / "list.txt").write_text("\n".join(lines) + "\n")
     summary = run_job(JobConfig(input=d / "list.txt", out_dir=d / "shards", shard_size=3))
     assert summary.num_ok == len(videos) and summary.num_shards == 4, summary
+    # Free PyAV objects now: a DataLoader worker forked while they are garbage would free them
+    # itself and hang joining FFmpeg threads it does not have (see job.py's spawn pool).
+    gc.collect()
     tars = sorted((d / "shards").glob("train-*.tar"))
     return {"shards": d / "shards", "urls": str(d / "shards" / "train-{000000..000003}.tar"),
             "tars": tars, "videos": videos, "labels": labels, "velocity": velocity,

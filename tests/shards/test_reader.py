@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import shutil
 import tarfile
 import threading
@@ -28,6 +29,7 @@ from mvmae.shards.writer import ShardFile
 
 FAST_RETRY = ReadConfig(retries=2, retry_delay_s=0.05, max_time_s=5, connect_timeout_s=2, stall_s=2)
 CENTER = ClipConfig(mode="center")
+WORKER_TIMEOUT_S = 60  # a DataLoader worker stuck for this long fails the test instead of hanging it
 
 
 def keys_of(pipeline) -> list[str]:
@@ -71,6 +73,7 @@ def test_round_trip_matches_extraction(reader_dataset) -> None:
         np.testing.assert_array_equal(s.iframe_index, fields.iframe_index)
         assert np.abs(s.iframes.astype(int) - fields.iframes).mean() < 3.0  # JPEG q90
         assert s.label == reader_dataset["labels"][key]
+    gc.collect()  # no PyAV garbage left for forked DataLoader workers (see conftest.reader_dataset)
 
 
 def test_lazy_source_equals_decode_sample(reader_dataset) -> None:
@@ -207,12 +210,13 @@ def test_set_epoch_reaches_persistent_workers(reader_dataset) -> None:
 
     urls = reader_dataset["urls"]
     pipeline = build_train_pipeline(urls, ClipConfig(), 1, seed=9)
-    loader = make_loader(pipeline, num_workers=2, persistent_workers=True)
+    loader = make_loader(pipeline, num_workers=2, persistent_workers=True, timeout_s=WORKER_TIMEOUT_S)
     epoch0 = run(loader)
     pipeline.set_epoch(1)
     epoch1 = run(loader)
-    assert epoch0 == run(make_loader(build_train_pipeline(urls, ClipConfig(), 1, seed=9, epoch=0), num_workers=2))
-    assert epoch1 == run(make_loader(build_train_pipeline(urls, ClipConfig(), 1, seed=9, epoch=1), num_workers=2))
+    for epoch, expected in enumerate([epoch0, epoch1]):
+        fresh = build_train_pipeline(urls, ClipConfig(), 1, seed=9, epoch=epoch)
+        assert run(make_loader(fresh, num_workers=2, timeout_s=WORKER_TIMEOUT_S)) == expected
     assert epoch0 != epoch1
 
 
@@ -226,7 +230,7 @@ def test_ranks_and_workers_cover_every_sample_once(reader_dataset, build: str) -
                                             world_size=2)
         else:
             pipeline = build_eval_pipeline(reader_dataset["urls"], CENTER, 2, rank=rank, world_size=2)
-        per_rank.append(keys_of(make_loader(pipeline, num_workers=2)))
+        per_rank.append(keys_of(make_loader(pipeline, num_workers=2, timeout_s=WORKER_TIMEOUT_S)))
     everything = per_rank[0] + per_rank[1]
     assert sorted(everything) == sorted(reader_dataset["videos"])
     assert not set(per_rank[0]) & set(per_rank[1])
@@ -370,10 +374,14 @@ def corrupt_dataset(reader_dataset, tmp_path) -> dict:
     return {"urls": [str(t) for t in tars], "keys": set(reader_dataset["videos"])}
 
 
-def test_corrupt_sample_skipped_and_counted_across_workers(corrupt_dataset, caplog) -> None:
+@pytest.mark.parametrize("context,num_workers", [(None, 2), ("spawn", 1)])
+def test_corrupt_sample_skipped_and_counted_across_workers(corrupt_dataset, context, num_workers) -> None:
+    """Counted in the main process from forked workers and from a spawned one (which also shows
+    that the pipeline pickles)."""
     pipeline = build_train_pipeline(corrupt_dataset["urls"], ClipConfig(), 1)
-    with caplog.at_level("WARNING", logger="mvmae.shards.reader"):
-        keys = keys_of(make_loader(pipeline, num_workers=2))
+    loader = make_loader(pipeline, num_workers=num_workers, timeout_s=WORKER_TIMEOUT_S,
+                         multiprocessing_context=context)
+    keys = keys_of(loader)
     assert sorted(keys) == sorted(corrupt_dataset["keys"] - {"c0_coffee"})
     assert pipeline.skips.summary() == {"seen": 10, "skipped": 1, "shards_seen": 4, "shards_skipped": 0}
 

@@ -1,0 +1,344 @@
+"""Training-clip loading speed on ONE core: the shard reader versus decoding the mp4s on the fly.
+
+    python benchmarks/loader_speed.py [--rounds N] [--cache-dir DIR] [--out-md PATH]
+
+Dataset: ``--num-videos`` (16) libx264 pans made with ``tests.media.make_pan_clip`` (360x640,
+``--seconds`` 8 s at 25 fps, 2 B-frames, 3 references, an IDR every 24 frames, crf 18; a different
+velocity and photo each), extracted with ``run_job`` (default options: resolved vectors, 8-px grid,
+I-frames at short side 256) into shards of 4 videos. Rendering takes about 20 s per clip; both are
+cached in ``--cache-dir``. GOP 24 (make_pan_clip's default) is the case least favourable to the
+shards: an on-the-fly loader decodes only ~12 frames before a clip on average. ``--long-gop`` (250,
+x264's default keyint: one I-frame in 8 s) re-encodes the same decoded frames and measures again,
+as a second, labelled data set.
+
+Compared, in one process pinned to one CPU (``torch.set_num_threads(1)``), producing the same
+training clip (T = 16 frames at a uniformly drawn start, one I-frame, a random resized crop + flip,
+14x14 MV cells and a 224x224 I-frame, the same ``clips.py`` crop/resample/resize code):
+
+* **shards**: ``build_train_pipeline`` + ``make_loader(num_workers=0)``, batches of 8, collated
+  into torch tensors (everything a DataLoader worker does).
+* **on the fly**: what a decode-at-train-time loader does per clip: open the mp4 with PyAV (one
+  slice thread, ``+export_mvs``), seek to the keyframe before the clip, decode to the clip's last
+  frame, rasterise each clip frame's exported vectors onto the 8-px grid (mvmae's numba kernel with
+  the raw vectors: no reference resolution, so this is *cheaper* than what the shards hold), take
+  the decoded I-frame nearest the clip centre as RGB, then crop/resample/resize as above. Only
+  the I-frames decoded anyway are used (no extra decoding to reach a nearer one).
+
+Timed in ``--rounds`` interleaved rounds (each: ``--epochs-per-round`` epochs of the reader, one
+clip per video on the fly); the table gives the median of the per-round rates. Also reported:
+bytes of shards versus the source mp4s per second of video, and the peak RSS (VmHWM) and private
+memory of one DataLoader worker process running the train pipeline (resampled, shuffle buffer 256)
+for ``--worker-batches`` batches. Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from fractions import Fraction
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.media (clip generator) lives in the repository, not the package
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from mvmae.extract.mvfield import Blocks, rasterize  # noqa: E402
+from mvmae.shards.clips import (ClipConfig, nearest_iframes, random_crop_box, resample_mv,  # noqa: E402
+                                resize_iframes)
+from mvmae.shards.job import JobConfig, run_job  # noqa: E402
+from mvmae.shards.reader import build_train_pipeline, make_loader  # noqa: E402
+
+TARGET_SPEED_RATIO = 20.0  # from the issue: >= 20x the on-the-fly rate per core
+TARGET_SIZE_RATIO = 1.5  # shards <= 1.5x the size of the source videos
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+GRID = 8
+BATCH = 8
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def _make_clip(args: tuple) -> str:
+    sys.path.insert(0, str(REPO))
+    from tests import media
+
+    path, vx, vy, num_frames, image = args
+    if not Path(path).exists():
+        tmp = Path(path).with_suffix(".tmp.mp4")
+        media.make_pan_clip(tmp, vx=vx, vy=vy, num_frames=num_frames, size=(360, 640), bframes=2,
+                            refs=3, gop=24, image=image)
+        os.replace(tmp, path)
+    return path
+
+
+def build_dataset(cache: Path, num_videos: int, seconds: float) -> tuple[list[Path], Path]:
+    """The mp4s (rendered in 2 processes, cached) and their shard folder."""
+    videos_dir = cache / f"videos-{num_videos}x{seconds:g}s"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    num_frames = round(seconds * 25)
+    jobs = []
+    for i in range(num_videos):
+        angle = 2 * np.pi * i / num_videos
+        speed = 1.0 + 0.15 * (i % 5)  # 1-1.6 px/frame keeps 200 frames inside the photo
+        jobs.append((str(videos_dir / f"pan{i:02d}.mp4"), round(speed * np.cos(angle), 2),
+                     round(speed * np.sin(angle) * 0.5, 2), num_frames, PHOTOS[i % len(PHOTOS)]))
+    with ProcessPoolExecutor(2) as pool:
+        videos = [Path(p) for p in pool.map(_make_clip, jobs)]
+    return videos, extract_shards(videos, videos_dir)
+
+
+def extract_shards(videos: list[Path], folder: Path) -> Path:
+    listing = folder / "list.txt"
+    listing.write_text("".join(f"{v.name} {i % 4}\n" for i, v in enumerate(videos)))
+    run_job(JobConfig(input=listing, out_dir=folder / "shards", shard_size=4, workers=2))
+    return folder / "shards"
+
+
+def _reencode(args: tuple) -> str:
+    """Decode ``src`` and encode its frames again with an IDR every ``gop`` frames (same x264
+    options as make_pan_clip otherwise)."""
+    src, dst, gop = args
+    if Path(dst).exists():
+        return dst
+    tmp = Path(dst).with_suffix(".tmp.mp4")
+    with av.open(src) as inp, av.open(str(tmp), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        stream.options = {"bf": "2", "refs": "3", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+                          "crf": "18", "threads": "1", "x264-params": "b-adapt=0:mbtree=0:log-level=error"}
+        for t, decoded in enumerate(inp.decode(video=0)):
+            # a fresh frame: a decoded one carries its picture type, which libx264 would obey
+            frame = av.VideoFrame.from_ndarray(decoded.to_ndarray(format="rgb24"), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = t, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    os.replace(tmp, dst)
+    return dst
+
+
+def long_gop_dataset(videos: list[Path], gop: int) -> tuple[list[Path], Path]:
+    """The same clips re-encoded with a long GOP (cached), and their shards."""
+    folder = videos[0].parent / f"gop{gop}"
+    folder.mkdir(exist_ok=True)
+    with ProcessPoolExecutor(2) as pool:
+        out = [Path(p) for p in pool.map(_reencode, [(str(v), str(folder / v.name), gop) for v in videos])]
+    return out, extract_shards(out, folder)
+
+
+# --------------------------------------------------------------------------- the two loaders
+
+
+def reader_epochs(urls: str, clip: ClipConfig, first_epoch: int, num_epochs: int) -> int:
+    """Iterate the train pipeline for some epochs in this process; returns the clips produced."""
+    n = 0
+    for epoch in range(first_epoch, first_epoch + num_epochs):
+        pipeline = build_train_pipeline(urls, clip, BATCH, seed=0, epoch=epoch)
+        for batch in make_loader(pipeline, num_workers=0):
+            n += len(batch["key"])
+    return n
+
+
+def on_the_fly_clip(path: Path, clip: ClipConfig, rng: np.random.Generator) -> dict:
+    """One training clip decoded from the mp4: seek, decode, rasterise, I-frame, crop/resize."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "SLICE"
+        stream.codec_context.thread_count = 1
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        fps, tb = float(stream.average_rate), stream.time_base
+        num_frames = stream.frames
+        start = int(rng.integers(0, num_frames - clip.span + 1))
+        container.seek(int(start / fps / tb), stream=stream, backward=True, any_frame=False)
+        size = (stream.codec_context.height, stream.codec_context.width)
+        cells = (-(-size[0] // GRID), -(-size[1] // GRID))
+        mv = np.zeros((clip.num_frames, 2, *cells), np.float32)  # (T, 2, h, w)
+        valid = np.zeros((clip.num_frames, *cells), bool)  # (T, h, w)
+        iframes: dict[int, Image.Image] = {}
+        mv_type = av.sidedata.sidedata.Type.MOTION_VECTORS
+        for frame in container.decode(stream):
+            index = round(float(frame.pts * tb) * fps)
+            if frame.key_frame:
+                iframes[index] = frame.to_image()  # RGB
+            if index >= start and (index - start) % clip.stride == 0:
+                t = (index - start) // clip.stride
+                for sd in frame.side_data:
+                    if sd.type == mv_type:
+                        blocks = Blocks.from_side_data(sd.to_ndarray())
+                        velocity = blocks.motion * blocks.direction  # raw, not resolved
+                        mv[t], valid[t] = rasterize(blocks, velocity, size, GRID)
+            if index >= start + clip.span - 1:
+                break
+    index = np.array(sorted(iframes))
+    chosen = index[nearest_iframes(index, start + (clip.span - 1) / 2, clip.num_iframes)]
+    box = random_crop_box(size, clip, rng)
+    mv, valid = resample_mv(mv, valid, size, GRID, box, clip)
+    images = resize_iframes([iframes[i] for i in chosen], box, clip.iframe_size)
+    if rng.random() < clip.flip_prob:
+        mv, valid, images = mv[..., ::-1].copy(), valid[..., ::-1].copy(), images[..., ::-1].copy()
+        mv[:, 0] *= -1
+    return {"mv": torch.from_numpy(mv), "valid": torch.from_numpy(valid), "iframes": torch.from_numpy(images)}
+
+
+def on_the_fly_round(videos: list[Path], clip: ClipConfig, rng: np.random.Generator) -> int:
+    """One clip per video, collated in batches of 8 (as the reader's batches)."""
+    batch = []
+    for path in videos:
+        batch.append(on_the_fly_clip(path, clip, rng))
+        if len(batch) == BATCH:
+            {k: torch.stack([c[k] for c in batch]) for k in batch[0]}
+            batch = []
+    return len(videos)
+
+
+def measure(videos: list[Path], urls: str, clip: ClipConfig, rounds: int, epochs_per_round: int) -> dict:
+    reader_epochs(urls, clip, 10_000, 1)  # warm-up: imports, numba cache, page cache
+    on_the_fly_round(videos[:2], clip, np.random.default_rng(0))
+    rates: dict[str, list[float]] = {"shards": [], "fly": []}
+    for r in range(rounds):
+        order = [("shards", lambda: reader_epochs(urls, clip, r * epochs_per_round, epochs_per_round)),
+                 ("fly", lambda: on_the_fly_round(videos, clip, np.random.default_rng(r)))]
+        for name, run in order[r % 2:] + order[:r % 2]:
+            gc.collect()
+            t0 = time.perf_counter()
+            n = run()
+            rates[name].append(n / (time.perf_counter() - t0))
+    return rates
+
+
+# --------------------------------------------------------------------------- memory of a worker
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(VmHWM, private memory) of a process in KiB."""
+    hwm = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmHWM:"))
+    private = sum(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup")
+                  if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    return hwm, private
+
+
+def worker_memory(urls: str, clip: ClipConfig, num_batches: int) -> dict:
+    """Peak RSS and private memory of one DataLoader worker (forked) over ``num_batches`` batches,
+    read from /proc while the worker is alive; the parent's RSS for reference."""
+    pipeline = build_train_pipeline(urls, clip, BATCH, resampled=True, shuffle_buffer=256).with_epoch(num_batches)
+    # make_loader's DataLoader, unwrapped: its iterator knows the worker processes
+    it = iter(torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=1))
+    hwm = private = 0
+    for _ in it:
+        pid = it._workers[0].pid  # torch's worker process (private attribute; benchmark only)
+        hwm, private = _memory_kib(pid)
+    parent = _memory_kib(os.getpid())
+    return {"worker_hwm_mib": hwm / 1024, "worker_private_mib": private / 1024,
+            "parent_rss_hwm_mib": parent[0] / 1024}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(results: list[dict], seconds: float, memory: dict | None, cpu: int,
+           args: argparse.Namespace) -> list[str]:
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    n = args.num_videos
+    lines = [
+        "## Loader speed: shards vs on-the-fly decoding (one core)", "",
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: nproc {os.cpu_count()}, "
+        f"pinned to CPU {cpu}; Python {platform.python_version()}, PyAV {av.__version__}, torch {torch.__version__}",
+        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- data: {n} pans 360x640 (make_pan_clip), {seconds:g} s at 25 fps, bf=2, crf 18; shards by run_job "
+        f"(4 videos each); clip T=16, K=1 I-frame, 224 px, 14x14 cells, random crop + flip",
+        f"- {args.rounds} interleaved rounds per dataset (reader: {args.epochs_per_round} epochs of {n} clips; "
+        f"on the fly: {n} clips); load average (1, 5, 15 min) at end "
+        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores", "",
+        "| GOP | loader | clips/s per core (median) | best | ms per clip | ratio to on-the-fly | target |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        med = {k: statistics.median(v) for k, v in r["rates"].items()}
+        ratio = med["shards"] / med["fly"]
+        lines += [
+            f"| {r['label']} | shards: train pipeline, num_workers=0, batch {BATCH} | {med['shards']:,.1f} | "
+            f"{max(r['rates']['shards']):,.1f} | {1000 / med['shards']:.2f} | **{ratio:.1f}x** | "
+            f">= {TARGET_SPEED_RATIO:.0f}x: {verdict(ratio >= TARGET_SPEED_RATIO)} |",
+            f"| {r['label']} | on the fly: PyAV seek + decode + export_mvs + rasterise + I-frame RGB | "
+            f"{med['fly']:,.1f} | {max(r['rates']['fly']):,.1f} | {1000 / med['fly']:.2f} | 1.0x | |",
+        ]
+    lines += ["", "| GOP | bytes | total | KB per second of video | ratio to the mp4s | target |",
+              "|---|---|---:|---:|---:|---|"]
+    for r in results:
+        mp4 = sum(v.stat().st_size for v in r["videos"])
+        tar = sum(t.stat().st_size for t in r["shards"].glob("*.tar"))
+        total_s = seconds * len(r["videos"])
+        lines += [f"| {r['label']} | source mp4s | {mp4 / 1e6:.2f} MB | {mp4 / total_s / 1e3:.1f} | 1.00 | |",
+                  f"| {r['label']} | shards (.tar) | {tar / 1e6:.2f} MB | {tar / total_s / 1e3:.1f} | "
+                  f"**{tar / mp4:.2f}** | <= {TARGET_SIZE_RATIO}x: {verdict(tar / mp4 <= TARGET_SIZE_RATIO)} |"]
+    lines.append("")
+    if memory:
+        lines += [
+            f"| memory of one loader worker (train pipeline, resampled, shuffle buffer 256, "
+            f"{args.worker_batches} batches of {BATCH}, {results[0]['label']}) | MiB |",
+            "|---|---:|",
+            f"| DataLoader worker, peak RSS (VmHWM; includes pages shared with the parent by fork) | "
+            f"{memory['worker_hwm_mib']:.0f} |",
+            f"| DataLoader worker, private memory at the end (Private_Clean + Private_Dirty) | "
+            f"{memory['worker_private_mib']:.0f} |",
+            f"| parent (benchmark process) peak RSS, for reference | {memory['parent_rss_hwm_mib']:.0f} |", "",
+        ]
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (default 5)")
+    p.add_argument("--epochs-per-round", type=int, default=4, help="reader epochs per round (default 4)")
+    p.add_argument("--num-videos", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=8.0, help="length of each generated clip (default 8)")
+    p.add_argument("--worker-batches", type=int, default=100, help="batches for the worker memory run")
+    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "mvmae-loader-bench")
+    p.add_argument("--cpu", type=int, help="CPU to pin to (default: the last one allowed)")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--long-gop", type=int, default=250,
+                   help="also measure the clips re-encoded with this GOP (x264's default keyint; 0: skip)")
+    p.add_argument("--out-md", type=Path, help="also write the report as markdown to this file")
+    return p.parse_args(argv)
+
+
+def shard_urls(shards: Path) -> str:
+    return f"{shards}/train-{{000000..{len(list(shards.glob('train-*.tar'))) - 1:06d}}}.tar"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    videos, shards = build_dataset(args.cache_dir, args.num_videos, args.seconds)
+    datasets = [("24", videos, shards)]
+    if args.long_gop:
+        datasets.append((f"{args.long_gop} (re-encoded)", *long_gop_dataset(videos, args.long_gop)))
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1] if args.cpu is None else args.cpu
+    os.sched_setaffinity(0, {cpu})
+    torch.set_num_threads(1)
+    clip = ClipConfig()
+    results = []
+    for label, vids, shard_dir in datasets:
+        rates = measure(vids, shard_urls(shard_dir), clip, args.rounds, args.epochs_per_round)
+        results.append({"label": label, "videos": vids, "shards": shard_dir, "rates": rates})
+    memory = None if args.skip_memory else worker_memory(shard_urls(shards), clip, args.worker_batches)
+    lines = report(results, args.seconds, memory, cpu, args)
+    print("\n".join(lines))
+    if args.out_md:
+        args.out_md.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, ``last`` / ``best`` / rolling ``epoch_XXXX`` files, RNG state.
+"""Training checkpoints: atomic writes, ``last`` / ``best`` / rolling ``epoch_NNNN`` files, RNG state.
 
 A checkpoint is a dict keyed by the constants below (never string literals elsewhere), saved with
 ``torch.save`` and loaded with ``weights_only=True``: it may hold tensors, state dicts, numbers,
@@ -120,7 +120,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
 
 
 class CheckpointManager:
-    """Writes ``last.pt`` every save, ``epoch_XXXX.pt`` keeping the latest ``keep_last_n``
+    """Writes ``last.pt`` every save, ``epoch_NNNN.pt`` keeping the latest ``keep_last_n``
     (0: none), and ``best.pt`` whenever ``metrics[best_metric]`` improves (``mode`` 'max' or
     'min'). Call it on the main rank only. The best value so far travels in the checkpoint
     under ``BEST_METRIC``; ``restore(state)`` picks it up when resuming."""

@@ -50,6 +50,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.media (clip generator) lives in the repository, not the package
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import cpu_model, git_state, loadavg  # noqa: E402
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
@@ -312,8 +314,7 @@ def peak_memory(path: Path, num_frames: int) -> str:
 
 
 def machine_info(cpu: int) -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor() or "unknown")
+    model = cpu_model()
     try:
         mvx = importlib.metadata.version("motion-vector-extractor")
     except importlib.metadata.PackageNotFoundError:
@@ -325,23 +326,9 @@ def machine_info(cpu: int) -> str:
         f"- machine: nproc {os.cpu_count()}, CPU model \"{model}\"; benchmark pinned to CPU {cpu}",
         f"- Python {platform.python_version()}, PyAV {av.__version__} (libavcodec {lavc}), numpy {np.__version__}, "
         f"numba {numba.__version__}, motion-vector-extractor {mvx}",
-        f"- mvmae: {_git_state()}",
+        f"- mvmae: {git_state()}",
         f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
     ])
-
-
-def _git_state() -> str:
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "mvmae")
-    return f"commit {head}" + (f" + uncommitted changes in {len(dirty.splitlines())} path(s) under mvmae/"
-                               if dirty else " (mvmae/ clean)")
-
-
-def _loadavg() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -358,7 +345,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    load_start = _loadavg()
+    load_start = loadavg()
     cpu = pin_to_one_cpu(args.cpu)
     t_start = time.perf_counter()
     long_path = long_clip(args.cache_dir, args.long_frames)
@@ -386,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         report.append(section)
         print(section, flush=True)
     report.append(f"Total wall time: {time.perf_counter() - t_start:.0f} s; load average (1, 5, 15 min) "
-                  f"at start {load_start}, at end {_loadavg()} (above 1 means other work shared the cores).\n")
+                  f"at start {load_start}, at end {loadavg()} (above 1 means other work shared the cores).\n")
     print(report[-1])
     if args.out_md:
         args.out_md.write_text("\n".join(report))

@@ -42,7 +42,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import cpu_model, git_state, loadavg  # noqa: E402
 
 from mvmae.shards.job import JobConfig, run_job  # noqa: E402
 from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, make_loader  # noqa: E402
@@ -235,28 +236,13 @@ def table(results: dict[str, list[dict]], speeds: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def _git_state() -> str:
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "mvmae")
-    return f"commit {head}" + (f" + uncommitted changes in {len(dirty.splitlines())} path(s) under mvmae/"
-                               if dirty else " (mvmae/ clean)")
-
-
-def _loadavg() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def settings(args: argparse.Namespace, data: dict, spec: TokenSpec, book: Codebook) -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor() or "unknown")
+    model = cpu_model()
     counts = data["counts"]
     return "\n".join([
         f"- machine: nproc {os.cpu_count()}, CPU model \"{model}\", torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), scikit-learn {sklearn.__version__}, Python {platform.python_version()}",
-        f"- mvmae: {_git_state()}",
+        f"- mvmae: {git_state()}",
         f"- command: `{' '.join(['python', f'benchmarks/{Path(__file__).name}', *sys.argv[1:]])}`",
         f"- data: mvmae synth, {args.classes} classes x {args.clips_per_class} clips of {args.frames} frames "
         f"128x160 px (seed {args.data_seed}): {counts['train']} train / {counts['val']} val videos",
@@ -303,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    load_start, t_start = _loadavg(), time.perf_counter()
+    load_start, t_start = loadavg(), time.perf_counter()
     data = build_data(args.work_dir, args)
     spec = TokenSpec(num_frames=args.clip_frames, mv_size=args.mv_size)
     codebook = prepare_codebook(data, spec, args)
@@ -327,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     report = ["## Masked motion pretraining: masking strategies by linear probe (CPU)", "",
               settings(args, data, spec, book), "", table(results, speeds), "",
               f"Total wall time {time.perf_counter() - t_start:.0f} s; load average (1, 5, 15 min) at start "
-              f"{load_start}, at end {_loadavg()} (above the core count means other work shared the cores).", ""]
+              f"{load_start}, at end {loadavg()} (above the core count means other work shared the cores).", ""]
     print("\n".join(report), flush=True)
     if args.out_md:
         args.out_md.write_text("\n".join(report))

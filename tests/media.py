@@ -271,6 +271,14 @@ def make_corrupted_middle_file(src_mp4: str | Path, path: str | Path, seed: int 
     return path
 
 
+def make_unknown_codec_file(src_mp4: str | Path, path: str | Path, tag: bytes = b"zzzz") -> Path:
+    """Copy ``src_mp4`` with every ``avc1`` codec tag replaced by ``tag``: the container opens
+    and has a video stream, but FFmpeg knows no codec for it (a damaged or exotic sample entry)."""
+    path = Path(path)
+    path.write_bytes(Path(src_mp4).read_bytes().replace(b"avc1", tag))
+    return path
+
+
 # --------------------------------------------------------------------------- shipped samples
 
 

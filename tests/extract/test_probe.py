@@ -21,7 +21,7 @@ except ImportError:
 REPORT_KEYS = {
     "path", "container", "codec", "profile", "level", "height", "width", "fps", "num_frames", "num_i",
     "num_p", "num_b", "num_reference_b", "gop_lengths", "longest_b_run", "max_num_ref_frames", "duration_s",
-    "num_unparsed_packets",
+    "num_unparsed_packets", "num_frames_declared", "frame_interval_ms",
 }
 
 
@@ -102,6 +102,15 @@ def _decoded_types(path: Path) -> str:
         return "".join("?IPB"[int(f.pict_type)] for f in container.decode(video=0))
 
 
+@pytest.mark.parametrize(("name", "num_frames"), [("pan", 48), ("truncated_faststart", 24), ("single_frame", 1)])
+def test_probe_declared_frames_and_intervals(edge_media, name, num_frames) -> None:
+    """The container's frame count is reported beside the bitstream's; 25 fps clips step 40 ms."""
+    r = probe_video(edge_media[name])
+    assert r.num_frames == num_frames
+    assert r.num_frames_declared == (1 if name == "single_frame" else 48)
+    assert r.frame_interval_ms == ([] if name == "single_frame" else [pytest.approx(40.0, abs=0.01)] * 2)
+
+
 def test_probe_counts_match_a_full_decode(edge_media) -> None:
     """Slice types read from the bitstream agree with the decoder's picture types."""
     path = edge_media["pan"]
@@ -156,7 +165,7 @@ def test_probe_mixed_good_and_bad_json(cli_runner, bikes_mp4, edge_media) -> Non
     assert [row["path"] for row in rows] == list(map(str, paths))
     assert rows[0]["code"] == errors.NotAVideoError.code and "error" in rows[0]
     assert set(rows[1]) == REPORT_KEYS and rows[1]["num_frames"] == 250
-    assert rows[2]["code"] == errors.NotAVideoError.code and "no video stream" in rows[2]["error"]
+    assert rows[2]["code"] == errors.NoVideoStreamError.code and "no video stream" in rows[2]["error"]
 
 
 def _zero_first_slice(src: Path, dst: Path, packet_index: int) -> Path:

@@ -168,28 +168,9 @@ def test_probe_mixed_good_and_bad_json(cli_runner, bikes_mp4, edge_media) -> Non
     assert rows[2]["code"] == errors.NoVideoStreamError.code and "no video stream" in rows[2]["error"]
 
 
-def _zero_first_slice(src: Path, dst: Path, packet_index: int) -> Path:
-    """Copy ``src`` with packet ``packet_index``'s first slice NAL body zeroed (header byte kept as
-    a non-IDR slice): a damaged packet whose slice header is an invalid Exp-Golomb code."""
-    with av.open(str(src)) as container:
-        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
-    data = bytearray(src.read_bytes())
-    pos, size = packets[packet_index]
-    end = pos + size
-    while pos + 4 < end:
-        n = int.from_bytes(data[pos:pos + 4], "big")  # avcC length prefix (x264 in mp4: 4 bytes)
-        if data[pos + 4] & 0x1F in (1, 5):
-            data[pos + 4] = 0x41
-            data[pos + 5:pos + 4 + n] = bytes(n - 1)
-            break
-        pos += 4 + n
-    dst.write_bytes(bytes(data))
-    return dst
-
-
 def test_probe_survives_a_damaged_slice_header(cli_runner, edge_media, tmp_path) -> None:
     """A packet whose slice header does not parse must not abort probe (extract treats it as lost)."""
-    damaged = _zero_first_slice(edge_media["pan"], tmp_path / "damaged.mp4", packet_index=10)
+    damaged = media.make_damaged_slice_file(edge_media["pan"], tmp_path / "damaged.mp4", packet_index=10)
     result = cli_runner.invoke(main, ["probe", str(damaged), str(edge_media["pan"])])
     assert f"{edge_media['pan']}\n" in result.stdout, result.output  # the good file is still reported
     for line in result.stderr.splitlines():

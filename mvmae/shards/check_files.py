@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import stat
 from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Callable
 
 import av
@@ -73,25 +73,58 @@ def _fingerprint(path: str, size: int, num_bytes: int) -> str:
 
 def inspect_all(paths: list[str], config: CheckConfig,
                 progress: Callable[[int, int], None] | None) -> list[dict]:
-    """:func:`inspect_file` of every path, in order, over ``config.workers`` processes."""
-    results: list[dict] = []
+    """:func:`inspect_file` of every path, in order, over ``config.workers`` processes.
 
-    def tick(facts: dict) -> None:
-        results.append(facts)
+    A worker that dies (an FFmpeg crash, the OOM killer) loses no other file: the files of the
+    broken pool are probed again one at a time in a fresh single-worker pool, and a file whose
+    probe kills that worker too is recorded as ``unreadable``. With one worker, files are probed in
+    this process (fastest; nothing isolates a crash).
+    """
+    results: list[dict] = [{}] * len(paths)
+    num_done = 0
+
+    def store(i: int, facts: dict) -> None:
+        nonlocal num_done
+        results[i] = facts
+        num_done += 1
         if progress:
-            progress(len(results), len(paths))
+            progress(num_done, len(paths))
 
     if config.workers == 1 or len(paths) < 2:
-        for path in paths:
-            tick(inspect_file(path, config.hash_bytes))
+        for i, path in enumerate(paths):
+            store(i, inspect_file(path, config.hash_bytes))
         return results
     workers = min(config.workers, len(paths))
     chunk = max(1, min(32, len(paths) // (workers * 8)))
+    lost = _pool_round(paths, list(range(len(paths))), config.hash_bytes, workers, chunk, store)
+    while lost:  # one worker, one file at a time, in order: the first lost file killed it
+        lost = _pool_round(paths, lost, config.hash_bytes, 1, 1, store)
+        if lost:
+            store(lost.pop(0), {"size_bytes": None, "content_hash": None, "stream": None,
+                                "error": ["unreadable", "the probing process died on this file "
+                                                        "(an FFmpeg crash, or out of memory)"]})
+    return results
+
+
+def _pool_round(paths: list[str], todo: list[int], hash_bytes: int, workers: int, chunk: int,
+                store: Callable[[int, dict], None]) -> list[int]:
+    """Probe ``paths[i]`` for i in ``todo`` in batches of ``chunk``; the indices a dead worker lost."""
+    batches = [todo[k:k + chunk] for k in range(0, len(todo), chunk)]
+    lost: list[int] = []
     # spawn, as extract run: a forked child would inherit the parent's PyAV objects and threads
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for facts in pool.map(inspect_file, paths, repeat(config.hash_bytes), chunksize=chunk):
-            tick(facts)
-    return results
+        futures = [pool.submit(_inspect_batch, [paths[i] for i in batch], hash_bytes) for batch in batches]
+        for batch, future in zip(batches, futures):
+            try:
+                for i, facts in zip(batch, future.result()):
+                    store(i, facts)
+            except BrokenProcessPool:
+                lost.extend(batch)
+    return lost
+
+
+def _inspect_batch(paths: list[str], hash_bytes: int) -> list[dict]:
+    return [inspect_file(path, hash_bytes) for path in paths]
 
 
 def stream_problems(stream: dict, config: CheckConfig) -> list[tuple[str, str]]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import shutil
+import signal
+import threading
+import time
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
@@ -252,6 +256,42 @@ def test_workers_2_gives_the_same_report(check_list, classes_json) -> None:
     drop = {"seconds": 0, "config": None}
     assert {**one.summary, **drop} == {**two.summary, **drop}
     assert two.summary["config"]["workers"] == 2
+
+
+def _kill_workers(killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL (as the OOM killer does) one of the 2 workers of the parallel pool once both exist,
+    then the first worker started after that (the one-at-a-time retry's)."""
+    spared: set[int] = set()
+    while len(killed) < 2 and not stop.is_set():
+        pids = [c.pid for c in multiprocessing.active_children() if c.pid not in spared]
+        if (len(pids) >= 2 if not killed else pids):
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+            spared.update(pids)
+        time.sleep(0.002)
+
+
+def test_a_dead_worker_loses_no_other_file(check_list, classes_json) -> None:
+    """Kill a worker of the parallel pool, then the first worker of the one-at-a-time retry: every
+    file but the one that second worker held is reported as in a run without kills; that one is
+    'unreadable', with the reason."""
+    expected = check_dataset(CheckConfig(input=check_list, classes=classes_json))
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_workers, args=(killed, stop), daemon=True)
+    killer.start()
+    try:
+        report = check_dataset(CheckConfig(input=check_list, classes=classes_json, workers=2))
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 2
+    crashed = [i for i, v in enumerate(report.videos) if v != expected.videos[i]]
+    assert len(crashed) in (1, 2)  # a file listed twice under one path is probed once
+    for i in crashed:
+        assert report.videos[i]["codes"][0] == "unreadable"
+        assert "probing process died" in report.videos[i]["problems"][0]["message"]
+        assert report.videos[i]["path"] == report.videos[crashed[0]]["path"]
 
 
 def test_progress_counts_each_file_once(check_list) -> None:

@@ -148,7 +148,8 @@ def probe(videos: tuple[Path, ...], as_json: bool) -> None:
 CHECK_CODES_HELP = """\b
 Problem codes (stable; in the report and the table). Errors make the exit status 1:
   missing                   no such file
-  unreadable                exists but cannot be read (permissions, a folder, I/O or demux error)
+  unreadable                exists but cannot be read (permissions, a folder, I/O or demux error,
+                            or its probe killed the worker process)
   empty                     0 bytes
   not_video                 not a readable video container (text, noise, moov box lost)
   no_video_stream           the container holds no video stream (audio only, ...)
@@ -187,7 +188,7 @@ Warnings (the video extracts and trains; exit status 0 unless --strict):
 @click.option("--min-class-videos", type=click.IntRange(min=0), default=0,
               help="Classes with fewer usable videos are class_small [default: a tenth of the median, at least 2].")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Parallel probing processes.")
+              help="Probing processes (1: in this process; more also survive a crashing file).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the machine-readable report: .jsonl (a record per video, then the summary) or .json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
@@ -203,7 +204,7 @@ def check_cmd(input_path: Path, classes: Path | None, clip_frames: int, stride: 
     """Pre-flight check of a whole dataset before a long job: exit status 0 when it is fit.
 
     LIST is what `mvmae extract run` takes (a 'path label' list file or a folder of class
-    subfolders). Every video is probed from the bitstream (no decoding, about a millisecond each)
+    subfolders). Every video is probed from the bitstream (no decoding, a few ms each)
     for missing or unreadable files, containers without H.264 video, videos shorter than the clip
     or oddly made; the listing for duplicates (same path, same content), labels outside --classes
     and classes with few videos. Prints a table (problem, count, example paths) and exits 1 if any

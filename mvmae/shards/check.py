@@ -2,7 +2,7 @@
 
 Every listed video is stat-ed, fingerprinted (size + SHA-1 of its first and last MiB) and probed
 from the bitstream (:func:`mvmae.extract.probe.probe_video`: headers and slice types, no
-decoding, about a millisecond per video), in parallel processes if asked. The listing as a whole
+decoding, a few ms per video), in parallel processes if asked. The listing as a whole
 is then checked for duplicates, labels outside the class list and thin classes. Each problem has a
 stable code (:data:`CODES`) and a severity:
 
@@ -37,7 +37,8 @@ ERROR, WARNING = "error", "warning"
 #: code -> (default severity, what it means). Codes are stable: scripts may match on them.
 CODES: dict[str, tuple[str, str]] = {
     "missing": (ERROR, "no such file"),
-    "unreadable": (ERROR, "exists but cannot be read (permissions, a folder, I/O or demux error)"),
+    "unreadable": (ERROR, "exists but cannot be read (permissions, a folder, I/O or demux error, or "
+                          "its probe killed the worker process)"),
     "empty": (ERROR, "0 bytes"),
     "not_video": (ERROR, "not a readable video container (text, noise, moov box lost)"),
     "no_video_stream": (ERROR, "the container holds no video stream (audio only, ...)"),

@@ -145,6 +145,106 @@ def probe(videos: tuple[Path, ...], as_json: bool) -> None:
         sys.exit(1)
 
 
+CHECK_CODES_HELP = """\b
+Problem codes (stable; in the report and the table). Errors make the exit status 1:
+  missing                   no such file
+  unreadable                exists but cannot be read (permissions, a folder, I/O or demux error,
+                            or its probe killed the worker process)
+  empty                     0 bytes
+  not_video                 not a readable video container (text, noise, moov box lost)
+  no_video_stream           the container holds no video stream (audio only, ...)
+  unsupported_codec         not H.264 (the message names the codec)
+  no_frames                 the container opens but holds no H.264 picture
+  too_short                 fewer frames than the clip span (its clips would loop frames)
+  duplicate_path            the same file listed again (paths resolved)
+  duplicate_content         the same bytes as an earlier entry (size + SHA-1 of first/last MiB)
+  label_unknown             the label is not in --classes
+  label_index_mismatch      extract run would number a class differently from --classes
+\b
+Warnings (the video extracts and trains; exit status 0 unless --strict):
+  frames_declared_mismatch  container and bitstream disagree on the frame count (truncated?)
+  damaged_packets           packets whose slice headers do not parse
+  variable_fps              frame intervals vary by more than 10% (fields are per frame step)
+  all_intra                 no P- or B-frames: no motion vectors at all
+  odd_size                  odd width or height (a 4:4:4 or monochrome stream)
+  long_video                longer than --max-seconds: extract run makes several samples of it
+  class_missing             a class of the class list has no video in this list
+  class_small               a class has fewer usable videos than --min-class-videos"""
+
+
+@main.command("check", epilog=CHECK_CODES_HELP)
+@click.argument("input_path", metavar="LIST", type=click.Path(path_type=Path))
+@click.option("--classes", "classes", type=click.Path(path_type=Path, dir_okay=False),
+              help="Existing class list (classes.json of a previous job, or one name per line): "
+                   "labels outside it are errors.")
+@click.option("--clip-frames", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Frames per training clip (the reader's default).")
+@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Display frames between clip frames.")
+@click.option("--min-frames", type=click.IntRange(min=0), default=0,
+              help="Frames a video needs [default: (clip-frames - 1) * stride + 1].")
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="extract run's --max-seconds: longer videos are reported as long_video (0: never).")
+@click.option("--min-class-videos", type=click.IntRange(min=0), default=0,
+              help="Classes with fewer usable videos are class_small [default: a tenth of the median, at least 2].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Probing processes (1: in this process; more also survive a crashing file).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the machine-readable report: .jsonl (a record per video, then the summary) or .json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
+@click.option("--allow", "allow", multiple=True, metavar="CODE",
+              help="Report this error code as a warning (repeatable), e.g. --allow duplicate_content.")
+@click.option("--strict", is_flag=True, help="Every warning is an error.")
+@click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Example paths per problem in the table.")
+@handle_errors
+def check_cmd(input_path: Path, classes: Path | None, clip_frames: int, stride: int, min_frames: int,
+              max_seconds: float, min_class_videos: int, workers: int, report_path: Path | None,
+              as_json: bool, allow: tuple[str, ...], strict: bool, examples: int) -> None:
+    """Pre-flight check of a whole dataset before a long job: exit status 0 when it is fit.
+
+    LIST is what `mvmae extract run` takes (a 'path label' list file or a folder of class
+    subfolders). Every video is probed from the bitstream (no decoding, a few ms each)
+    for missing or unreadable files, containers without H.264 video, videos shorter than the clip
+    or oddly made; the listing for duplicates (same path, same content), labels outside --classes
+    and classes with few videos. Prints a table (problem, count, example paths) and exits 1 if any
+    error is found, so it can gate a job: `mvmae check train.txt && sbatch extract.sh`.
+    """
+    from tqdm import tqdm
+
+    from mvmae.shards.check import CheckConfig, check_dataset, format_summary
+
+    try:
+        config = CheckConfig(input=input_path, classes=classes, clip_frames=clip_frames, stride=stride,
+                             min_frames=min_frames, max_seconds=max_seconds, workers=workers,
+                             min_class_videos=min_class_videos, allow=allow, strict=strict,
+                             max_examples=examples)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if report_path is not None and report_path.suffix not in (".json", ".jsonl"):
+        raise click.BadParameter("a report is .json or .jsonl", param_hint="--report")
+    bar = tqdm(unit="video", desc="check", dynamic_ncols=True, delay=0.5)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)  # update, not refresh: keeps tqdm's delay and rate limit
+
+    try:
+        report = check_dataset(config, progress)
+    finally:
+        bar.close()
+    if report_path is not None:
+        report.write(report_path)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo("\n".join(format_summary(report.summary)))
+        if report_path is not None:
+            click.echo(f"report -> {report_path}")
+    if not report.passed:
+        sys.exit(1)
+
+
 @main.group()
 def extract() -> None:
     """Extract motion-vector fields and I-frames from H.264 videos."""

@@ -45,7 +45,7 @@ def edge_media(tmp_path_factory) -> dict[str, Path]:
     """Bad and edge-case inputs by name (one build per session, about 2 s).
 
     Fail: empty, truncated (moov gone), random_bytes, text, audio_only, hevc, mpeg4,
-    header_only (faststart, no sample data), missing (never created).
+    unknown_codec (avc1 tag overwritten), header_only (faststart, no sample data), missing (never created).
     Work: pan (48 frames 144x192, bf 2, refs 3, GOP 24), single_frame, odd_size (145x177, 24 frames),
     all_intra (10 frames), corrupted_middle (noise in the middle of pan's mdat),
     truncated_faststart (pan-like faststart clip, 48 frames declared, cut to 60% of its bytes).
@@ -61,6 +61,7 @@ def edge_media(tmp_path_factory) -> dict[str, Path]:
         "audio_only": media.make_audio_only_file(d / "audio_only.m4a"),
         "hevc": media.make_hevc_clip(d / "hevc.mp4"),
         "mpeg4": media.make_mpeg4_clip(d / "mpeg4.mp4"),
+        "unknown_codec": media.make_unknown_codec_file(pan, d / "unknown_codec.mp4"),
         "header_only": _make_header_only(d / "header_only.mp4"),
         "missing": d / "missing.mp4",
         "single_frame": media.make_single_frame_clip(d / "single_frame.mp4"),

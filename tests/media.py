@@ -271,6 +271,34 @@ def make_corrupted_middle_file(src_mp4: str | Path, path: str | Path, seed: int 
     return path
 
 
+def make_unknown_codec_file(src_mp4: str | Path, path: str | Path, tag: bytes = b"zzzz") -> Path:
+    """Copy ``src_mp4`` with every ``avc1`` codec tag replaced by ``tag``: the container opens
+    and has a video stream, but FFmpeg knows no codec for it (a damaged or exotic sample entry)."""
+    path = Path(path)
+    path.write_bytes(Path(src_mp4).read_bytes().replace(b"avc1", tag))
+    return path
+
+
+def make_damaged_slice_file(src: str | Path, dst: str | Path, packet_index: int) -> Path:
+    """Copy ``src`` with packet ``packet_index``'s first slice NAL body zeroed (header byte kept as
+    a non-IDR slice): a damaged packet whose slice header is an invalid Exp-Golomb code."""
+    src, dst = Path(src), Path(dst)
+    with av.open(str(src)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(src.read_bytes())
+    pos, size = packets[packet_index]
+    end = pos + size
+    while pos + 4 < end:
+        n = int.from_bytes(data[pos:pos + 4], "big")  # avcC length prefix (x264 in mp4: 4 bytes)
+        if data[pos + 4] & 0x1F in (1, 5):
+            data[pos + 4] = 0x41
+            data[pos + 5:pos + 4 + n] = bytes(n - 1)
+            break
+        pos += 4 + n
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 # --------------------------------------------------------------------------- shipped samples
 
 

@@ -140,8 +140,12 @@ def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         container.close()
-        raise errors.NotAVideoError(p, f"no video stream (found: {', '.join(kinds)})")
+        raise errors.NoVideoStreamError(p, f"no video stream (found: {', '.join(kinds)})")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for the stream's codec tag
+        container.close()
+        raise errors.UnsupportedCodecError(p, "video codec unknown to FFmpeg (an exotic codec tag, "
+                                              "or a damaged header); mvmae reads H.264 only")
     codec = stream.codec_context.name
     if codec != "h264":
         long_name = stream.codec_context.codec.long_name

@@ -34,6 +34,12 @@ class NotAVideoError(VideoError):
     code = "not_video"
 
 
+class NoVideoStreamError(NotAVideoError):
+    """The container opens but holds no video stream (audio only, subtitles, data)."""
+
+    code = "no_video_stream"
+
+
 class UnsupportedCodecError(VideoError):
     code = "unsupported_codec"
 

@@ -7,7 +7,7 @@ so a whole dataset can be checked before a long extraction job.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mvmae.extract import h264
@@ -37,6 +37,9 @@ class ProbeReport:
     max_num_ref_frames: int  # DPB size from the SPS: how many references a block may choose from
     duration_s: float
     num_unparsed_packets: int = 0  # packets whose slice header does not parse (damaged data)
+    num_frames_declared: int = 0  # the container's frame count (0: the container does not say)
+    frame_interval_ms: list[float] = field(default_factory=list)  # [min, max] between packet
+    # timestamps in display order; [] with fewer than 2 timestamped packets
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,25 +50,16 @@ def probe_video(path: str | Path) -> ProbeReport:
     container, stream = open_video(path)
     try:
         length_size, sps_list = _avcc_or_annexb(stream)
-        pictures = []  # (pts or decode order, PictureInfo)
-        unparsed = 0
-        for k, packet in enumerate(container.demux(stream)):
-            if not packet.size:
-                continue
-            try:
-                info, in_band = h264.picture_info(h264.iter_nals(packet, length_size))
-            except h264.BitstreamError:
-                unparsed += 1
-                continue
-            sps_list = sps_list or in_band
-            if info is not None:
-                pictures.append((packet.pts if packet.pts is not None else k, info))
+        pictures, unparsed, in_band, timestamps = _read_pictures(container, stream, length_size)
+        sps_list = sps_list or in_band
         rate = stream.average_rate or stream.guessed_rate or 0
         if stream.duration:
             duration = float(stream.duration * stream.time_base)
         else:
             duration = (container.duration or 0) / 1e6
         container_name = container.format.name
+        declared = int(stream.frames or 0)
+        intervals = _interval_range_ms(timestamps, stream.time_base)
     finally:
         container.close()
     if not pictures:
@@ -96,7 +90,39 @@ def probe_video(path: str | Path) -> ProbeReport:
         max_num_ref_frames=sps.max_num_ref_frames if sps else 0,
         duration_s=round(duration, 3),
         num_unparsed_packets=unparsed,
+        num_frames_declared=declared,
+        frame_interval_ms=intervals,
     )
+
+
+def _read_pictures(container, stream, length_size: int | None) -> tuple[list, int, list[bytes], list[int]]:
+    """Demux the stream: (pts or decode order, PictureInfo) per picture, the number of packets
+    whose headers do not parse, SPS NALs found in band, and every packet's pts (time_base units)."""
+    pictures, in_band_sps, timestamps = [], [], []
+    unparsed = 0
+    for k, packet in enumerate(container.demux(stream)):
+        if not packet.size:
+            continue
+        if packet.pts is not None:
+            timestamps.append(packet.pts)
+        try:
+            info, in_band = h264.picture_info(h264.iter_nals(packet, length_size))
+        except h264.BitstreamError:
+            unparsed += 1
+            continue
+        in_band_sps = in_band_sps or in_band
+        if info is not None:
+            pictures.append((packet.pts if packet.pts is not None else k, info))
+    return pictures, unparsed, in_band_sps, timestamps
+
+
+def _interval_range_ms(timestamps: list[int], time_base) -> list[float]:
+    """[min, max] ms between consecutive distinct timestamps in display order ([] if < 2)."""
+    ordered = sorted(set(timestamps))
+    if len(ordered) < 2 or not time_base:
+        return []
+    steps = [b - a for a, b in zip(ordered, ordered[1:])]
+    return [round(float(min(steps) * time_base) * 1000, 3), round(float(max(steps) * time_base) * 1000, 3)]
 
 
 def _gop_lengths(types: str) -> list[int]:

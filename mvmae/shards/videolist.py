@@ -42,7 +42,10 @@ def read_inputs(input_path: str | Path) -> tuple[list[VideoEntry], list[str]]:
         raise VideoListError(f"{p}: no such list file or folder")
     if not rows:
         raise VideoListError(f"{p}: no videos listed")
-    classes, labels = _classes(rows)
+    try:
+        classes, labels = _classes(rows)
+    except VideoListError as exc:
+        raise VideoListError(f"{p}: {exc}") from None
     keys = _keys([source for source, _, _ in rows])
     entries = [
         VideoEntry(source=source, path=path, label=label, class_name=classes[label], key=key)

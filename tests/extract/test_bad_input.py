@@ -32,9 +32,10 @@ FAILING = [
     ("truncated", errors.NotAVideoError, "not a readable video container"),
     ("random_bytes", errors.NotAVideoError, "not a readable video container"),
     ("text", errors.NotAVideoError, "not a readable video container"),
-    ("audio_only", errors.NotAVideoError, "no video stream"),
+    ("audio_only", errors.NoVideoStreamError, "no video stream"),
     ("hevc", errors.UnsupportedCodecError, "hevc"),
     ("mpeg4", errors.UnsupportedCodecError, "mpeg4"),
+    ("unknown_codec", errors.UnsupportedCodecError, "codec unknown to ffmpeg"),
     ("header_only", errors.NoFramesError, "no frame could be decoded"),
     ("missing", errors.MissingFileError, "no such file"),
 ]

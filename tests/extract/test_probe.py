@@ -21,7 +21,7 @@ except ImportError:
 REPORT_KEYS = {
     "path", "container", "codec", "profile", "level", "height", "width", "fps", "num_frames", "num_i",
     "num_p", "num_b", "num_reference_b", "gop_lengths", "longest_b_run", "max_num_ref_frames", "duration_s",
-    "num_unparsed_packets",
+    "num_unparsed_packets", "num_frames_declared", "frame_interval_ms",
 }
 
 
@@ -102,6 +102,15 @@ def _decoded_types(path: Path) -> str:
         return "".join("?IPB"[int(f.pict_type)] for f in container.decode(video=0))
 
 
+@pytest.mark.parametrize(("name", "num_frames"), [("pan", 48), ("truncated_faststart", 24), ("single_frame", 1)])
+def test_probe_declared_frames_and_intervals(edge_media, name, num_frames) -> None:
+    """The container's frame count is reported beside the bitstream's; 25 fps clips step 40 ms."""
+    r = probe_video(edge_media[name])
+    assert r.num_frames == num_frames
+    assert r.num_frames_declared == (1 if name == "single_frame" else 48)
+    assert r.frame_interval_ms == ([] if name == "single_frame" else [pytest.approx(40.0, abs=0.01)] * 2)
+
+
 def test_probe_counts_match_a_full_decode(edge_media) -> None:
     """Slice types read from the bitstream agree with the decoder's picture types."""
     path = edge_media["pan"]
@@ -156,31 +165,12 @@ def test_probe_mixed_good_and_bad_json(cli_runner, bikes_mp4, edge_media) -> Non
     assert [row["path"] for row in rows] == list(map(str, paths))
     assert rows[0]["code"] == errors.NotAVideoError.code and "error" in rows[0]
     assert set(rows[1]) == REPORT_KEYS and rows[1]["num_frames"] == 250
-    assert rows[2]["code"] == errors.NotAVideoError.code and "no video stream" in rows[2]["error"]
-
-
-def _zero_first_slice(src: Path, dst: Path, packet_index: int) -> Path:
-    """Copy ``src`` with packet ``packet_index``'s first slice NAL body zeroed (header byte kept as
-    a non-IDR slice): a damaged packet whose slice header is an invalid Exp-Golomb code."""
-    with av.open(str(src)) as container:
-        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
-    data = bytearray(src.read_bytes())
-    pos, size = packets[packet_index]
-    end = pos + size
-    while pos + 4 < end:
-        n = int.from_bytes(data[pos:pos + 4], "big")  # avcC length prefix (x264 in mp4: 4 bytes)
-        if data[pos + 4] & 0x1F in (1, 5):
-            data[pos + 4] = 0x41
-            data[pos + 5:pos + 4 + n] = bytes(n - 1)
-            break
-        pos += 4 + n
-    dst.write_bytes(bytes(data))
-    return dst
+    assert rows[2]["code"] == errors.NoVideoStreamError.code and "no video stream" in rows[2]["error"]
 
 
 def test_probe_survives_a_damaged_slice_header(cli_runner, edge_media, tmp_path) -> None:
     """A packet whose slice header does not parse must not abort probe (extract treats it as lost)."""
-    damaged = _zero_first_slice(edge_media["pan"], tmp_path / "damaged.mp4", packet_index=10)
+    damaged = media.make_damaged_slice_file(edge_media["pan"], tmp_path / "damaged.mp4", packet_index=10)
     result = cli_runner.invoke(main, ["probe", str(damaged), str(edge_media["pan"])])
     assert f"{edge_media['pan']}\n" in result.stdout, result.output  # the good file is still reported
     for line in result.stderr.splitlines():

@@ -140,6 +140,8 @@ class CommandStream:
         self.proc = subprocess.Popen(command, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._stderr, start_new_session=True)
         self._fd = self.proc.stdout.fileno()
+        self._poll = select.poll()  # not select.select: no limit on the descriptor's number
+        self._poll.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         self._deadline = time.monotonic() + config.max_time_s
         self._eof = False
 
@@ -159,8 +161,7 @@ class CommandStream:
         left = self._deadline - time.monotonic()
         if left <= 0:
             self._timeout(f"not done after max_time_s={self.config.max_time_s:g} s")
-        ready, _, _ = select.select([self._fd], [], [], min(self.config.stall_s, left))
-        if not ready:
+        if not self._poll.poll(1000 * min(self.config.stall_s, left)):
             if left <= self.config.stall_s:
                 self._timeout(f"not done after max_time_s={self.config.max_time_s:g} s")
             self._timeout(f"stalled: no data for stall_s={self.config.stall_s:g} s")

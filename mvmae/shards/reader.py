@@ -108,7 +108,7 @@ class SkipCounter:
     def metrics(self) -> dict[str, int]:
         """The counts under the names training logs them with (per epoch, this process)."""
         _, skipped, _, shards_skipped, retries = map(int, self._totals())
-        return {"samples_skipped": skipped, "shards_skipped": shards_skipped, "shard_retries": retries}
+        return {"num_samples_skipped": skipped, "num_shards_skipped": shards_skipped, "num_shard_retries": retries}
 
     def reset(self) -> None:
         np.frombuffer(self._counts, np.int64)[:] = 0

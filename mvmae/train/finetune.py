@@ -84,6 +84,8 @@ class FinetuneConfig:
     loader_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.read, dict):  # built from a saved config (YAML, a checkpoint) directly
+            self.read = ReadConfig(**self.read)
         if self.loader_timeout_s < 0:
             raise ValueError(f"loader_timeout_s must be >= 0, got {self.loader_timeout_s}")
         if not 0 <= self.phase1_epochs <= self.epochs:

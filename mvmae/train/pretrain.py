@@ -76,6 +76,8 @@ class PretrainConfig:
     loader_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.read, dict):  # built from a saved config (YAML, a checkpoint) directly
+            self.read = ReadConfig(**self.read)
         if self.loader_timeout_s < 0:
             raise ValueError(f"loader_timeout_s must be >= 0, got {self.loader_timeout_s}")
         if self.masking not in MASKINGS:
@@ -243,6 +245,6 @@ class Pretrainer:
         mean = all_reduce_mean(sums / num_batches)
         name = "masked_mse" if cfg.predict == "vectors" else "masked_acc"
         metrics = {"loss": float(mean[0]), name: float(mean[1]),
-                   "tokens_per_s": num_tokens / max(time.monotonic() - t0, 1e-9), **self.skips.metrics()}
-        self.logger.log(metrics, step=self.step, epoch=epoch, split="epoch")
+                   "tokens_per_s": num_tokens / max(time.monotonic() - t0, 1e-9)}
+        self.logger.log({**metrics, **self.skips.metrics()}, step=self.step, epoch=epoch, split="epoch")
         return metrics

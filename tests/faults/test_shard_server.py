@@ -247,5 +247,5 @@ def test_training_does_not_hang(dataset, tmp_path) -> None:
                    for line in run.stderr.splitlines()), run.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (train,) = [r for r in records if r.get("split") == "train"]
-    assert (train["shards_skipped"], train["shard_retries"]) == (2, 2)
-    assert train["samples_skipped"] == 0 and math.isfinite(train["loss"])
+    assert (train["num_shards_skipped"], train["num_shard_retries"]) == (2, 2)
+    assert train["num_samples_skipped"] == 0 and math.isfinite(train["loss"])

@@ -143,6 +143,46 @@ def test_slow_but_alive_is_not_a_failure(dataset) -> None:
     assert skips["shard_retries"] == 0 and skips["shards_skipped"] == 0
 
 
+def test_transfer_past_max_time_is_aborted(dataset) -> None:
+    """A transfer alive but slower than max_time_s allows is aborted, then the shard skipped."""
+    read = ReadConfig(retries=0, stall_s=1, connect_timeout_s=2, max_time_s=1.5)
+    with sf.fault_server(dataset["dir"], {BAD: ["slow"]}) as server:
+        pipeline = build_eval_pipeline([server.url(BAD)], ClipConfig(mode="center"), 4, read=read)
+        start = time.monotonic()
+        with pytest.raises(ShardReadError) as info:
+            sf.bounded(lambda: [k for batch in pipeline for k in batch["key"]], LIMIT_S)
+        elapsed = time.monotonic() - start
+    assert re.search(r"max_time_s=1.5 s|operation timed out", str(info.value), re.IGNORECASE), str(info.value)
+    assert 1.5 <= elapsed < LIMIT_S
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Command lines of this machine's processes that contain ``marker``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        if marker in text:
+            found.append(text)
+    return found
+
+
+def test_stalled_pipe_command_is_killed(dataset) -> None:
+    """A ``pipe:`` command that sends part of a shard then hangs: killed after stall_s with its
+    whole process group (no command left behind), retried, then the shard skipped."""
+    tar = dataset["tars"][1]
+    marker = f"{time.monotonic_ns() % 10 ** 9}.5"  # a unique sleep duration, to find the process by
+    url = f"pipe:head -c {tar.stat().st_size // 2} {tar}; sleep {marker}"
+    read = ReadConfig(retries=1, retry_delay_s=0.05, stall_s=1)
+    keys, skips = train_keys([str(dataset["tars"][0]), url], read)
+    assert collections.Counter(keys) == collections.Counter(
+        dataset["keys"][dataset["tars"][0].name] + sf.keys_within(tar, tar.stat().st_size // 2))
+    assert (skips["shards_skipped"], skips["shard_retries"]) == (1, 1)
+    assert _processes_with(f"sleep {marker}") == []
+
+
 @pytest.mark.parametrize("mode,reason", [("500", re.compile("error: 500")), ("stall", STALLED)])
 def test_eval_pipeline_is_loud_naming_the_url(dataset, mode, reason) -> None:
     with sf.fault_server(dataset["dir"], {BAD: [mode]}) as server:

@@ -145,7 +145,7 @@ def _pax_fields(data: bytes) -> dict[str, str]:
     return {k: v for k, v in fields.items() if k in ("path", "size")}
 
 
-def iter_members(tar: _Counted) -> Iterator[tuple[str, bytes]]:
+def _tar_members(tar: _Counted) -> Iterator[tuple[str, bytes]]:
     """(name, data) of each regular member of an uncompressed tar stream, in order.
 
     Raises :class:`_TarDamage` naming the byte offset and the last member read where the bytes
@@ -264,7 +264,7 @@ class ShardReader:
             raise _AttemptFailed(f"cannot open: {exc}") from exc
         shard = _Counted(raw, transfer=True)
         try:
-            yield from _group_samples(iter_members(_tar_stream(shard)), self.url)
+            yield from _group_samples(_tar_members(_tar_stream(shard)), self.url)
             try:
                 raw.close()  # webdataset's own pipes (other schemes) check the command's status here
             except OSError as exc:

@@ -9,6 +9,8 @@ Members are named through ``sample.py``'s constants (MEMBERS), so the cases foll
 from __future__ import annotations
 
 import collections
+import gzip
+import lzma
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +23,7 @@ from mvmae.shards.clips import ClipConfig
 from mvmae.shards.inspect import Problem, verify_shards
 from mvmae.shards.reader import SkipCounter, build_eval_pipeline, build_train_pipeline
 from mvmae.shards.sample import MEMBERS
-from mvmae.shards.stream import ReadConfig
+from mvmae.shards.stream import ReadConfig, ShardReadError, read_shards
 
 import shard_faults as sf
 
@@ -184,6 +186,7 @@ def test_verify_names_shard_key_and_member(damaged, cli_runner) -> None:
 
 def test_verify_over_http_names_the_url(damaged, cli_runner) -> None:
     """Over HTTP (a remote shard: tar damage is retried once, then reported)."""
+    sf.require_curl()
     damage = damaged["damage"]
     with sf.fault_server(damaged["folder"]) as server:
         urls = [server.url(t.name) for t in damaged["tars"]]
@@ -255,3 +258,18 @@ def test_unopenable_shard_skipped_and_counted(dataset, bad_url) -> None:
     assert pipeline.skips.summary()["shards_skipped"] == 1 and pipeline.skips.shard_retries == retries
     with pytest.raises(OSError, match="nonexistent"):
         [k for batch in build_eval_pipeline(urls, CLIP_CENTER, 2, read=read) for k in batch["key"]]
+
+
+@pytest.mark.parametrize("suffix,compress", [("gz", gzip.compress), ("xz", lzma.compress)])
+def test_compressed_shard_read_and_cut(dataset, tmp_path, suffix, compress) -> None:
+    """A compressed tar reads the same samples; cut short, the samples before the cut arrive and
+    the shard is reported damaged."""
+    tar = dataset["tars"][DAMAGED]
+    packed = tmp_path / f"{tar.name}.{suffix}"
+    packed.write_bytes(compress(tar.read_bytes()))
+    assert [s["__key__"] for s in read_shards([{"url": str(packed)}])] == dataset["keys"][tar.name]
+    packed.write_bytes(packed.read_bytes()[:packed.stat().st_size * 2 // 3])
+    got = []
+    with pytest.raises(ShardReadError, match=f"{packed} .*: tar unreadable"):
+        got.extend(s["__key__"] for s in read_shards([{"url": str(packed)}]))
+    assert got == dataset["keys"][tar.name][:len(got)]

@@ -211,6 +211,7 @@ def test_dataloader_workers_never_hang(dataset, num_workers) -> None:
 FAST_FLAGS = ["--retries", "1", "--retry-delay", "0.05", "--stall-timeout", "1", "--connect-timeout", "2"]
 
 
+@pytest.mark.slow
 def test_verify_over_http_retries_and_names_the_shard(dataset, cli_runner) -> None:
     """`mvmae shards verify` reads as training does: a dropped transfer is retried (all good); a
     shard that stalls on every try is reported with its URL, in bounded time."""

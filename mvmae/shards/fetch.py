@@ -137,8 +137,12 @@ class CommandStream:
         self.name = "command" if shell else command[0]
         # stderr into a file: a chatty command must not block on a full pipe (it would look stalled)
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(command, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(command, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=self._stderr, start_new_session=True)
+        except OSError:  # no such program
+            self._stderr.close()
+            raise
         self._fd = self.proc.stdout.fileno()
         self._poll = select.poll()  # not select.select: no limit on the descriptor's number
         self._poll.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)

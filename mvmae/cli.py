@@ -414,7 +414,38 @@ URL forms (as webdataset reads them; several URLs may be given):
   'shards/train-{000000..000127}.tar'      a brace pattern (quote it for the shell)
   https://host/data/train-000000.tar       fetched with curl
   'pipe:aws s3 cp s3://bucket/train-000000.tar -'   a command's stdout
+A remote shard (anything but a local file) whose read fails (HTTP error, dropped or stalled
+connection, damaged tar) is read again after --retry-delay seconds, doubling, --retries times.
 """
+
+
+def read_options(func):
+    """The shard-reading options (``ReadConfig``) of the ``shards`` commands, as ``read=``."""
+    from mvmae.shards.fetch import ReadConfig
+
+    defaults = ReadConfig()
+    options = [
+        click.option("--retries", type=click.IntRange(min=0), default=defaults.retries, show_default=True,
+                     help="Re-reads of a remote shard whose read failed."),
+        click.option("--retry-delay", type=click.FloatRange(min=0), default=defaults.retry_delay_s,
+                     show_default=True, help="Seconds before the first re-read (doubled for each next one)."),
+        click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=defaults.stall_s,
+                     show_default=True, help="Seconds without data after which a transfer is aborted."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=defaults.connect_timeout_s, show_default=True, help="Seconds to connect (curl)."),
+        click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=defaults.max_time_s,
+                     show_default=True, help="Seconds one shard transfer may take in all."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, retries, retry_delay, stall_timeout, connect_timeout, max_time, **kwargs):
+        read = ReadConfig(retries=retries, retry_delay_s=retry_delay, stall_s=stall_timeout,
+                          connect_timeout_s=connect_timeout, max_time_s=max_time)
+        return func(*args, read=read, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @main.group()
@@ -425,8 +456,9 @@ def shards() -> None:
 @shards.command("inspect", epilog=SHARD_URLS_HELP)
 @click.argument("urls", metavar="URL...", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@read_options
 @handle_errors
-def shards_inspect(urls: tuple[str, ...], as_json: bool) -> None:
+def shards_inspect(urls: tuple[str, ...], as_json: bool, read) -> None:
     """Count what the shards hold, from the records alone (fast: nothing is decoded).
 
     Per shard and in total: samples, videos (distinct sources), frames, seconds of video, bytes,
@@ -435,7 +467,7 @@ def shards_inspect(urls: tuple[str, ...], as_json: bool) -> None:
     """
     from mvmae.shards.inspect import inspect_shards
 
-    report = inspect_shards(urls)
+    report = inspect_shards(urls, read)
     if as_json:
         click.echo(json.dumps(report, indent=1))
         return
@@ -455,15 +487,17 @@ def shards_inspect(urls: tuple[str, ...], as_json: bool) -> None:
 
 @shards.command("verify", epilog=SHARD_URLS_HELP)
 @click.argument("urls", metavar="URL...", nargs=-1, required=True)
+@read_options
 @handle_errors
-def shards_verify(urls: tuple[str, ...]) -> None:
+def shards_verify(urls: tuple[str, ...], read) -> None:
     """Check every sample of the shards; exit status 1 if anything is wrong.
 
     Each sample must decode: all members present, CRC32 of each, zstd, JPEG, shapes against its
     record; keys must be unique over all URLs; the tar must be intact to its end (a truncated or
     overwritten tar is reported with the last good key); a local shard's stats file
     (<name>.json) must agree with it. Prints one line per problem, 'shard key: reason'
-    ('-' for the whole shard), then a summary line.
+    ('-' for the whole shard), then a summary line. Shards are read as training reads them
+    (same timeouts, retries and tar checks).
     """
     from mvmae.shards.inspect import verify_shards
 
@@ -473,7 +507,7 @@ def shards_verify(urls: tuple[str, ...]) -> None:
         counts["shards"] += 1
         counts["samples"] += num_samples
 
-    problems = verify_shards(urls, progress)
+    problems = verify_shards(urls, progress, read)
     for problem in problems:
         click.echo(str(problem))
     bad = len({p.shard for p in problems})
@@ -488,8 +522,9 @@ def shards_verify(urls: tuple[str, ...]) -> None:
 @click.option("--key", required=True, help="Sample key (the video's stem; <stem>_<k> for segment k).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Output .npz in the export schema, plus 'source' and 'label' (written atomically).")
+@read_options
 @handle_errors
-def shards_export(urls: tuple[str, ...], key: str, out: Path) -> None:
+def shards_export(urls: tuple[str, ...], key: str, out: Path, read) -> None:
     """Write one sample of the shards as an .npz in the export schema of `mvmae extract video`.
 
     MVs come back dequantized (within 0.125 px/frame of the extraction), I-frames decoded from
@@ -498,7 +533,7 @@ def shards_export(urls: tuple[str, ...], key: str, out: Path) -> None:
     """
     from mvmae.shards.inspect import export_sample
 
-    fields = export_sample(urls, key, out)
+    fields = export_sample(urls, key, out, read)
     types = bytes(fields.frame_types).decode()
     click.echo(f"{key}: {fields.num_frames} frames ({types.count('I')} I, {types.count('P')} P, "
                f"{types.count('B')} B), segment {fields.meta['segment'] + 1} of "

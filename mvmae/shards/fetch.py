@@ -1,49 +1,54 @@
-"""Fetching shards: URLs opened with bounded waits, retried with backoff, tar members -> raw samples.
+"""Opening shard URLs as byte streams, every wait bounded (the transport half of ``stream.py``).
 
-Local paths, ``file:``, ``http(s)://`` (curl, every wait bounded by :class:`ReadConfig`: webdataset's
-own ``gopen_curl`` retries 30 times with no overall limit), ``pipe:`` commands and whatever else
-``webdataset.gopen`` opens. A stream that fails (HTTP error, dropped connection, timeout, damaged
-tar) is re-read from the start, skipping the samples already delivered; past the retries the shard
-goes to the handler as a :class:`ShardReadError`.
+URL forms, as webdataset names shards: local paths and ``file://`` URLs; ``http(s)://`` (and
+``ftp(s)``, ``sftp``, ``scp``) fetched with curl; ``pipe:<command>`` (the command's stdout, run by
+the shell); brace patterns (``train-{000000..000127}.tar``) and ``::``-separated lists, expanded
+by :func:`expand_urls`. Other schemes go to ``webdataset.gopen`` (their waits are not bounded).
+Nothing here imports webdataset (nor, through it, torch) unless such a scheme is opened.
+
+A command's stdout (curl's, a ``pipe:``'s) is read through :class:`CommandStream`, which bounds
+every wait itself: ``stall_s`` without a byte, or ``max_time_s`` for the whole stream, kills the
+command and raises :class:`TimeoutError`; a command that exits with a failure status raises
+``OSError`` with its status and the end of its stderr. curl also gets ``--connect-timeout``,
+``--max-time`` and ``--speed-limit``/``--speed-time`` (a trickle below ``stall_bytes_per_s``).
+webdataset's own ``gopen_curl`` retries 30 times with no overall limit; retries here are
+``stream.ShardReader``'s, with backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
+import os
+import re
+import select
 import signal
 import subprocess
-import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO, Iterable
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
-import webdataset as wds
-from webdataset.gopen import Pipe, gopen, rewrite_url
-from webdataset.handlers import reraise_exception
-from webdataset.tariterators import group_by_keys
+import braceexpand
 
-log = logging.getLogger(__name__)
-
-Handler = Callable[[Exception], bool]
-READ_ERRORS = (OSError, EOFError, tarfile.TarError)  # a shard stream failing: retried
-TAR_BUFSIZE = 1 << 18  # bytes per read of the tar stream (tarfile's default, 10 KiB, costs many calls)
-
-
-class ShardReadError(OSError):
-    """A shard could not be read to its end after the retries (names the URL and the cause)."""
+CURL_SCHEMES = ("http", "https", "ftp", "ftps", "sftp", "scp")
+PIPE_OK_STATUS = (0, 141)  # 141: a pipeline's upstream command ended by SIGPIPE (as webdataset)
+READ_CHUNK = 1 << 20  # bytes asked of a command's pipe per system call
+EXIT_WAIT_S = 10.0  # how long a command that closed its stdout may take to exit
+STDERR_TAIL = 500  # characters of a failed command's stderr kept in the error
+_LIST_SEPARATOR = re.compile(r"::(?![^\[\]]*\])")  # '::' outside an IPv6 literal's brackets
 
 
 @dataclass
 class ReadConfig:
-    """How shards are opened. HTTP(S) goes through curl with every wait bounded, so a stalled
-    server cannot hang training: connect_timeout_s to connect, stall_s seconds below
-    stall_bytes_per_s aborts, max_time_s caps one whole shard transfer. A failed read is retried
-    ``retries`` times, after retry_delay_s, doubling each time, resuming after the samples already
-    delivered; then the shard is given to the handler as a :class:`ShardReadError`.
-    check_crc: compare each member's CRC32 with the record (about 1 GB/s).
+    """How shards are read. Waits (all in seconds): connect_timeout_s to connect (curl);
+    stall_s without receiving a byte, or below stall_bytes_per_s on average over stall_s (curl),
+    aborts the stream; max_time_s caps one whole shard transfer. A failed read of a remote shard
+    (anything but a local file) is retried ``retries`` times after retry_delay_s, doubling each
+    time, resuming after the samples already delivered. check_crc: compare each member's CRC32
+    with the record (about 1 GB/s; used by the decoding stages).
     """
 
     connect_timeout_s: float = 30.0
@@ -61,6 +66,10 @@ class ReadConfig:
         if self.retries < 0 or self.retry_delay_s < 0 or self.stall_bytes_per_s < 1:
             raise ValueError("retries and retry_delay_s must be >= 0, stall_bytes_per_s >= 1")
 
+    def retry_delays(self) -> list[float]:
+        """Seconds slept before each retry: retry_delay_s, doubled each time."""
+        return [self.retry_delay_s * 2 ** i for i in range(self.retries)]
+
     def curl_command(self, url: str) -> list[str]:
         return ["curl", "--fail", "--silent", "--show-error", "--location",
                 "--connect-timeout", f"{self.connect_timeout_s:g}", "--max-time", f"{self.max_time_s:g}",
@@ -68,108 +77,137 @@ class ReadConfig:
                 url]
 
 
-def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Shard URLs from a string or a list of strings: brace patterns and ``::`` lists expanded."""
-    items = [urls] if isinstance(urls, str) else list(urls)
-    expanded = [u for item in items for u in wds.shardlists.expand_urls(str(item))]
+def expand_urls(urls: str | Path | Iterable[str | Path]) -> list[str]:
+    """Shard URLs, in order, from a string or a list: ``::`` lists split, brace patterns expanded
+    (``"a-{0..2}.tar"`` -> 3 URLs). Raises ValueError when nothing is left."""
+    items = [urls] if isinstance(urls, (str, Path)) else list(urls)
+    expanded = [u for item in items for part in _LIST_SEPARATOR.split(str(item)) if part
+                for u in braceexpand.braceexpand(part)]
     if not expanded:
         raise ValueError(f"no shard URL in {urls!r}")
     return expanded
 
 
-def open_shard(url: str, config: ReadConfig) -> io.RawIOBase:
-    """A binary stream of one shard: curl (bounded) for http(s), ``webdataset.gopen`` otherwise."""
-    url = rewrite_url(url)
-    if urlparse(url).scheme in ("http", "https"):
-        return Pipe(config.curl_command(url), mode="rb", bufsize=1 << 20, ignore_status=[141, 23],
-                    stderr=subprocess.PIPE)
+def local_path(url: str) -> Path | None:
+    """The file behind a local-path or ``file://`` URL; None for http, pipe: and the like."""
+    parsed = urlparse(url)
+    if parsed.scheme == "":
+        return Path(url)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return None
+
+
+def open_shard(url: str, config: ReadConfig) -> BinaryIO:
+    """A binary stream of one shard (``read(n)`` returns n bytes unless the stream ends).
+
+    Raises OSError when it cannot be opened; a :class:`CommandStream`'s ``read`` raises OSError
+    (TimeoutError for a stall) when the transfer fails.
+    """
+    if "GOPEN_REWRITE" in os.environ:  # webdataset's URL rewriting rules (imported only then: it imports torch)
+        from webdataset.gopen import rewrite_url
+
+        url = rewrite_url(url)
+    path = local_path(url)
+    if path is not None:
+        return open(path, "rb")
+    scheme = urlparse(url).scheme
+    if scheme in CURL_SCHEMES:
+        return CommandStream(config.curl_command(url), url, config)
+    if scheme == "pipe":
+        return CommandStream(url[len("pipe:"):], url, config, shell=True, ok_status=PIPE_OK_STATUS)
+    from webdataset.gopen import gopen  # gs:, hf:, ais: ... (webdataset imports torch)
+
     return gopen(url, "rb")
 
 
-def _release(stream, kill: bool) -> str:
-    """Close a shard stream; a command (curl, ``pipe:``) is killed if ``kill`` or if it does not
-    exit within 10 s. Returns '' or, for a command that failed, its exit status and stderr."""
-    if not isinstance(stream, Pipe):
-        stream.close()
-        return ""
-    proc = stream.proc
-    if not kill:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    stream.stream.close()
-    said = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    if proc.returncode in stream.ignore_status or proc.returncode == -signal.SIGKILL:  # fine, or killed here
-        return ""
-    return f"exit {proc.returncode}" + (f": {said}" if said else "")
+class CommandStream:
+    """The stdout of a command, read with every wait bounded by a :class:`ReadConfig`.
 
-
-def _shard_files(stream, url: str) -> Iterator[dict]:
-    """Regular members of a tar stream as webdataset file dicts; a tar whose end-of-archive is
-    followed by data was cut short by a damaged header (tarfile stops there silently)."""
-    tar = tarfile.open(fileobj=stream, mode="r|*", bufsize=TAR_BUFSIZE)
-    for info in tar:
-        if info.isreg():
-            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
-        tar.members = []  # streaming: keep no TarInfo per member
-    while chunk := tar.fileobj.read(1 << 20):
-        if chunk.strip(b"\0"):
-            yield {}  # webdataset's end-of-shard marker: group_by_keys delivers the sample read so far
-            raise tarfile.ReadError(f"{url}: data after the end of the archive (a damaged member "
-                                    f"header cut the shard short)")
-
-
-def _shard_samples(url: str, config: ReadConfig, handler: Handler) -> Iterator[dict]:
-    """Raw samples of one shard read once; the stream is released however the iteration ends,
-    and a command that failed (curl: HTTP error, timeout) raises even after a clean-looking tar."""
-    stream = open_shard(url, config)
-    try:
-        yield from group_by_keys(_shard_files(stream, url), handler=handler)
-    except READ_ERRORS as exc:
-        said = _release(stream, kill=True)
-        if said:
-            raise OSError(f"{exc} [{said}]") from exc
-        raise
-    except BaseException:  # the consumer closed the generator, or not a read error
-        _release(stream, kill=True)
-        raise
-    said = _release(stream, kill=False)
-    if said:
-        raise OSError(f"{url}: {said}")
-
-
-def read_shards(src: Iterable[dict], config: ReadConfig | None = None,
-                handler: Handler = reraise_exception) -> Iterator[dict]:
-    """{'url': ...} items -> raw samples {'__key__', '__url__', ext: bytes}.
-
-    A read error is retried (backoff), skipping the samples already yielded; past the retries a
-    :class:`ShardReadError` goes to ``handler`` (True: next shard, False: stop).
+    ``read(n)`` blocks at most ``stall_s`` for each piece of data and never past ``max_time_s``
+    after the start; then the command (its whole process group) is killed and TimeoutError
+    raised. At the end of its output the command must exit with a status in ``ok_status``
+    (within 10 s), else OSError names the status and the end of its stderr. ``close()`` kills a
+    command still running (the reader stopped early) and never raises.
     """
-    config = config or ReadConfig()
-    for item in src:
-        url = item["url"]
-        if hasattr(handler, "count_shard"):
-            handler.count_shard()
-        done, error = 0, None
-        for attempt in range(config.retries + 1):
-            if attempt:
-                delay = config.retry_delay_s * 2 ** (attempt - 1)
-                log.warning("%s: %s; retry %d of %d in %.1f s", url, error, attempt, config.retries, delay)
-                time.sleep(delay)
-            try:
-                with contextlib.closing(_shard_samples(url, config, handler)) as samples:
-                    for i, raw in enumerate(samples):
-                        if i >= done:  # a retry re-reads from the start: skip what was delivered
-                            done += 1
-                            yield raw
-                error = None
-                break
-            except READ_ERRORS as exc:
-                error = exc
-        if error is not None and not handler(ShardReadError(
-                f"{url}: unreadable after {config.retries + 1} attempt(s), {done} sample(s) read: {error}")):
-            return
+
+    def __init__(self, command: list[str] | str, url: str, config: ReadConfig, *, shell: bool = False,
+                 ok_status: tuple[int, ...] = (0,)) -> None:
+        self.url, self.config, self.ok_status = url, config, ok_status
+        self.name = "command" if shell else command[0]
+        # stderr into a file: a chatty command must not block on a full pipe (it would look stalled)
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(command, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=self._stderr, start_new_session=True)
+        except OSError:  # no such program
+            self._stderr.close()
+            raise
+        self._fd = self.proc.stdout.fileno()
+        self._poll = select.poll()  # not select.select: no limit on the descriptor's number
+        self._poll.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        self._deadline = time.monotonic() + config.max_time_s
+        self._eof = False
+
+    def __repr__(self) -> str:
+        return f"<{self.name} {self.url}>"
+
+    def read(self, size: int = -1) -> bytes:
+        chunks, wanted = [], size if size >= 0 else float("inf")
+        while wanted > 0 and not self._eof:
+            data = self._read_some(int(min(wanted, READ_CHUNK)))
+            chunks.append(data)
+            wanted -= len(data)
+        return b"".join(chunks)
+
+    def _read_some(self, size: int) -> bytes:
+        """Up to ``size`` bytes, as soon as some are there; b'' at the end (status checked)."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            self._timeout(f"not done after max_time_s={self.config.max_time_s:g} s")
+        if not self._poll.poll(1000 * min(self.config.stall_s, left)):
+            if left <= self.config.stall_s:
+                self._timeout(f"not done after max_time_s={self.config.max_time_s:g} s")
+            self._timeout(f"stalled: no data for stall_s={self.config.stall_s:g} s")
+        data = os.read(self._fd, size)
+        if not data:
+            self._eof = True
+            self._check_exit()
+        return data
+
+    def _check_exit(self) -> None:
+        try:
+            status = self.proc.wait(timeout=EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            raise OSError(f"{self.name} closed its output but did not exit within {EXIT_WAIT_S:g} s") from None
+        if status not in self.ok_status:
+            said = self._stderr_tail()
+            raise OSError(f"{self.name} exited with status {status}" + (f": {said}" if said else ""))
+
+    def _timeout(self, reason: str) -> None:
+        self._kill()
+        raise TimeoutError(f"{self.name}: {reason}")
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return text[-STDERR_TAIL:].replace("\n", " | ")
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=EXIT_WAIT_S)
+
+    def close(self) -> None:
+        self._kill()
+        self.proc.stdout.close()
+        self._stderr.close()
+
+    def __enter__(self) -> "CommandStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,7 +1,9 @@
 """``mvmae shards inspect|verify|export``: counts, integrity checks and single-sample export.
 
-Shards are named by URLs (local paths, brace patterns, ``http(s)://``, ``pipe:``; see
-:mod:`mvmae.shards.stream`). Nothing here imports torch.
+Shards are named by URLs (local paths, brace patterns, ``http(s)://``, ``pipe:``) and read by
+:class:`mvmae.shards.stream.ShardReader`, as training reads them: every wait bounded, a failed
+remote read retried with backoff, the tar structure checked (``ReadConfig``). Nothing here imports
+torch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Callable, Iterable
 from mvmae.extract.export import save_export
 from mvmae.extract.video import VideoFields
 from mvmae.shards.sample import RECORD, SampleError, decode_sample
-from mvmae.shards.stream import ShardError, ShardReader, expand_urls, local_path
+from mvmae.shards.stream import ReadConfig, ShardError, ShardReader, expand_urls, local_path
 
 
 class SampleNotFoundError(ShardError):
@@ -71,7 +73,7 @@ def _finish_stats(stats: dict) -> dict:
     return out
 
 
-def inspect_shards(urls: str | Iterable[str]) -> dict:
+def inspect_shards(urls: str | Iterable[str], config: ReadConfig | None = None) -> dict:
     """Counts per shard and in total, from the records alone (no MV or JPEG decoding).
 
     Returns ``{"shards": [{"url", ...counts}], "total": {"num_shards", ...counts}}``; counts:
@@ -82,7 +84,7 @@ def inspect_shards(urls: str | Iterable[str]) -> dict:
     shards, total = [], _new_stats()
     for url in expand_urls(urls):
         stats = _new_stats()
-        reader = ShardReader(url)
+        reader = ShardReader(url, config)
         for sample in reader:
             try:
                 record = json.loads(sample[RECORD])
@@ -103,8 +105,8 @@ def inspect_shards(urls: str | Iterable[str]) -> dict:
 # ----------------------------------------------------------------------------- verify
 
 
-def verify_shards(urls: str | Iterable[str],
-                  progress: Callable[[str, int], None] | None = None) -> list[Problem]:
+def verify_shards(urls: str | Iterable[str], progress: Callable[[str, int], None] | None = None,
+                  config: ReadConfig | None = None) -> list[Problem]:
     """Check every sample of every shard; the problems found (empty: all good).
 
     Per sample: all members present, CRC32 of each, zstd, JPEG, shapes against the record, the
@@ -116,7 +118,7 @@ def verify_shards(urls: str | Iterable[str],
     seen: dict[str, str] = {}  # key -> first shard holding it
     for url in expand_urls(urls):
         keys: list[str] = []
-        reader = ShardReader(url)
+        reader = ShardReader(url, config)
         try:
             for sample in reader:
                 key = sample["__key__"]
@@ -138,8 +140,14 @@ def verify_shards(urls: str | Iterable[str],
 
 
 def _check_sample(sample: dict) -> str | None:
-    """Why a raw sample is bad (None: it decodes and agrees with its record)."""
+    """Why a raw sample is bad, naming the member concerned (None: it decodes and agrees with
+    its record)."""
     key = sample["__key__"]
+    if RECORD in sample:
+        try:
+            json.loads(sample[RECORD])
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return f"unreadable record, member {RECORD} ({exc})"
     try:
         decoded = decode_sample(sample, with_iframes=True, check=True)
     except SampleError as exc:
@@ -188,11 +196,11 @@ def _check_stats(url: str, path: Path, keys: list[str]) -> list[Problem]:
 # ----------------------------------------------------------------------------- export
 
 
-def find_sample(urls: str | Iterable[str], key: str) -> dict:
+def find_sample(urls: str | Iterable[str], key: str, config: ReadConfig | None = None) -> dict:
     """The raw sample ``key`` (the first one, reading the shards in order)."""
     urls = expand_urls(urls)
     for url in urls:
-        for sample in ShardReader(url):
+        for sample in ShardReader(url, config):
             if sample["__key__"] == key:
                 return sample
     raise SampleNotFoundError(urls, key)
@@ -216,12 +224,13 @@ def sample_fields(sample: dict) -> VideoFields:
                        size=tuple(int(v) for v in record["size"]), meta=meta)
 
 
-def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path) -> VideoFields:
+def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path,
+                  config: ReadConfig | None = None) -> VideoFields:
     """Write sample ``key`` as an export-schema ``.npz`` (plus ``source`` and ``label``).
 
     Raises :class:`ShardError` naming the key when no shard holds it.
     """
-    sample = find_sample(urls, key)
+    sample = find_sample(urls, key, config)
     try:
         fields = sample_fields(sample)
     except SampleError as exc:

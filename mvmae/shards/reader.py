@@ -4,18 +4,19 @@ A pipeline is an explicit list of stages (generators from iterator to iterator, 
 a list), then ``webdataset.DataPipeline(*stages)``::
 
     shard URLs -> [shuffle (seed, epoch)] -> split by rank -> split by DataLoader worker
-    -> read_shards (open with timeouts, retry with backoff, tar members -> raw samples)
+    -> read_shards (stream.py: open with timeouts, tar checked, retry with backoff -> raw samples)
     -> [shuffle buffer] -> decode_sources (format version, CRC, lazy decoding)
     -> sample_clips (clips.py) -> batched(collate_clips) -> torch tensors
 
-URLs: local paths, ``file:``, ``http(s)://`` (read with curl under bounded timeouts, see
-``fetch.ReadConfig``), ``pipe:`` commands and anything else ``webdataset.gopen`` opens; brace
+URLs: local paths, ``file:``, ``http(s)://`` (read with curl), ``pipe:`` commands, every wait
+bounded by :class:`ReadConfig` (``fetch.py``), and anything else ``webdataset.gopen`` opens; brace
 patterns (``train-{000000..000127}.tar``), ``::``-separated lists, or a list of any of these.
+Shards are read by ``stream.ShardReader``, the reader ``mvmae shards verify`` uses too.
 Clip sampling and augmentation are in ``clips.py``; the rules are in FORMAT.md, "Reader".
 
 Errors. Every stage takes a webdataset handler ``handler(exn) -> bool`` and is loud by default
 (``reraise_exception``). :class:`SkipCounter` is the opt-in skip-and-count handler: it logs and
-counts corrupt samples and unreadable shards (across DataLoader workers) and raises
+counts corrupt samples, unreadable shards and shard retries (across DataLoader workers) and raises
 :class:`TooManySkipsError` past ``max_skip_ratio``. A :class:`FormatVersionError` is never
 skipped, whatever the handler: the shard is refused with the versions found and supported.
 """
@@ -37,8 +38,8 @@ from webdataset.handlers import reraise_exception
 
 from mvmae.shards import sample as fmt
 from mvmae.shards.clips import Clip, ClipConfig, ShardClipSource, make_clips
-from mvmae.shards.fetch import Handler, ReadConfig, ShardReadError, expand_urls, read_shards
 from mvmae.shards.sample import FormatVersionError, SampleError
+from mvmae.shards.stream import Handler, ReadConfig, ShardReadError, expand_urls, read_shards
 
 __all__ = [
     "Clip", "ClipConfig", "ReadConfig", "ShardReadError", "SkipCounter", "TooManySkipsError",
@@ -62,11 +63,12 @@ class SkipCounter:
     workers and their start method (one row of counts per worker: no lock). ``max_skip_ratio``
     (None: no limit) raises :class:`TooManySkipsError` once skipped/seen exceeds it, for samples
     after ``min_samples`` seen and for shards after ``min_shards`` seen (totals over workers).
+    ``shard_retries`` counts the re-reads of shards that failed part-way (``stream.ShardReader``).
     FormatVersionError and errors that are not data errors (bugs) re-raise.
     """
 
     SKIPPABLE = (SampleError, OSError, EOFError, tarfile.TarError)
-    _FIELDS = ("seen", "skipped", "shards_seen", "shards_skipped")
+    _FIELDS = ("seen", "skipped", "shards_seen", "shards_skipped", "shard_retries")
     _ROWS = 256  # DataLoader workers with their own row (beyond: rows shared, counts may race)
 
     def __init__(self, max_skip_ratio: float | None = None, min_samples: int = 100,
@@ -77,7 +79,7 @@ class SkipCounter:
         self._counts = multiprocessing.RawArray("q", self._ROWS * len(self._FIELDS))
 
     def _totals(self) -> np.ndarray:
-        return np.frombuffer(self._counts, np.int64).reshape(self._ROWS, -1).sum(0)  # (4,)
+        return np.frombuffer(self._counts, np.int64).reshape(self._ROWS, -1).sum(0)  # (5,)
 
     @property
     def seen(self) -> int:
@@ -96,8 +98,17 @@ class SkipCounter:
     def shards_skipped(self) -> int:
         return int(self._totals()[3])
 
+    @property
+    def shard_retries(self) -> int:
+        return int(self._totals()[4])
+
     def summary(self) -> dict[str, int]:
         return dict(zip(self._FIELDS, map(int, self._totals())))
+
+    def metrics(self) -> dict[str, int]:
+        """The counts under the names training logs them with (per epoch, this process)."""
+        _, skipped, _, shards_skipped, retries = map(int, self._totals())
+        return {"num_samples_skipped": skipped, "num_shards_skipped": shards_skipped, "num_shard_retries": retries}
 
     def reset(self) -> None:
         np.frombuffer(self._counts, np.int64)[:] = 0
@@ -107,6 +118,9 @@ class SkipCounter:
 
     def count_shard(self) -> None:
         self._check(*self._add(2), shard=True)
+
+    def count_retry(self) -> None:
+        self._add(4)
 
     def __call__(self, exn: Exception) -> bool:
         if isinstance(exn, FormatVersionError) or not isinstance(exn, self.SKIPPABLE):
@@ -121,11 +135,11 @@ class SkipCounter:
 
     def _add(self, field: int) -> tuple[int, int]:
         """Increment one count in this worker's row; returns the totals (seen, skipped) of its
-        kind (samples or shards)."""
+        kind (samples: fields 0-1, shards: 2-3)."""
         info = torch.utils.data.get_worker_info()
         row = (info.id if info else 0) % self._ROWS
         self._counts[row * len(self._FIELDS) + field] += 1
-        totals, base = self._totals(), field - field % 2
+        totals, base = self._totals(), 0 if field < 2 else 2
         return int(totals[base]), int(totals[base + 1])
 
     def _check(self, seen: int, skipped: int, shard: bool, exn: Exception | None = None) -> None:

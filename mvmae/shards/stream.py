@@ -1,226 +1,307 @@
-"""Shard URLs as streams of raw samples (webdataset's tar readers, with damage detected).
+"""Shard URLs as streams of raw samples: the one reader of shards, for training and inspection.
 
-Shards are named by URLs, as webdataset names them: local paths (``file://`` too), brace patterns
-(``train-{000000..000009}.tar``), ``http(s)://`` (fetched with curl) and ``pipe:<command>``
-(the command's stdout). The tar is read with webdataset's own ``tar_file_expander`` and
-``group_by_keys``; every error names the shard URL and the sample key.
+``ShardReader(url, config)`` opens a shard (``fetch.open_shard``: local files, ``file:``,
+``http(s)://`` through curl, ``pipe:``; every wait bounded by :class:`ReadConfig`), follows its
+tar structure header by header and yields its samples ``{'__key__', '__url__', ext: bytes}``.
+A read that fails (HTTP error, dropped or stalled connection, damaged tar) is retried with backoff
+unless the shard is a local file (its bytes will not change); a retry re-reads the shard from the
+start and skips the samples already delivered, so each is yielded once. Past the retries a
+:class:`ShardReadError` names the URL, the last sample delivered and the reason.
+``read_shards`` is the webdataset stage of the training reader (``reader.py``); ``inspect.py``
+uses ``ShardReader`` directly.
 
-Python's tarfile silently stops at a garbage or truncated header past the first member, which
-would make a damaged shard look like a short one. The bytes are therefore followed through a
-small tar header walker on their way to tarfile, and a stream that does not end with the
-end-of-archive block (and only zeros after it) is reported as damaged, naming the last sample
-read in full.
+The tar is parsed here rather than by ``tarfile``, whose streaming mode silently stops at a
+garbage, zeroed or truncated header past the first member and would make a damaged shard look
+like a short one. A shard must end with an end-of-archive block followed by zeros only; anything
+else is damage. A sample whose members were all read (``sample.MEMBERS``) before the damage is
+still delivered. gzip, bzip2 and xz compressed tars are decompressed on the way.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
+import logging
+import lzma
+import re
 import tarfile
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
-from urllib.parse import urlparse
-from urllib.request import url2pathname
+import time
+import zlib
+from typing import BinaryIO, Callable, Iterable, Iterator
 
-import braceexpand
-from webdataset.gopen import gopen
-from webdataset.handlers import reraise_exception
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
-
+from mvmae.shards.fetch import ReadConfig, expand_urls, local_path, open_shard
 from mvmae.shards.sample import MEMBERS
 
+__all__ = ["ReadConfig", "ShardError", "ShardReadError", "ShardReader", "expand_urls", "local_path",
+           "read_shards", "iter_raw_samples"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Exception], bool]
 BLOCK = 512  # tar block size
-# Compressed tars (.tar.gz ...) are decompressed by tarfile; the walker cannot follow them.
-COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+DECOMPRESSORS = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+                 (b"BZh", lambda f: bz2.BZ2File(f, "rb")), (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f, "rb")))
+DAMAGE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # from a decompressor
+TAIL_CHUNK = 1 << 20  # bytes per read of what follows the end-of-archive block
+_KEY_EXT = re.compile(r"^((?:.*/)?[^./]+)\.([^/]*)$")  # key: up to the first dot of the file name
+
+
+def reraise_exception(exc: Exception) -> bool:
+    """The loud handler (webdataset's ``reraise_exception``, without importing webdataset)."""
+    raise exc
+
+
+def split_member_name(name: str) -> tuple[str | None, str]:
+    """``'dir/clip_3.mv.zst'`` -> ``('dir/clip_3', 'mv.zst')``; (None, '') for a name without an
+    extension (webdataset's key convention; extensions lowercased)."""
+    match = _KEY_EXT.match(name)
+    return (match.group(1), match.group(2).lower()) if match else (None, "")
 
 
 class ShardError(ValueError):
     """A shard that cannot be read, or a sample that is not in it. ``key``: the sample concerned,
-    or for a damaged tar the last sample read in full (None: none was)."""
+    or for a shard that could not be read to its end the last sample delivered (None: none was)."""
 
     def __init__(self, url: str, key: str | None, reason: str) -> None:
         super().__init__(f"{url} {key or '-'}: {reason}")
         self.url, self.key, self.reason = url, key, reason
 
 
-def expand_urls(urls: str | Iterable[str]) -> list[str]:
-    """Shard URLs with brace patterns expanded, in order: ``"a-{0..2}.tar"`` -> 3 URLs."""
-    if isinstance(urls, (str, Path)):
-        urls = [urls]
-    return [u for url in urls for u in braceexpand.braceexpand(str(url))]
+class ShardReadError(ShardError, OSError):
+    """A shard could not be read to its end, after the retries (an OSError, as webdataset's
+    handlers and :class:`reader.SkipCounter` expect of a failed shard)."""
 
 
-def local_path(url: str) -> Path | None:
-    """The file behind a local-path or ``file://`` URL; None for http, pipe: and the like."""
-    parsed = urlparse(url)
-    if parsed.scheme == "":
-        return Path(url)
-    if parsed.scheme == "file":
-        return Path(url2pathname(parsed.path))
-    return None
+class _TarDamage(Exception):
+    """The bytes stop being a tar (the reason says where)."""
 
 
-class _TarWalk:
-    """A read-only stream that follows the tar structure of the bytes read through it.
+class _TransferError(Exception):
+    """The shard's byte stream itself failed (a command's status, a timeout, an I/O error)."""
 
-    It checks each header block (checksum), skips the member's data, and notes whether the
-    end-of-archive block was reached: what tarfile's streaming mode does not tell its caller.
-    """
 
-    def __init__(self, raw, url: str) -> None:
-        self.raw, self.url = raw, url
-        self.num_bytes = 0
-        self.member: str | None = None  # the member whose header was read last
-        self.error: str | None = None
-        self.ended = False
-        self._end = 0  # offset of the end-of-archive block
-        self._pending = b""  # start of a header block
-        self._skip = 0  # bytes of member data (with padding) before the next header
-        self._enabled: bool | None = None  # False for a compressed tar
+class _AttemptFailed(Exception):
+    """One read of a shard failed; the message is the reason."""
 
-    def __repr__(self) -> str:  # tarfile puts the stream into its messages
-        return f"<shard {self.url}>"
+
+class _Counted:
+    """A stream counting the bytes read from it, ``head`` (bytes already read) served first.
+    ``transfer``: its errors become :class:`_TransferError` (the raw stream of a shard)."""
+
+    def __init__(self, raw: BinaryIO, head: bytes = b"", transfer: bool = False) -> None:
+        self.raw, self.head, self.transfer, self.num_bytes = raw, head, transfer, 0
 
     def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        if self._enabled is None and data:
-            self._enabled = not data.startswith(COMPRESSED_MAGIC)
-        if self._enabled:
-            self._feed(data)
+        if self.head:
+            cut = len(self.head) if size < 0 else min(size, len(self.head))
+            data, self.head = self.head[:cut], self.head[cut:]
+        else:
+            try:
+                data = self.raw.read(size)
+            except (OSError, ValueError) as exc:
+                if not self.transfer:
+                    raise
+                raise _TransferError(str(exc)) from exc
         self.num_bytes += len(data)
         return data
 
-    def _feed(self, data: bytes) -> None:
-        pos = 0
-        while pos < len(data) and not self.error:
-            if self.ended:  # only zero padding may follow; anything else went unread
-                if any(data[pos:]):
-                    self.error = (f"data after the end-of-archive block at byte {self._end} "
-                                  f"(a zeroed header, or tars concatenated){self._after()}")
-                return
-            if self._skip:
-                step = min(self._skip, len(data) - pos)
-                self._skip -= step
-                pos += step
-                continue
-            take = min(BLOCK - len(self._pending), len(data) - pos)
-            self._pending += data[pos:pos + take]
-            pos += take
-            if len(self._pending) == BLOCK:
-                self._header(self._pending, self.num_bytes + pos - BLOCK)
-                self._pending = b""
 
-    def _header(self, block: bytes, offset: int) -> None:
+def _tar_stream(shard: _Counted) -> _Counted:
+    """The uncompressed tar bytes of a shard stream, counted from 0."""
+    head = shard.read(BLOCK)
+    replay = _Counted(shard, head)
+    for magic, opener in DECOMPRESSORS:
+        if head.startswith(magic):
+            return _Counted(opener(replay))
+    return replay
+
+
+def _after(member: str | None) -> str:
+    return f", after member {member}" if member else ""
+
+
+def _check_end(tar: _Counted, end: int, member: str | None) -> None:
+    """After the end-of-archive block (at byte ``end``) only zeros may follow."""
+    while chunk := tar.read(TAIL_CHUNK):
+        if any(chunk):
+            raise _TarDamage(f"data after the end-of-archive block at byte {end} (a zeroed header, "
+                             f"or tars concatenated){_after(member)}")
+
+
+def _pax_fields(data: bytes) -> dict[str, str]:
+    """``path`` and ``size`` of a pax extended header ('<len> <key>=<value>\\n' records)."""
+    fields, pos = {}, 0
+    while pos < len(data):
+        length_text, _, rest = data[pos:].partition(b" ")
+        if not length_text.isdigit() or int(length_text) == 0:
+            raise _TarDamage("invalid pax header")
+        key, _, value = rest[:int(length_text) - len(length_text) - 2].partition(b"=")
+        fields[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos += int(length_text)
+    if not fields.get("size", "0").isdigit():
+        raise _TarDamage(f"invalid pax header (size {fields['size']!r})")
+    return {k: v for k, v in fields.items() if k in ("path", "size")}
+
+
+def _tar_members(tar: _Counted) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular member of an uncompressed tar stream, in order.
+
+    Raises :class:`_TarDamage` naming the byte offset and the last member read where the bytes
+    stop being a tar: an invalid header (checksum), a header or data cut short, no end-of-archive
+    block, data after it. Directories, links and the like are skipped; pax ``path``/``size`` and
+    GNU long names are applied to the next member.
+    """
+    member, pending = None, {}
+    while True:
+        offset = tar.num_bytes
+        block = tar.read(BLOCK)
+        if len(block) < BLOCK:
+            if offset == 0 and not block:
+                raise _TarDamage("empty file (not a tar)")
+            where = f"a header is cut at byte {offset + len(block)}" if block else \
+                f"no end-of-archive block at byte {offset}"
+            raise _TarDamage(f"truncated tar: {where}{_after(member)}")
         if not any(block):
-            self.ended, self._end = True, offset
+            _check_end(tar, offset, member)
             return
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError as exc:
-            self.error = f"invalid tar header at byte {offset} ({exc}){self._after()}"
-            return
-        self.member = info.name
-        self._skip = -(-info.size // BLOCK) * BLOCK  # data padded to whole blocks
-
-    def _after(self) -> str:
-        return f", after member {self.member}" if self.member else ""
-
-    def finish(self) -> str | None:
-        """Read what the tar reader left unread (to the end of the stream unless it is damaged);
-        the structural problem of the stream, if any."""
-        while not self.error and self.read(1 << 16):
-            pass
-        if self.error or not self._enabled or self.ended:
-            return self.error
-        if self._skip:
-            return f"truncated tar: the data of member {self.member} ends {self._skip} bytes short"
-        if self._pending:
-            return f"truncated tar: a header is cut at byte {self.num_bytes}{self._after()}"
-        if self.num_bytes == 0:
-            return "empty file (not a tar)"
-        return f"truncated tar: no end-of-archive block at byte {self.num_bytes}{self._after()}"
+            raise _TarDamage(f"invalid tar header at byte {offset} ({exc}){_after(member)}") from None
+        name, size = pending.get("path", info.name), int(pending.get("size", info.size))
+        data = tar.read(size)
+        if len(data) < size:
+            raise _TarDamage(f"truncated tar: the data of member {name} ends {size - len(data)} bytes short")
+        tar.read(-size % BLOCK)  # padding to whole blocks (a cut here shows at the next header)
+        if info.type == tarfile.XHDTYPE:
+            pending = _pax_fields(data)
+        elif info.type == tarfile.GNUTYPE_LONGNAME:
+            pending = {**pending, "path": data.rstrip(b"\0").decode("utf-8", "surrogateescape")}
+        else:
+            pending, member = {}, name
+            if info.type in REGULAR:
+                yield name, data
 
 
-class _TarDamaged(Exception):
-    """Raised inside the reading pipeline when the walker finds the tar damaged."""
+def _group_samples(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[dict]:
+    """Members -> samples (consecutive members sharing a key). When reading fails, the sample in
+    progress is yielded first if all its members were read."""
+    sample = None
+    try:
+        for name, data in members:
+            key, ext = split_member_name(name)
+            if key is None:
+                continue
+            if sample is None or key != sample["__key__"]:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": url}
+            if ext in sample:
+                raise _TarDamage(f"member {name} appears twice")
+            sample[ext] = data
+    except (_TarDamage, _TransferError, *DAMAGE_ERRORS):
+        if sample is not None and sample.keys() >= set(MEMBERS):
+            yield sample
+        raise
+    if sample is not None:
+        yield sample
 
 
 class ShardReader:
-    """The raw samples of one shard, ``{'__key__': key, '__url__': url, ext: bytes, ...}``.
+    """The raw samples of one shard, ``{'__key__': key, '__url__': url, ext: bytes, ...}``, each
+    once, a failed read of a remote shard retried (``config.retries``, backoff from
+    ``retry_delay_s``) from the start, the samples already delivered skipped.
 
-    Raises :class:`ShardError` (URL, last good key, reason) when the shard cannot be opened or its
-    tar is damaged; a sample in progress when the damage shows is not yielded. After a complete
-    iteration ``num_bytes`` is the size of the shard.
+    Raises :class:`ShardReadError` (URL, last sample delivered, reason) when the shard cannot be
+    read to its end. ``on_retry()`` is called before each retry. After a complete iteration
+    ``num_bytes`` is the size of the shard and ``attempts`` the reads it took.
     """
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.num_bytes = 0
+    def __init__(self, url: str, config: ReadConfig | None = None,
+                 on_retry: Callable[[], None] | None = None) -> None:
+        self.url, self.config, self.on_retry = url, config or ReadConfig(), on_retry
+        self.num_bytes, self.attempts = 0, 0
         self.last_key: str | None = None
 
     def __iter__(self) -> Iterator[dict]:
-        try:
-            raw = gopen(self.url, "rb")
-        except (OSError, ValueError) as exc:
-            raise ShardError(self.url, None, f"cannot open ({exc})") from exc
-        walk = _TarWalk(raw, self.url)
-        try:
-            files = tar_file_expander([{"url": self.url, "stream": walk}], handler=reraise_exception)
-            for sample in group_by_keys(_checked(files, walk), handler=reraise_exception):
-                self.last_key = sample["__key__"]
-                yield sample
-            self.num_bytes = walk.num_bytes
-        except (_TarDamaged, tarfile.TarError, OSError, ValueError, EOFError) as exc:
+        delivered: list[str] = []  # keys, in order, of the samples yielded so far
+        delays = [] if local_path(self.url) is not None else self.config.retry_delays()
+        for attempt in range(len(delays) + 1):
+            if attempt:
+                log.warning("%s: %s; retry %d of %d in %.3g s", self.url, reason, attempt, len(delays),
+                            delays[attempt - 1])
+                if self.on_retry is not None:
+                    self.on_retry()
+                time.sleep(delays[attempt - 1])
+            self.attempts = attempt + 1
             try:
-                reason = walk.finish() or _message(exc)
-            except OSError:  # the stream itself failed (a pipe: command's exit status)
-                reason = _message(exc)
-            status = _close(raw)
-            what = "tar unreadable after this sample" if self.last_key else "tar unreadable"
-            raise ShardError(self.url, self.last_key,
-                             f"{what}: {reason}" + (f"; {status}" if status else "")) from exc
-        finally:
-            _close(raw)
+                with contextlib.closing(self._read_once()) as samples:
+                    for i, sample in enumerate(samples):
+                        if i < len(delivered):  # a retry: this one was delivered already
+                            self._check_same(i, sample["__key__"], delivered[i])
+                            continue
+                        delivered.append(sample["__key__"])
+                        self.last_key = sample["__key__"]
+                        yield sample
+                return
+            except _AttemptFailed as exc:
+                reason = str(exc)
+        tries = f" ({self.attempts} attempts)" if self.attempts > 1 else ""
+        raise ShardReadError(self.url, self.last_key, f"{reason}{tries}")
 
+    def _check_same(self, index: int, key: str, delivered: str) -> None:
+        if key != delivered:
+            raise ShardReadError(self.url, self.last_key, f"the shard changed between reads: sample "
+                                                          f"{index} is {key!r}, was {delivered!r}")
 
-def _checked(files: Iterator[dict], walk: _TarWalk) -> Iterator[dict]:
-    """Pass tar members through; at the end of the shard, stop if the tar is damaged, so that
-    group_by_keys does not yield the sample in progress unless all its members were read."""
-    key, exts = None, set()
-    for item in files:
-        if item == {}:  # tar_file_expander's end-of-shard marker
-            problem = walk.finish()
-            if problem:
-                if exts.issuperset(MEMBERS):
-                    yield item
-                raise _TarDamaged(problem)
-        else:
-            prefix, ext = base_plus_ext(item["fname"])
-            key, exts = prefix, (exts if prefix == key else set()) | {ext}
-        yield item
-
-
-def _message(exc: BaseException) -> str:
-    """The first line of an exception webdataset decorated with streams and URLs."""
-    text = str(exc.args[0]) if exc.args else type(exc).__name__
-    return text.split(" @ ")[0]
-
-
-def _close(stream) -> str | None:
-    """Close a shard stream; what went wrong with it (a pipe: or curl command's exit status)."""
-    try:
-        stream.close()
-    except OSError as exc:
-        status = getattr(stream, "status", None)
-        return f"the command exited with status {status}" if status is not None else str(exc)
-    return None
-
-
-def iter_raw_samples(urls: str | Iterable[str],
-                     handler: Callable[[Exception], bool] = reraise_exception) -> Iterator[dict]:
-    """Raw samples of every shard in order. ``handler(ShardError) -> True`` goes on with the next
-    shard; the default re-raises."""
-    for url in expand_urls(urls):
+    def _read_once(self) -> Iterator[dict]:
+        """One read from the start; a failure raises :class:`_AttemptFailed` with the reason."""
         try:
-            yield from ShardReader(url)
-        except ShardError as exc:
+            raw = open_shard(self.url, self.config)
+        except (OSError, ValueError) as exc:
+            raise _AttemptFailed(f"cannot open: {exc}") from exc
+        shard = _Counted(raw, transfer=True)
+        try:
+            yield from _group_samples(_tar_members(_tar_stream(shard)), self.url)
+            try:
+                raw.close()  # webdataset's own pipes (other schemes) check the command's status here
+            except OSError as exc:
+                raise _TransferError(str(exc)) from exc
+            self.num_bytes = shard.num_bytes
+        except _TransferError as exc:
+            raise _AttemptFailed(f"transfer failed{self._after()}: {exc}") from exc
+        except (_TarDamage, *DAMAGE_ERRORS) as exc:
+            raise _AttemptFailed(f"tar unreadable{self._after()}: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                raw.close()
+
+    def _after(self) -> str:
+        return " after this sample" if self.last_key else ""
+
+
+def read_shards(src: Iterable[dict], config: ReadConfig | None = None,
+                handler: Handler = reraise_exception) -> Iterator[dict]:
+    """The webdataset stage ``{'url': ...}`` items -> raw samples, each shard through a
+    :class:`ShardReader`. A shard that cannot be read to its end goes to ``handler`` as a
+    :class:`ShardReadError` (True: next shard, False: stop) after the samples read before the
+    failure. A handler's ``count_shard()`` is called per shard, ``count_retry()`` per retry
+    (:class:`reader.SkipCounter` has both)."""
+    config = config or ReadConfig()
+    on_retry = getattr(handler, "count_retry", None)
+    for item in src:
+        if hasattr(handler, "count_shard"):
+            handler.count_shard()
+        try:
+            yield from ShardReader(item["url"], config, on_retry)
+        except ShardReadError as exc:
             if not handler(exc):
-                break
+                return
+
+
+def iter_raw_samples(urls: str | Iterable[str], handler: Handler = reraise_exception,
+                     config: ReadConfig | None = None) -> Iterator[dict]:
+    """Raw samples of every shard of ``urls`` (brace patterns expanded), in order."""
+    return read_shards(({"url": url} for url in expand_urls(urls)), config, handler)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mvmae.shards.clips import ClipConfig
-from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, expand_urls, make_loader
+from mvmae.shards.reader import ReadConfig, build_eval_pipeline, build_train_pipeline, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict, save_resolved_config
 from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, in_lockstep, init_distributed, wrap_ddp
@@ -42,7 +42,10 @@ class FinetuneConfig:
     first local train shard); pretrained: Motion encoder pretraining checkpoint (its token spec
     wins over the token fields here); init: weights-only start from a classifier checkpoint.
     flip_prob, crop_area: train augmentation; a horizontal flip negates dx, so set flip_prob=0
-    when classes differ by left/right direction (``mvmae synth`` classes do)."""
+    when classes differ by left/right direction (``mvmae synth`` classes do). read: how shards
+    are read (timeouts, retries; YAML ``read: {stall_s: 30}``); loader_timeout_s > 0: a
+    DataLoader worker that delivers no batch for that long fails the run (0: no limit; the shard
+    reads themselves are bounded by ``read``)."""
 
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
@@ -77,8 +80,14 @@ class FinetuneConfig:
     best_metric: str = "macro_f1"
     flip_prob: float = 0.5
     crop_area: tuple[float, float] = (0.35, 1.0)
+    read: ReadConfig = field(default_factory=ReadConfig)
+    loader_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.read, dict):  # built from a saved config (YAML, a checkpoint) directly
+            self.read = ReadConfig(**self.read)
+        if self.loader_timeout_s < 0:
+            raise ValueError(f"loader_timeout_s must be >= 0, got {self.loader_timeout_s}")
         if not 0 <= self.phase1_epochs <= self.epochs:
             raise ValueError(f"phase1_epochs must be in [0, epochs], got {self.phase1_epochs}")
         if self.encoder_lr_scale <= 0 or self.lr <= 0:
@@ -208,8 +217,11 @@ class Finetuner:
 
     def _train_loader(self, epoch: int):
         pipe = build_train_pipeline(self.cfg.train, self._clip("train"), self.cfg.batch_size,
-                                    seed=self.cfg.seed, epoch=epoch, resampled=bool(self.cfg.steps_per_epoch))
-        loader = make_loader(pipe, self.cfg.workers, pin_memory=self.device.type == "cuda")
+                                    seed=self.cfg.seed, epoch=epoch, resampled=bool(self.cfg.steps_per_epoch),
+                                    read=self.cfg.read)
+        self.skips = pipe.skips  # this epoch's skipped samples and shards, logged with its metrics
+        loader = make_loader(pipe, self.cfg.workers, pin_memory=self.device.type == "cuda",
+                             timeout_s=self.cfg.loader_timeout_s)
         return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
 
     def _batches(self, epoch: int):
@@ -300,15 +312,16 @@ class Finetuner:
         if n == 0:
             raise ValueError(f"epoch {epoch}: no batch could be read from {cfg.train}")
         mean = all_reduce_mean(sums / n)
-        return {"loss": float(mean[0]), "acc": float(mean[1]), "lr": self.optimizer.param_groups[0]["lr"]}
+        return {"loss": float(mean[0]), "acc": float(mean[1]), "lr": self.optimizer.param_groups[0]["lr"],
+                **self.skips.metrics()}
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
         model = self.ema.module if self.ema is not None else self.raw_model
         model.eval()
-        pipe = build_eval_pipeline(self.cfg.val, self._clip("center"), self.cfg.val_batch_size)
+        pipe = build_eval_pipeline(self.cfg.val, self._clip("center"), self.cfg.val_batch_size, read=self.cfg.read)
         stream = self.metrics_factory(len(self.classes))
-        for batch in make_loader(pipe, self.cfg.workers):
+        for batch in make_loader(pipe, self.cfg.workers, timeout_s=self.cfg.loader_timeout_s):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 logits = model(*(batch[k].to(self.device) for k in ("mv", "valid", "iframes")))
             stream.update(logits.float().cpu(), batch["label"], batch["key"])

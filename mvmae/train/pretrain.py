@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mvmae.shards.reader import build_train_pipeline, make_loader
+from mvmae.shards.reader import ReadConfig, build_train_pipeline, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.codebook import Codebook
 from mvmae.train.config import config_to_dict, save_resolved_config
@@ -39,7 +39,10 @@ class PretrainConfig:
     """One pretraining run. train: shard URLs/brace patterns; codebook: from ``mvmae codebook``
     (its token spec defines the tokens); masking: random | tube | mgm | mofo | videoms, with
     ``masking_options`` passed to the strategy; model_size: micro | tiny | small | base.
-    epochs and warmup_epochs count passes over the shards (or ``steps_per_epoch`` batches)."""
+    epochs and warmup_epochs count passes over the shards (or ``steps_per_epoch`` batches).
+    read: how shards are read (timeouts, retries; YAML ``read: {stall_s: 30}``);
+    loader_timeout_s > 0: a DataLoader worker that delivers no batch for that long fails the run
+    (0: no limit; the shard reads themselves are bounded by ``read``)."""
 
     train: list[str] = field(default_factory=list)
     codebook: str = ""
@@ -69,8 +72,14 @@ class PretrainConfig:
     keep_last: int = 3
     log_every: int = 10
     resume: bool = False
+    read: ReadConfig = field(default_factory=ReadConfig)
+    loader_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.read, dict):  # built from a saved config (YAML, a checkpoint) directly
+            self.read = ReadConfig(**self.read)
+        if self.loader_timeout_s < 0:
+            raise ValueError(f"loader_timeout_s must be >= 0, got {self.loader_timeout_s}")
         if self.masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
         if self.predict not in ("ids", "vectors"):
@@ -151,8 +160,10 @@ class Pretrainer:
         pipeline = build_train_pipeline(self.cfg.train, self.spec.clip_config("train"),
                                         self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch,
                                         shuffle_buffer=self.cfg.shuffle_buffer,
-                                        resampled=bool(self.cfg.steps_per_epoch))
-        loader = make_loader(pipeline, self.cfg.workers, pin_memory=self.device.type == "cuda")
+                                        resampled=bool(self.cfg.steps_per_epoch), read=self.cfg.read)
+        self.skips = pipeline.skips  # this epoch's skipped samples and shards, logged with its metrics
+        loader = make_loader(pipeline, self.cfg.workers, pin_memory=self.device.type == "cuda",
+                             timeout_s=self.cfg.loader_timeout_s)
         return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
 
     def _batches(self, epoch: int):
@@ -235,5 +246,5 @@ class Pretrainer:
         name = "masked_mse" if cfg.predict == "vectors" else "masked_acc"
         metrics = {"loss": float(mean[0]), name: float(mean[1]),
                    "tokens_per_s": num_tokens / max(time.monotonic() - t0, 1e-9)}
-        self.logger.log(metrics, step=self.step, epoch=epoch, split="epoch")
+        self.logger.log({**metrics, **self.skips.metrics()}, step=self.step, epoch=epoch, split="epoch")
         return metrics

@@ -214,7 +214,8 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     Raises JobError when the output folder belongs to a different job or when the output cannot
     be written (a full disk, a read-only or unwritable folder): the message names the path and
     the reason; complete shards are kept, no partial one is left, and running the same job again
-    once the cause is gone finishes it.
+    once the cause is gone finishes it. With ``workers >= 1`` the workers are spawned processes:
+    a script that calls this at import time needs the usual ``if __name__ == "__main__":`` guard.
     """
     try:
         return _run(config, progress)

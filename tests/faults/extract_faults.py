@@ -142,12 +142,14 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """kill -9 of the job and every process it started; waits for the job."""
+    """kill -9 of the job and every process it started; waits until all of them are gone
+    (a dying worker still holds its files open for a moment)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
+    wait_for(lambda: not group_members(proc.pid), 30, f"the processes of job {proc.pid} to exit")
 
 
 def process_group(pid: int) -> int | None:

@@ -95,8 +95,11 @@ def test_bad_videos_are_recorded_and_the_good_ones_extracted(corpus, cli_runner,
         assert v["status"] == ("failed" if code else "ok"), name
         assert bool(v["keys"]) != bool(code) and (not code or reason), name
     assert {names[s] for s, (code, _) in corpus["outcomes"].items() if code} >= set(FAILING)
-    # The summary counts the failures by code.
+    # The shards' stats files and the summary count the failures by code.
     expected = Counter(code for code, _ in corpus["outcomes"].values() if code)
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("train-[0-9]*.json"))]
+    assert sum((Counter(s["failures_by_code"]) for s in stats), Counter()) == expected
+    assert [v for s in stats for v in s["videos"]] == manifest
     reported = {c: int(n) for n, c in re.findall(r"failed:\s+(\d+)\s+(\w+)", result.stdout)}
     assert reported == expected
     num_ok = 6 + sum(not code for code, _ in corpus["outcomes"].values())

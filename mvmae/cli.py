@@ -305,8 +305,10 @@ def _parse_part(value: str) -> tuple[int, int]:
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, exists=True))
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--split", default="train", show_default=True, help="Shard name prefix: <split>-000000.tar.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Parallel processes (one decoder thread each).")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Worker processes (one decoder thread each), supervised: see --video-timeout. "
+                   "0 extracts in this process, without the time limit or protection from a "
+                   "decoder crash.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Videos per shard.")
 @click.option("--part", "part", default="0/1", show_default=True,
@@ -318,11 +320,18 @@ def _parse_part(value: str) -> tuple[int, int]:
 @click.option("--iframe-size", type=click.IntRange(min=0), default=256, show_default=True,
               help="I-frame short side in px (never upscaled; 0 keeps the source size).")
 @click.option("--raw", is_flag=True, help="Store FFmpeg's unresolved vectors (method=raw).")
+@click.option("--video-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, metavar="SECONDS",
+              help="Time one video may take (all its segments). Past it the worker is killed and "
+                   "the video recorded failed, code 'timeout', never tried again by this job.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Restarts of the worker pool after a worker dies.")
+              help="Tries more of a video whose worker died (a decoder crash, out of memory) "
+                   "before recording it failed, code 'crashed'; also of a shard whose worker was "
+                   "lost between videos.")
 @handle_errors
 def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: int, part: str,
-        max_seconds: float, grid: str, iframe_size: int, raw: bool, retries: int) -> None:
+        max_seconds: float, grid: str, iframe_size: int, raw: bool, video_timeout: float,
+        retries: int) -> None:
     """Extract a dataset into webdataset shards (resumable, partitionable).
 
     \b
@@ -333,8 +342,12 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
     OUT_DIR receives <split>-NNNNNN.tar shards, a stats .json beside each, <split>-manifest.jsonl
     (every video: ok/failed, reason, shard, keys), classes.json and <split>-job.json.
 
-    Bad videos never stop the job: they are recorded with their reason. Shards appear only when
+    Bad videos never stop the job: they are recorded with their reason, as are videos that hang
+    the decoder (--video-timeout) or crash it (--retries); those are remembered in
+    <split>-faults.json so that a rerun does not try them again. Shards appear only when
     complete; re-running the same command after an interruption (even kill -9) finishes the job.
+    A full disk or an unwritable OUT_DIR stops the job with a one-line error naming the file and
+    the reason; no partial shard is left, and the same command finishes the job once fixed.
     See mvmae/shards/FORMAT.md for the layout.
     """
     from tqdm import tqdm
@@ -345,17 +358,19 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
     part_index, num_parts = _parse_part(part)
     config = JobConfig(input=input_path, out_dir=out_dir, split=split, shard_size=shard_size,
                        workers=workers, part_index=part_index, num_parts=num_parts,
-                       max_seconds=max_seconds, retries=retries,
+                       max_seconds=max_seconds, retries=retries, video_timeout=video_timeout,
                        extract=ExtractConfig(grid=int(grid), iframe_short_side=iframe_size, raw=raw))
     bar = tqdm(unit="video", desc=f"extract {split}", dynamic_ncols=True, delay=0.5)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # may go back: a shard redone after its worker was lost
 
     try:
         summary = run_job(config, progress)
+    except BaseException:
+        bar.leave = False  # clear the bar, so that the error starts a line of its own
+        raise
     finally:
         bar.close()
     click.echo(f"{summary.num_videos} videos: {summary.num_ok} ok, {summary.num_failed} failed; "

@@ -30,7 +30,6 @@ from mvmae.extract.resolve import Reference, resolve_velocity
 log = logging.getLogger(__name__)
 
 _PICT_LETTER = {1: "I", 2: "P", 3: "B"}
-_MAX_REFS = 16  # H.264's bound, used when no SPS can be read
 _SKIP_LOOP_FILTER = ("none", "nokey")
 
 
@@ -167,7 +166,7 @@ class VideoDecoder:
         self.container, self.stream = open_video(self.path)
         self.stats = DecodeStats()
         self._length_size, sps = _avcc_or_annexb(self.stream)
-        self._sps = h264.parse_sps(sps[0]) if sps else None
+        self._sps = h264.first_sps(sps)
         self.info = self._stream_info()
         self.stats.num_declared = self.info.num_frames_declared
         self._configure_decoder()
@@ -229,7 +228,7 @@ class _FrameStream:
         self.dec = dec
         self.cfg = dec.config
         self.size = dec.info.size
-        self.max_refs = (dec._sps.max_num_ref_frames if dec._sps else 0) or _MAX_REFS
+        self.max_refs = h264.num_candidate_refs(dec._sps)
         self.by_pts: dict[int, tuple[int, h264.PictureInfo | None]] = {}  # not yet emitted
         self.num_demuxed = 0  # pictures demuxed: the next one gets this decode index
         self.all_pts: list[int] = []  # sorted pts of pictures not yet emitted or just emitted
@@ -243,26 +242,55 @@ class _FrameStream:
         self.pending: deque[_Pending] = deque()
         self.num_emitted = 0
         self.max_pending = self.max_refs + 32  # safety valve for broken streams
+        self.num_other_size = 0  # frames dropped because their size is not the stream's
+        self.num_decoded = 0  # frames out of the decoder, dropped ones included
 
     def run(self) -> Iterator[FrameField]:
         stats, decode_index = self.dec.stats, 0
-        for packet in self.dec.container.demux(self.dec.stream):
-            if packet.size:
+        for packet in self._packets():
+            if packet is not None and packet.size:
                 self._register(packet, decode_index)
                 stats.num_packets += 1
-            try:
-                frames = packet.decode()
-            except (av.error.InvalidDataError, av.error.EOFError, ValueError) as exc:
-                log.debug("%s: packet %d rejected: %s", self.dec.path, decode_index, exc)
-                stats.num_decode_errors += 1
-                self.lost.add(decode_index)
-                frames = []
-            if packet.size:
+            frames = self._decode(packet, decode_index)
+            if packet is not None and packet.size:
                 decode_index += 1
             for frame in frames:
                 yield from self._on_frame(frame)
         while self.pending:
             yield self._emit(self.pending.popleft())
+        if self.num_other_size:
+            stats.warnings.append(f"{self.num_other_size} frames dropped: their size differs from "
+                                  f"the stream's {self.size[0]}x{self.size[1]} (a mid-stream change)")
+
+    def _packets(self) -> Iterator:
+        """The stream's packets (the last one, empty, flushes the decoder). Where the container
+        cannot be read further (a damaged index or sample size), the packets end there with a
+        warning and a flush (None): what decoded is kept, the rest counts as lost."""
+        demux = self.dec.container.demux(self.dec.stream)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as exc:
+                self.dec.stats.warnings.append(f"container unreadable after {self.num_demuxed} "
+                                               f"packets ({_ffmpeg_reason(exc)})")
+                yield None
+                return
+            yield packet
+
+    def _decode(self, packet, decode_index: int) -> list:
+        """Frames the decoder gives back for ``packet`` (None: flush); a rejected packet is
+        counted and its picture marked lost."""
+        try:
+            if packet is None:
+                return self.dec.stream.codec_context.decode(None)
+            return packet.decode()
+        except (av.error.FFmpegError, ValueError) as exc:
+            log.debug("%s: packet %d rejected: %s", self.dec.path, decode_index, exc)
+            self.dec.stats.num_decode_errors += 1
+            self.lost.add(decode_index)
+            return []
 
     def _register(self, packet, decode_index: int) -> None:
         try:
@@ -270,8 +298,8 @@ class _FrameStream:
         except h264.BitstreamError:
             info, sps = None, []
         if sps and self.dec._sps is None:
-            self.dec._sps = h264.parse_sps(sps[0])
-            self.max_refs = self.dec._sps.max_num_ref_frames or _MAX_REFS
+            self.dec._sps = h264.first_sps(sps)
+            self.max_refs = h264.num_candidate_refs(self.dec._sps)
         pts = packet.pts if packet.pts is not None else decode_index
         self.by_pts[pts] = (decode_index, info)
         self.num_demuxed += 1
@@ -284,6 +312,16 @@ class _FrameStream:
 
     def _on_frame(self, frame) -> Iterator[FrameField]:
         stats = self.dec.stats
+        if self.num_decoded == 0 and (frame.height, frame.width) != self.size:
+            self._adopt_size(frame)
+        self.num_decoded += 1
+        if (frame.height, frame.width) != self.size:  # the kernels index every luma alike
+            self.num_other_size += 1
+            pts = frame.pts if frame.pts is not None else self.num_emitted
+            decode_index, _ = self.by_pts.pop(pts, (None, None))
+            if decode_index is not None:
+                self.lost.add(decode_index)
+            return
         stats.num_frames += 1
         stats.num_corrupt_frames += bool(frame.is_corrupt)
         pts = frame.pts if frame.pts is not None else self.num_emitted
@@ -311,6 +349,13 @@ class _FrameStream:
         while self.pending and (self._ready(self.pending[0]) or len(self.pending) > self.max_pending):
             yield self._emit(self.pending.popleft())
         self._evict()
+
+    def _adopt_size(self, frame) -> None:
+        """The first picture is not the size the container said: the pictures are right."""
+        size = (frame.height, frame.width)
+        self.dec.stats.warnings.append(f"the container says {self.size[0]}x{self.size[1]} px, the "
+                                       f"pictures are {size[0]}x{size[1]}: using the pictures' size")
+        self.size = self.dec.info.size = size
 
     def _window(self, decode_index: int) -> list[int]:
         """Decode indices of the candidate references when ``decode_index`` is decoded.

@@ -22,6 +22,7 @@ from typing import Iterator
 NAL_SLICE = 1
 NAL_IDR = 5
 NAL_SPS = 7
+MAX_REF_FRAMES = 16  # the largest DPB H.264 allows (max_num_ref_frames <= 16)
 
 # slice_type % 5 -> picture type letter (SP and SI slices count as P and I).
 _SLICE_TYPE_LETTER = {0: "P", 1: "B", 2: "I", 3: "P", 4: "I"}
@@ -95,7 +96,7 @@ def unescape_rbsp(payload: bytes) -> bytes:
 
 def parse_sps(nal: bytes) -> SeqParams:
     """Parse a sequence parameter set NAL unit (header byte included) up to max_num_ref_frames."""
-    r = _BitReader(unescape_rbsp(nal[1:64]))
+    r = _BitReader(unescape_rbsp(nal[1:]))  # all of it: scaling matrices can make it long
     profile_idc = r.bits(8)
     r.bits(8)  # constraint flags
     level_idc = r.bits(8)
@@ -122,6 +123,25 @@ def parse_sps(nal: bytes) -> SeqParams:
         for _ in range(r.ue()):
             r.se()
     return SeqParams(profile_idc, level_idc, r.ue())
+
+
+def first_sps(nals: list[bytes]) -> SeqParams | None:
+    """The first of the SPS NAL units that parses; None if none does (a damaged header: the
+    decoder still decides whether the pictures decode)."""
+    for nal in nals:
+        try:
+            return parse_sps(nal)
+        except BitstreamError:
+            continue
+    return None
+
+
+def num_candidate_refs(sps: SeqParams | None) -> int:
+    """Reference frames a block may predict from: the SPS's max_num_ref_frames within H.264's
+    bound (a damaged SPS can say billions), or the bound itself when no SPS is known."""
+    if sps is None or not sps.max_num_ref_frames:
+        return MAX_REF_FRAMES
+    return min(sps.max_num_ref_frames, MAX_REF_FRAMES)
 
 
 def _skip_scaling_list(r: _BitReader, size: int) -> None:

@@ -16,6 +16,8 @@ from mvmae.extract.decoder import ExtractConfig, VideoDecoder
 
 log = logging.getLogger(__name__)
 
+_MAX_INITIAL_FRAMES = 2048  # frames allocated up front (then 1.5x growth)
+
 MV_CONVENTION = (
     "forward motion per display-frame step: content of cell p in frame t was at p - (dx, dy) "
     "in frame t-1; px per frame; invalid cells (intra blocks, I-frames) hold 0 and valid=False"
@@ -94,17 +96,20 @@ def iter_segments(
     with VideoDecoder(path, config) as dec:
         if max_seconds and not max_frames:
             max_frames = max(1, math.ceil(max_seconds * (dec.info.fps or 30.0)))
-        declared = dec.info.num_frames_declared or 64
+        # The buffer grows as needed: a damaged header may declare billions of frames.
+        declared = min(dec.info.num_frames_declared or 64, _MAX_INITIAL_FRAMES)
         capacity = min(declared, max_frames) if max_frames else declared
-        seg = _Segment(0, 0, capacity, dec.grid_shape, None)
+        seg = None
         any_valid = False  # over the whole video, for the all-intra warning
         for f in dec:
+            if seg is None:  # the first picture fixes the size (the container's can be wrong)
+                seg = _Segment(0, 0, capacity, dec.grid_shape, None)
             any_valid = any_valid or bool(f.valid.any())
             if max_frames and seg.buf.n == max_frames:
                 yield seg.fields(path, dec, config, any_valid, last=False)
                 seg = _Segment(seg.number + 1, f.index, capacity, dec.grid_shape, seg.last_iframe)
             seg.add(f)
-        if seg.buf.n == 0:
+        if seg is None:
             stats = dec.stats
             raise errors.NoFramesError(path, f"no frame could be decoded ({stats.num_decode_errors} "
                                        f"of {stats.num_packets} packets rejected: truncated or corrupt)")

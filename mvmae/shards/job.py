@@ -5,6 +5,11 @@ shard ``j`` is named ``<split>-<j:06d>.tar``, and part ``i`` of ``N`` owns the s
 ``j % N == i``. A shard is complete when its tar and its stats JSON exist (both written under a
 temporary name and renamed); re-running the same command skips complete shards and rewrites the
 rest, so a job killed at any moment finishes with every good video exactly once.
+
+Videos are extracted in supervised worker processes (:mod:`mvmae.shards.workers`): a video that
+runs past the time limit or kills its worker is recorded as failed (``timeout``, ``crashed``) in
+``<split>-faults.json`` and in its shard's stats, and the job goes on. ``workers=0`` extracts in
+the calling process instead: no time limit, and a crash of the decoder ends the job.
 """
 
 from __future__ import annotations
@@ -12,11 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
+import os
+import re
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,15 +29,18 @@ from mvmae import __version__
 from mvmae.extract.decoder import ExtractConfig
 from mvmae.extract.errors import VideoError
 from mvmae.extract.video import iter_segments
+from mvmae.shards.faults import FaultLog
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, encode_sample, update_record
 from mvmae.shards.videolist import VideoEntry, read_inputs
-from mvmae.shards.writer import ShardFile, atomic_write_bytes, atomic_write_json
+from mvmae.shards.workers import WorkerPool
+from mvmae.shards.writer import (ShardFile, WriteError, atomic_write_bytes, atomic_write_json, ensure_folder,
+                                remove_quietly)
 
 log = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
-    """The job cannot run as asked (names the folder or file and the reason)."""
+    """The job cannot run as asked, or cannot write its output (names the path and the reason)."""
 
 
 @dataclass
@@ -42,7 +49,10 @@ class JobConfig:
 
     shard_size: videos per shard. part_index/num_parts: this machine's share (``--part i/N``).
     max_seconds: longer videos become several samples ``<key>_<k>`` (0: never cut).
-    retries: how often the worker pool is restarted after a worker dies.
+    workers: supervised worker processes (0: extract in this process, unprotected).
+    video_timeout: seconds one video may take before its worker is killed (code ``timeout``).
+    retries: further tries of a video whose worker died (then code ``crashed``), and of a shard
+    whose worker was lost between videos (then the shard is reported failed).
     """
 
     input: Path
@@ -54,14 +64,19 @@ class JobConfig:
     num_parts: int = 1
     max_seconds: float = 30.0
     retries: int = 2
+    video_timeout: float = 600.0
     extract: ExtractConfig = field(default_factory=ExtractConfig)
 
     def __post_init__(self) -> None:
         self.input, self.out_dir = Path(self.input), Path(self.out_dir)
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.video_timeout <= 0:
+            raise ValueError(f"video_timeout must be > 0 s, got {self.video_timeout}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
         if not 0 <= self.part_index < self.num_parts:
             raise ValueError(f"part must be i/N with 0 <= i < N, got {self.part_index}/{self.num_parts}")
         if self.max_seconds < 0:
@@ -114,20 +129,31 @@ def fingerprint(entries: list[VideoEntry], config: JobConfig) -> str:
 
 
 def write_shard(task: ShardTask, config: JobConfig, job_id: str,
-                on_video: Callable[[], None] | None = None) -> dict:
-    """Extract the videos of one shard and write it atomically; returns its stats (also saved)."""
-    out = config.out_dir
+                excluded: dict[str, tuple[str, str]] | None = None,
+                on_phase: Callable[[str, int], None] | None = None) -> dict:
+    """Extract the videos of one shard and write it atomically; returns its stats (also saved).
+
+    excluded: key -> (code, reason) of videos recorded as failed without being tried (the ones
+    that hung or crashed a worker before). on_phase("video", i) is called before the i-th video is
+    extracted, on_phase("write", n) before the tar is committed. Raises WriteError.
+    """
+    out, excluded = config.out_dir, excluded or {}
     videos, num_samples, num_frames = [], 0, 0
     with ShardFile(out / f"{task.name}.tar") as shard:
-        for entry in task.entries:
-            record, samples = _extract_entry(entry, config)
+        for i, entry in enumerate(task.entries):
+            if entry.key in excluded:
+                record, samples = _failed_record(entry, *excluded[entry.key]), []
+            else:
+                if on_phase is not None:
+                    on_phase("video", i)
+                record, samples = _extract_entry(entry, config)
             for sample in samples:
                 shard.write(sample)
             num_samples += len(samples)
             num_frames += record.pop("num_frames", 0)
             videos.append({**record, "shard": task.name})
-            if on_video is not None:
-                on_video()
+        if on_phase is not None:
+            on_phase("write", len(task.entries))
         size = shard.commit()
     stats = {
         "shard": task.name, "job": job_id, "format_version": FORMAT_VERSION,
@@ -136,22 +162,29 @@ def write_shard(task: ShardTask, config: JobConfig, job_id: str,
         "failures_by_code": dict(Counter(v["code"] for v in videos if v["status"] == "failed")),
         "videos": videos,
     }
-    atomic_write_json(out / f"{task.name}.json", stats)
+    try:
+        atomic_write_json(out / f"{task.name}.json", stats)
+    except WriteError:
+        remove_quietly(out / f"{task.name}.tar")  # not complete without its stats
+        raise
     return stats
+
+
+def _failed_record(entry: VideoEntry, code: str, reason: str) -> dict:
+    return {"source": entry.source, "label": entry.label, "class_name": entry.class_name,
+            "key": entry.key, "status": "failed", "code": code, "reason": reason, "keys": []}
 
 
 def _extract_entry(entry: VideoEntry, config: JobConfig) -> tuple[dict, list[dict]]:
     """One video -> (its manifest record, its encoded samples); failures are recorded, not raised."""
-    record = {"source": entry.source, "label": entry.label, "class_name": entry.class_name,
-              "key": entry.key, "status": "ok", "code": "", "reason": "", "keys": []}
     try:
         segments = list(_encoded_segments(entry, config))
     except VideoError as exc:
-        return {**record, "status": "failed", "code": exc.code, "reason": exc.reason}, []
+        return _failed_record(entry, exc.code, exc.reason), []
     except Exception as exc:  # a bug or an FFmpeg failure we do not know: keep the job going
         log.exception("%s: unexpected error", entry.path)
-        return {**record, "status": "failed", "code": "internal",
-                "reason": f"{type(exc).__name__}: {exc}"}, []
+        return _failed_record(entry, "internal", f"{type(exc).__name__}: {exc}"), []
+    record = {**_failed_record(entry, "", ""), "status": "ok"}
     record["keys"] = [s["__key__"] for s, _ in segments]
     record["num_frames"] = sum(n for _, n in segments)
     return record, [s for s, _ in segments]
@@ -178,12 +211,24 @@ def _encoded_segments(entry: VideoEntry, config: JobConfig) -> list[tuple[dict, 
 def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = None) -> JobSummary:
     """Run (or resume) the job; ``progress(done_videos, total_videos)`` is called as videos finish.
 
-    Raises JobError when the output folder belongs to a different job.
+    Raises JobError when the output folder belongs to a different job or when the output cannot
+    be written (a full disk, a read-only or unwritable folder): the message names the path and
+    the reason; complete shards are kept, no partial one is left, and running the same job again
+    once the cause is gone finishes it. With ``workers >= 1`` the workers are spawned processes:
+    a script that calls this at import time needs the usual ``if __name__ == "__main__":`` guard.
     """
+    try:
+        return _run(config, progress)
+    except WriteError as exc:
+        raise JobError(f"{exc}; complete shards are kept, run the same command again once this "
+                       "is fixed") from exc
+
+
+def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobSummary:
     t0 = time.monotonic()
     entries, classes = read_inputs(config.input)
     out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out)
     job_id = fingerprint(entries, config)
     _claim_folder(config, job_id, classes)
     tasks = [t for t in plan_shards(entries, config) if t.index % config.num_parts == config.part_index]
@@ -192,12 +237,11 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     summary.shards_skipped = len(tasks) - len(todo)
     total = sum(len(t.entries) for t in tasks)
     done = total - sum(len(t.entries) for t in todo)
-    for t in todo:  # temporary files of an interrupted run
-        for stale in out.glob(f".{t.name}.*.tmp-*"):
-            stale.unlink(missing_ok=True)
+    _remove_stale_temporaries(out, config.split, todo)
     if progress:
         progress(done, total)
-    failed = _run_tasks(todo, config, job_id, lambda n: progress and progress(n, total), done)
+    faults = FaultLog(out / f"{config.split}-faults.json", job_id)
+    failed = _run_tasks(todo, config, job_id, faults, lambda n: progress and progress(n, total), done)
     summary.shards_written = len(todo) - len(failed)
     summary.shards_failed = [t.name for t in failed]
     for t in tasks:
@@ -214,6 +258,27 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     write_manifest(out, config.split)
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def _remove_stale_temporaries(out: Path, split: str, redo: list[ShardTask]) -> None:
+    """Temporary files ``.<name>.tmp-<pid>`` left by killed runs: those of the shards to redo
+    (whatever their pid), and those of the job's own files whose process is gone."""
+    shards = {f"{t.name}.{ext}" for t in redo for ext in ("tar", "json")}
+    own = {f"{split}-job.json", f"{split}-manifest.jsonl", f"{split}-faults.json", "classes.json"}
+    for tmp in out.glob(".*.tmp-*"):
+        match = re.fullmatch(r"\.(.+)\.tmp-(\d+)", tmp.name)
+        if match and (match[1] in shards or (match[1] in own and not _process_exists(int(match[2])))):
+            remove_quietly(tmp)  # on a read-only folder the job's first write reports it
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, another user's
+        return True
+    return True
 
 
 def _claim_folder(config: JobConfig, job_id: str, classes: list[str]) -> None:
@@ -246,49 +311,18 @@ def _complete(task: ShardTask, config: JobConfig, job_id: str) -> bool:
     return stats.get("job") == job_id and stats.get("num_videos") == len(task.entries)
 
 
-def _run_tasks(todo: list[ShardTask], config: JobConfig, job_id: str,
+def _run_tasks(todo: list[ShardTask], config: JobConfig, job_id: str, faults: FaultLog,
                report: Callable[[int], None], done: int) -> list[ShardTask]:
     """Write the shards of ``todo``; returns those still failing after the retries."""
-    if config.workers == 1:
-        counter = [done]
-
-        def tick() -> None:
-            counter[0] += 1
-            report(counter[0])
-
+    if config.workers == 0:  # in this process: no time limit, no protection from crashes
         for task in todo:
-            write_shard(task, config, job_id, tick)
+            write_shard(task, config, job_id, faults.excluded(task.entries, config.retries),
+                        lambda phase, i, base=done: report(base + i))
+            done += len(task.entries)
+            report(done)
         return []
-    remaining = list(todo)
-    for attempt in range(config.retries + 1 if remaining else 0):
-        remaining, done = _run_pool(remaining, config, job_id, report, done)
-        if not remaining:
-            return []
-        log.warning("a worker died; %d shard(s) to retry (attempt %d of %d)",
-                    len(remaining), attempt + 1, config.retries + 1)
-    return remaining
-
-
-def _run_pool(tasks: list[ShardTask], config: JobConfig, job_id: str,
-              report: Callable[[int], None], done: int) -> tuple[list[ShardTask], int]:
-    """One pool's go at ``tasks``: (tasks not finished because the pool broke, videos done)."""
-    unfinished = []
-    # spawn, not fork: a forked worker inherits PyAV objects of the parent whose FFmpeg threads it
-    # lacks, and hangs for ever when the garbage collector frees them (sws_freeContext joins them).
-    with ProcessPoolExecutor(max_workers=min(config.workers, len(tasks)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(write_shard, t, config, job_id): t for t in tasks}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                try:
-                    fut.result()
-                    done += len(futures[fut].entries)
-                    report(done)
-                except BrokenProcessPool:
-                    unfinished.append(futures[fut])
-    return unfinished, done
+    pool = WorkerPool(write_shard, config, job_id, faults, report, done)
+    return pool.run(todo)
 
 
 def write_manifest(out_dir: Path, split: str) -> Path:

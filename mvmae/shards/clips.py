@@ -214,9 +214,10 @@ def resample_mv(mv: np.ndarray, valid: np.ndarray, size: tuple[int, int], grid: 
     rows, cols = np.flatnonzero(wy.any(0)), np.flatnonzero(wx.any(0))  # source cells under the box
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     stack = np.empty((len(valid), 3, r1 - r0, c1 - c0), np.float32)  # (T, 3, R, C): dx, dy, weight
-    stack[:, 2] = valid[:, r0:r1, c0:c1]
-    stack[:, :2] = mv[:, :, r0:r1, c0:c1]
-    stack[:, :2] *= stack[:, 2:3]  # cells without a vector weigh 0 (whatever their value)
+    weight = valid[:, r0:r1, c0:c1]  # (T, R, C)
+    stack[:, 2] = weight
+    # cells without a vector weigh 0 (whatever their value); int8 or float in, float32 out, one pass
+    np.multiply(mv[:, :, r0:r1, c0:c1], weight[:, None], out=stack[:, :2], casting="unsafe")
     sums = wy[:, r0:r1] @ stack @ np.ascontiguousarray(wx[:, c0:c1].T)  # (T, 3, m, m)
     cover = sums[:, 2]  # (T, m, m): fraction of each output cell holding vectors
     out_valid = cover >= config.min_valid_ratio - 1e-6

@@ -234,7 +234,7 @@ def snap_box(box: Box, image_size: tuple[int, int]) -> tuple[Box, PixelBox]:
     same box, and the I-frame crop is a plain slice (torchvision's crops are whole pixels too)."""
     h, w = image_size
     y0, x0 = min(round(box[0] * h), h - 1), min(round(box[1] * w), w - 1)
-    y1, x1 = max(round(box[2] * h), y0 + 1), max(round(box[3] * w), x0 + 1)
+    y1, x1 = min(max(round(box[2] * h), y0 + 1), h), min(max(round(box[3] * w), x0 + 1), w)
     return (y0 / h, x0 / w, y1 / h, x1 / w), (y0, x0, y1, x1)
 
 

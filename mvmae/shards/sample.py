@@ -236,7 +236,7 @@ class SampleCodec:
             num_chunks = -(-n // self.chunk_frames) if self.chunk_frames > 0 else -1
             wrong = (wrong or len(self.chunk_ends) != num_chunks or len(self.chunk_crc) != num_chunks
                      or len(self.iframe_crc) != len(ends)
-                     or (num_chunks and self.chunk_ends[-1] != len(self.mv_blob)))
+                     or (self.chunk_ends[-1] if num_chunks > 0 else 0) != len(self.mv_blob))
         if wrong:
             raise SampleError(f"sample {self.key!r}: members {MV}, {TYPES} or {IFRAMES} disagree "
                               f"with the record (lengths)")

@@ -108,6 +108,21 @@ def test_torch_iframes_match_pil(reader_dataset, box) -> None:
     assert diff.mean() < 0.1 and np.percentile(diff, 99.9) <= 8, (diff.mean(), diff.max())
 
 
+@pytest.mark.parametrize("ops", [TORCH_IFRAMES, PIL_IFRAMES], ids=["torch", "pil"])
+def test_undecodable_jpeg_is_a_sample_error(reader_dataset, ops) -> None:
+    """With CRC checks off, a JPEG that cannot be decoded still fails as a SampleError naming the
+    sample (which the skip-and-count handler can skip), whichever I-frame ops decode it."""
+    raw = raw_samples(reader_dataset["tars"][0])[0]
+    record = json.loads(raw["json"])
+    first = record["iframe_bytes"][0]
+    raw = {**raw, "iframes.jpgs": b"\0" * 16 + raw["iframes.jpgs"][16:]}  # SOI and header gone
+    source = ShardClipSource(raw, check_crc=False)
+    with pytest.raises(SampleError, match=rf"{raw['__key__']}.*corrupt I-frame JPEG"):
+        source.iframes([0], ops.decode)
+    assert source.iframes([1], ops.decode)[0].shape[:2] == tuple(record["iframe_size"])
+    assert first > 16
+
+
 @pytest.mark.parametrize("mode", ["train", "multi"])
 def test_grouped_clips_equal_one_by_one(corrupt_dataset, mode: str) -> None:
     """sample_clips works on groups of sources step by step: the same clips, in the same order,

@@ -13,7 +13,8 @@ as a second, labelled data set.
 
 Compared, in one process pinned to one CPU (``torch.set_num_threads(1)``), producing the same
 training clip (T = 16 frames at a uniformly drawn start, one I-frame, a random resized crop + flip,
-14x14 MV cells and a 224x224 I-frame, the same ``clips.py`` crop/resample/resize code):
+14x14 MV cells and a 224x224 I-frame, the same code: ``clips.py``'s crop box snapped to whole
+I-frame pixels and field resampling, the reader's torch I-frame resize):
 
 * **shards**: ``build_train_pipeline`` + ``make_loader(num_workers=0)``, batches of 8, collated
   into torch tensors (everything a DataLoader worker does).
@@ -25,7 +26,9 @@ training clip (T = 16 frames at a uniformly drawn start, one I-frame, a random r
   the I-frames decoded anyway are used (no extra decoding to reach a nearer one).
 
 Timed in ``--rounds`` interleaved rounds (each: ``--epochs-per-round`` epochs of the reader, one
-clip per video on the fly); the table gives the median of the per-round rates. Also reported:
+clip per video on the fly); the table gives the median of the per-round rates, by this process's
+CPU time (the verdict: the machine may be shared, and other processes' turns on the pinned core
+stretch the wall clock of either loader at random) and by the wall clock. Also reported:
 bytes of shards versus the source mp4s per second of video, and the peak RSS (VmHWM) and private
 memory of one DataLoader worker process running the train pipeline (resampled, shuffle buffer 256)
 for ``--worker-batches`` batches. Timings are printed, never asserted.

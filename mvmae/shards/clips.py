@@ -1,7 +1,8 @@
 """Clip sampling and augmentation: one shard sample -> fixed-size clips of MV fields + I-frames.
 
-No torch here (the reader's collation turns :class:`Clip` lists into tensors). Sources:
-:class:`ShardClipSource` decodes a raw shard sample lazily, :class:`ArraySource` wraps arrays.
+No torch here (the reader's collation turns :class:`Clip` lists into tensors). Sources
+(``sources.py``): :class:`ShardClipSource` decodes a raw shard sample lazily,
+:class:`ArraySource` wraps arrays; :class:`IFrameOps` decodes and crops the I-frames.
 The rules (which frames, looping or padding, which I-frames, crops, flips and the units of the
 vectors afterwards) are documented in ``FORMAT.md``, section "Reader".
 
@@ -18,18 +19,14 @@ to px per frame of the output I-frame (``iframe_size`` px across the box), per a
 
 from __future__ import annotations
 
-import io
 import math
-import zlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence
 
 import numpy as np
-import zstandard
-from PIL import Image
 
-from mvmae.shards import sample as fmt
 from mvmae.shards.sample import SampleError
+from mvmae.shards.sources import (PIL_IFRAMES, ArraySource, ClipSource, IFrameOps, PilIFrames,  # noqa: F401
+                                  PixelBox, ShardClipSource)
 
 CLIP_MODES = ("train", "center", "multi")
 SHORT_VIDEO_MODES = ("loop", "pad")
@@ -103,123 +100,6 @@ class ClipConfig:
     def span(self) -> int:
         """Display frames from a clip's first frame to its last, inclusive."""
         return (self.num_frames - 1) * self.stride + 1
-
-
-class ClipSource(Protocol):
-    """What clip sampling reads from one sample; loaders decode only the frames asked for."""
-
-    key: str
-    label: int
-    num_frames: int  # N display frames in the sample
-    size: tuple[int, int]  # (H, W) px of the source frames
-    grid: int  # MV cell size, source px
-    iframe_index: np.ndarray  # int64 (K0,) display indices relative to the sample start
-
-    def motion(self, frame_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """frame_index int (T,) in [0, N) -> mv float32 (T, 2, h, w) px/frame, valid bool (T, h, w)."""
-
-    def iframes(self, positions: Sequence[int]) -> list[Image.Image]:
-        """Positions in ``iframe_index`` -> k RGB images of H' x W' px (PIL: resized without copies)."""
-
-
-@dataclass
-class ArraySource:
-    """A :class:`ClipSource` over arrays already in memory (e.g. a ``ShardSample``'s)."""
-
-    key: str
-    label: int
-    mv: np.ndarray  # float32 (N, 2, h, w) px per frame
-    valid: np.ndarray  # bool (N, h, w)
-    images: np.ndarray  # uint8 (K0, H', W', 3)
-    iframe_index: np.ndarray  # int64 (K0,)
-    size: tuple[int, int]
-    grid: int
-
-    @classmethod
-    def from_shard_sample(cls, s) -> "ArraySource":
-        return cls(s.key, s.label, s.mv, s.valid, s.iframes, s.iframe_index,
-                   tuple(s.record["size"]), int(s.record["grid"]))
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.mv)
-
-    def motion(self, frame_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.mv[frame_index], self.valid[frame_index]
-
-    def iframes(self, positions: Sequence[int]) -> list[Image.Image]:
-        return [Image.fromarray(self.images[p]) for p in positions]
-
-
-class ShardClipSource:
-    """A raw sample checked (members, format version, CRC32) and decoded lazily, a
-    :class:`ClipSource`: the MV stream is decompressed only up to the last frame a clip uses (the
-    frames before its first into a small scratch buffer) and dequantized only for the clip's
-    frames; only the chosen I-frames' JPEGs are decoded. Uses ``sample.py``'s constants and
-    functions and mirrors ``decode_sample``'s checks (the tests compare the two)."""
-
-    _SKIP_CHUNK = 1 << 16  # bytes of scratch to decompress (and drop) frames before a clip
-
-    def __init__(self, raw: dict, check_crc: bool = True) -> None:
-        key = self.key = raw.get("__key__", "?")
-        missing = [m for m in fmt.MEMBERS if m not in raw]
-        if missing:
-            raise SampleError(f"sample {key!r} lacks member(s) {', '.join(missing)}")
-        record = self.record = fmt.decode_record(raw)  # FormatVersionError for other versions
-        try:
-            if check_crc:
-                bad = [m for m in fmt.CHECKED_MEMBERS if zlib.crc32(raw[m]) != record["crc32"].get(m)]
-                if bad:
-                    raise SampleError(f"sample {key!r}: checksum mismatch in {', '.join(bad)} (corrupt data)")
-            n, (h, w) = record["num_frames"], record["cells"]
-            self.size, self.grid = tuple(record["size"]), int(record["grid"])
-            self.iframe_index = np.asarray(record["iframe_index"], np.int64)
-            self.label = int(raw[fmt.LABEL])
-            ends = np.cumsum(record["iframe_bytes"], dtype=np.int64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SampleError(f"sample {key!r}: incomplete record ({type(exc).__name__}: {exc})") from exc
-        if len(raw[fmt.TYPES]) != n or (len(ends) and ends[-1] != len(raw[fmt.IFRAMES])):
-            raise SampleError(f"sample {key!r}: {fmt.TYPES} or {fmt.IFRAMES} disagree with the record")
-        self.num_frames, self._cells = n, (h, w)
-        self._mv_zst, self._jpegs, self._ends = raw[fmt.MV], raw[fmt.IFRAMES], ends
-
-    def motion(self, frame_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = int(frame_index.min()), int(frame_index.max()) + 1
-        codes = self._codes(lo, hi)  # (hi - lo, 2, h, w)
-        return fmt.dequantize_mv(codes[frame_index - lo])  # (T, 2, h, w) px/frame, (T, h, w)
-
-    def _codes(self, lo: int, hi: int) -> np.ndarray:
-        """int8 codes (hi - lo, 2, h, w) of frames [lo, hi), decompressing no further than hi."""
-        frame_bytes = 2 * self._cells[0] * self._cells[1]
-        out = bytearray((hi - lo) * frame_bytes)
-        try:
-            reader = zstandard.ZstdDecompressor().stream_reader(self._mv_zst)
-            skip, scratch = lo * frame_bytes, bytearray(min(lo * frame_bytes, self._SKIP_CHUNK))
-            while skip:
-                got = reader.readinto(memoryview(scratch)[:min(skip, len(scratch))])
-                if not got:
-                    break
-                skip -= got
-            pos = 0
-            while pos < len(out) and (got := reader.readinto(memoryview(out)[pos:])):
-                pos += got
-        except zstandard.ZstdError as exc:
-            raise SampleError(f"sample {self.key!r}: corrupt {fmt.MV} ({exc})") from exc
-        if skip or pos < len(out):
-            raise SampleError(f"sample {self.key!r}: {fmt.MV} ends before frame {hi} of {self.num_frames}")
-        return np.frombuffer(out, np.int8).reshape(hi - lo, 2, *self._cells)  # (hi - lo, 2, h, w)
-
-    def iframes(self, positions: Sequence[int]) -> list[Image.Image]:
-        images = []
-        for p in positions:
-            begin = int(self._ends[p - 1]) if p else 0
-            try:
-                img = Image.open(io.BytesIO(self._jpegs[begin:int(self._ends[p])]))
-                img.load()
-            except OSError as exc:
-                raise SampleError(f"sample {self.key!r}: corrupt I-frame JPEG ({exc})") from exc
-            images.append(img if img.mode == "RGB" else img.convert("RGB"))
-        return images
 
 
 @dataclass
@@ -321,75 +201,135 @@ def area_weights(src_edges: np.ndarray, lo: float, hi: float, n_out: int) -> np.
 
 
 def resample_mv(mv: np.ndarray, valid: np.ndarray, size: tuple[int, int], grid: int, box: Box,
-                config: ClipConfig) -> tuple[np.ndarray, np.ndarray]:
+                config: ClipConfig, step: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Crop a field to ``box`` and resample it to mv_size cells; vectors become px per frame of
-    the output I-frame. mv float32 (T, 2, hs, ws) source px/frame, valid bool (T, hs, ws) ->
-    mv float32 (T, 2, m, m), valid bool (T, m, m), m = mv_size."""
+    the output I-frame. mv (T, 2, hs, ws) in ``step`` source px/frame (float32, or int8
+    quantization codes with step ``sample.MV_STEP``: only the cells under the box are converted),
+    valid bool (T, hs, ws) -> mv float32 (T, 2, m, m), valid bool (T, m, m), m = mv_size."""
     (h, w), m = size, config.mv_size
     hs, ws = valid.shape[1:]
     y0, x0, y1, x1 = box
     wy = area_weights(np.minimum(np.arange(hs + 1) * grid, h) / h, y0, y1, m)  # (m, hs)
     wx = area_weights(np.minimum(np.arange(ws + 1) * grid, w) / w, x0, x1, m)  # (m, ws)
-    weight = valid.astype(np.float32)  # (T, hs, ws)
-    cover = wy @ weight @ wx.T  # (T, m, m): fraction of each output cell holding vectors
-    total = wy @ (mv * weight[:, None]) @ wx.T  # (T, 2, m, m)
+    rows, cols = np.flatnonzero(wy.any(0)), np.flatnonzero(wx.any(0))  # source cells under the box
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    stack = np.empty((len(valid), 3, r1 - r0, c1 - c0), np.float32)  # (T, 3, R, C): dx, dy, weight
+    weight = valid[:, r0:r1, c0:c1]  # (T, R, C)
+    stack[:, 2] = weight
+    # cells without a vector weigh 0 (whatever their value); int8 or float in, float32 out, one pass
+    np.multiply(mv[:, :, r0:r1, c0:c1], weight[:, None], out=stack[:, :2], casting="unsafe")
+    sums = wy[:, r0:r1] @ stack @ np.ascontiguousarray(wx[:, c0:c1].T)  # (T, 3, m, m)
+    cover = sums[:, 2]  # (T, m, m): fraction of each output cell holding vectors
     out_valid = cover >= config.min_valid_ratio - 1e-6
     scale = np.array([config.iframe_size / ((x1 - x0) * w), config.iframe_size / ((y1 - y0) * h)],
-                     np.float32)  # (2,): source px -> output I-frame px, per axis
-    out = total / np.maximum(cover, 1e-12)[:, None] * scale[None, :, None, None]
-    out[~np.broadcast_to(out_valid[:, None], out.shape)] = 0.0
-    return out.astype(np.float32), out_valid
+                     np.float32) * np.float32(step)  # (2,): units of mv -> output I-frame px, per axis
+    inverse = np.where(out_valid, 1.0 / np.maximum(cover, 1e-12), 0.0).astype(np.float32)  # (T, m, m)
+    out = sums[:, :2] * inverse[:, None] * scale[None, :, None, None]  # (T, 2, m, m); invalid: 0
+    return out, out_valid
 
 
-def resize_iframes(images: Sequence[Image.Image], box: Box, size: int) -> np.ndarray:
-    """k RGB images -> the box of each, resized (bilinear) to uint8 (k, 3, size, size)."""
-    y0, x0, y1, x1 = box
-    out = np.empty((len(images), size, size, 3), np.uint8)
-    for i, img in enumerate(images):
-        w, h = img.size
-        out[i] = np.asarray(img.resize((size, size), Image.BILINEAR, box=(x0 * w, y0 * h, x1 * w, y1 * h)))
-    return out.transpose(0, 3, 1, 2)  # (k, 3, size, size)
+def snap_box(box: Box, image_size: tuple[int, int]) -> tuple[Box, PixelBox]:
+    """A box moved to whole pixels of I-frames of (H', W') px (each edge to the nearest, at least
+    one pixel wide), normalized and in pixels: the field and the I-frames are then cropped by the
+    same box, and the I-frame crop is a plain slice (torchvision's crops are whole pixels too)."""
+    h, w = image_size
+    y0, x0 = min(round(box[0] * h), h - 1), min(round(box[1] * w), w - 1)
+    y1, x1 = min(max(round(box[2] * h), y0 + 1), h), min(max(round(box[3] * w), x0 + 1), w)
+    return (y0 / h, x0 / w, y1 / h, x1 / w), (y0, x0, y1, x1)
 
 
-def flip_clip(mv: np.ndarray, valid: np.ndarray, iframes: np.ndarray):
-    """Mirror left-right: the field and I-frames along their last axis, dx negated."""
+def flip_field(mv: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror a field left-right, dx negated: mv (T, 2, h, w), valid (T, h, w)."""
     mv = mv[..., ::-1].copy()  # (T, 2, h, w)
     mv[:, 0] *= -1.0
-    return mv, valid[..., ::-1].copy(), iframes[..., ::-1].copy()
+    return mv, valid[..., ::-1].copy()
 
 
-def make_clips(source: ClipSource, config: ClipConfig,
-               rng: np.random.Generator | None = None) -> list[Clip]:
-    """The clip(s) of one sample (``rng`` is needed in ``train`` mode: start, crop, flip). The
-    source is asked once for the frames of all clips and once for each I-frame they use."""
+@dataclass
+class ClipPlan:
+    """Everything random about a sample's clips, drawn before anything is decoded: for clip c,
+    ``starts[c]``, ``frame_index[c]`` int64 (T,) (-1: padding), ``positions[c]`` (K,) in
+    ``iframe_index``, ``boxes[c]`` normalized and ``pixel_boxes[c]`` in I-frame px (the same box,
+    snapped to whole I-frame pixels), ``flips[c]``."""
+
+    starts: list[int]
+    frame_index: np.ndarray
+    positions: list[np.ndarray]
+    boxes: list[Box]
+    pixel_boxes: list[PixelBox]
+    flips: list[bool]
+
+
+def plan_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator | None = None) -> ClipPlan:
+    """Draw a sample's clips (``rng`` is needed in ``train`` mode: start, crop, flip)."""
     if config.mode == "train" and rng is None:
         raise ValueError("train clips need a random generator")
     if len(source.iframe_index) == 0 or source.num_frames == 0:
         raise SampleError(f"sample {source.key!r} has no I-frame or no frame: no clip")
-    n, t = source.num_frames, config.num_frames
+    n = source.num_frames
     starts = clip_starts(n, config, rng)
-    frame_index = np.stack([clip_frame_index(s, n, config) for s in starts])  # (C, T)
-    mv_all, valid_all = _clip_motion(source, frame_index.reshape(-1))  # (C*T, 2, hs, ws), (C*T, hs, ws)
-    positions = [nearest_iframes(source.iframe_index, clip_centre(s, n, config), config.num_iframes)
-                 for s in starts]
-    wanted = sorted({int(p) for pos in positions for p in pos})
-    images = dict(zip(wanted, source.iframes(wanted)))
-    clips = []
-    for c, start in enumerate(starts):
+    boxes, pixel_boxes, flips = [], [], []
+    for _ in starts:
         if config.mode == "train":
-            box, flipped = random_crop_box(source.size, config, rng), rng.random() < config.flip_prob
+            box, flipped = random_crop_box(source.size, config, rng), bool(rng.random() < config.flip_prob)
         else:
             box, flipped = eval_crop_box(source.size, config), False
+        box, box_px = snap_box(box, source.iframe_shape)
+        boxes.append(box)
+        pixel_boxes.append(box_px)
+        flips.append(flipped)
+    return ClipPlan(starts=starts, frame_index=np.stack([clip_frame_index(s, n, config) for s in starts]),
+                    positions=[nearest_iframes(source.iframe_index, clip_centre(s, n, config), config.num_iframes)
+                               for s in starts],
+                    boxes=boxes, pixel_boxes=pixel_boxes, flips=flips)
+
+
+def clip_fields(source: ClipSource, plan: ClipPlan, config: ClipConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each clip's field, cropped, resampled and flipped: [(mv float32 (T, 2, m, m) output px
+    per frame, valid bool (T, m, m))]; the source is asked once for the frames of all clips."""
+    t = config.num_frames
+    mv_all, valid_all = _clip_motion(source, plan.frame_index.reshape(-1))  # (C*T, 2, hs, ws), (C*T, hs, ws)
+    fields = []
+    for c, (box, flipped) in enumerate(zip(plan.boxes, plan.flips)):
         mv, valid = resample_mv(mv_all[c * t:(c + 1) * t], valid_all[c * t:(c + 1) * t], source.size,
-                                source.grid, box, config)
-        iframes = resize_iframes([images[int(p)] for p in positions[c]], box, config.iframe_size)
-        if flipped:
-            mv, valid, iframes = flip_clip(mv, valid, iframes)
-        clips.append(Clip(mv=mv, valid=valid, iframes=np.ascontiguousarray(iframes),
-                          iframe_index=source.iframe_index[positions[c]].astype(np.int64),
-                          frame_index=frame_index[c], label=source.label, key=source.key,
-                          start=start, clip_index=c, crop_box=box, flipped=flipped))
-    return clips
+                                source.grid, box, config, source.mv_step)
+        fields.append(flip_field(mv, valid) if flipped else (mv, valid))
+    return fields
+
+
+def decode_iframes(source: ClipSource, plan: ClipPlan, ops: IFrameOps = PIL_IFRAMES) -> dict[int, np.ndarray]:
+    """The I-frames a plan uses, each decoded once (by ``ops``): {position: uint8 (H', W', 3)}."""
+    wanted = sorted({int(p) for pos in plan.positions for p in pos})
+    return dict(zip(wanted, source.iframes(wanted, ops.decode)))
+
+
+def crop_iframes(plan: ClipPlan, images: dict[int, np.ndarray], config: ClipConfig,
+                 ops: IFrameOps = PIL_IFRAMES) -> list[np.ndarray]:
+    """Each clip's I-frames, cropped, resized (by ``ops``) and flipped: [uint8 (K, 3, S, S)],
+    S = iframe_size."""
+    out = []
+    for pos, box_px, flipped in zip(plan.positions, plan.pixel_boxes, plan.flips):
+        iframes = ops.crop_resize([images[int(p)] for p in pos], box_px, config.iframe_size)
+        out.append(iframes[..., ::-1].copy() if flipped else iframes)
+    return out
+
+
+def assemble_clips(source: ClipSource, plan: ClipPlan, fields: list, iframes: list[np.ndarray]) -> list[Clip]:
+    """The :class:`Clip` objects of a plan, its fields (``clip_fields``) and I-frames (``crop_iframes``)."""
+    return [Clip(mv=mv, valid=valid, iframes=images, iframe_index=source.iframe_index[pos].astype(np.int64),
+                 frame_index=plan.frame_index[c], label=source.label, key=source.key, start=start,
+                 clip_index=c, crop_box=box, flipped=flipped)
+            for c, (start, pos, box, flipped, (mv, valid), images)
+            in enumerate(zip(plan.starts, plan.positions, plan.boxes, plan.flips, fields, iframes))]
+
+
+def make_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator | None = None,
+               ops: IFrameOps = PIL_IFRAMES) -> list[Clip]:
+    """The clip(s) of one sample: drawn (``plan_clips``), then fields and I-frames (through ``ops``).
+    Crop boxes are snapped to whole I-frame pixels."""
+    plan = plan_clips(source, config, rng)
+    fields = clip_fields(source, plan, config)
+    return assemble_clips(source, plan, fields, crop_iframes(plan, decode_iframes(source, plan, ops), config, ops))
 
 
 def _clip_motion(source: ClipSource, frame_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -398,7 +338,7 @@ def _clip_motion(source: ClipSource, frame_index: np.ndarray) -> tuple[np.ndarra
     mv_real, valid_real = source.motion(frame_index[real])
     if real.all():
         return mv_real, valid_real
-    mv = np.zeros((len(frame_index), *mv_real.shape[1:]), np.float32)  # (T, 2, hs, ws)
+    mv = np.zeros((len(frame_index), *mv_real.shape[1:]), mv_real.dtype)  # (T, 2, hs, ws)
     valid = np.zeros((len(frame_index), *valid_real.shape[1:]), bool)  # (T, hs, ws)
     mv[real], valid[real] = mv_real, valid_real
     return mv, valid

@@ -1,13 +1,15 @@
 """One shard sample: how a video (or a segment of one) is encoded into webdataset tar members.
 
 This module is the code half of ``FORMAT.md``: member names, encodings and the format version
-live here and nowhere else. It imports neither torch nor webdataset.
+live here and nowhere else. It imports neither torch nor webdataset. It writes format version 2
+and reads versions 1 and 2 (:data:`SUPPORTED_FORMAT_VERSIONS`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 import zlib
 from dataclasses import dataclass, field
 
@@ -17,21 +19,23 @@ from PIL import Image
 
 from mvmae.extract.video import VideoFields
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 
 # Member extensions of a sample in the tar (``<key>.<ext>``).
-MV = "mv.zst"  # int8 (T, 2, h, w), C order, zstd; MV_INVALID marks cells without a vector
+MV = "mv.zst"  # int8 (T, 2, h, w), C order, zstd (v2: one frame per chunk); MV_INVALID: no vector
 TYPES = "types.txt"  # ASCII I/P/B, one byte per frame
 IFRAMES = "iframes.jpgs"  # the I-frames' JPEG files concatenated (byte lengths in the record)
 LABEL = "cls"  # class index, decimal text (webdataset's convention)
 RECORD = "json"  # everything else, see FORMAT.md
 MEMBERS = (MV, TYPES, IFRAMES, LABEL, RECORD)
 CHECKED_MEMBERS = (MV, TYPES, IFRAMES, LABEL)  # CRC32 of each is in the record
+SMALL_MEMBERS = (TYPES, LABEL)  # v2 readers check these whole, and MV chunks / JPEGs one by one
 
 MV_STEP = 0.25  # px per frame per quantization step
 MV_MAX_CODE = 127  # |code| <= 127: values beyond +-31.75 px/frame are clipped (and counted)
 MV_INVALID = -128
+MV_CHUNK_FRAMES = 8  # v2: frames per independent zstd frame of the MV stream (FORMAT.md: why)
 ZSTD_LEVEL = 9
 JPEG_QUALITY = 90
 
@@ -75,9 +79,9 @@ def quantize_mv(mv: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
 
 def dequantize_mv(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 codes (T, 2, h, w) -> mv float32 px/frame (0 where invalid), valid bool (T, h, w)."""
-    valid = codes[:, 0] != MV_INVALID
-    mv = codes.astype(np.float32) * MV_STEP
-    mv[~np.broadcast_to(valid[:, None], mv.shape)] = 0.0
+    valid = codes[:, 0] != MV_INVALID  # (T, h, w)
+    mv = codes.astype(np.float32)  # (T, 2, h, w)
+    mv *= np.where(valid, np.float32(MV_STEP), np.float32(0.0))[:, None]  # invalid cells -> 0
     return mv, valid
 
 
@@ -90,12 +94,20 @@ def gop_stats(frame_types: np.ndarray) -> dict:
             "gop_lengths": lengths}
 
 
+def encode_mv_chunks(codes: np.ndarray) -> list[bytes]:
+    """int8 codes (T, 2, h, w) -> one independent zstd frame per MV_CHUNK_FRAMES frames."""
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return [compressor.compress(codes[i:i + MV_CHUNK_FRAMES].tobytes())
+            for i in range(0, len(codes), MV_CHUNK_FRAMES)]
+
+
 def encode_sample(key: str, fields: VideoFields, label: int, class_name: str, source: str,
                   extra: dict | None = None) -> dict[str, bytes | str]:
     """Encode one video/segment as webdataset members: {'__key__': key, ext: bytes, ...}."""
     if "." in key or "/" in key:
         raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
     codes, clipped = quantize_mv(fields.mv, fields.valid)
+    chunks = encode_mv_chunks(codes)
     jpegs = [_jpeg(img) for img in fields.iframes]
     t, _, h, w = fields.mv.shape
     record = {
@@ -111,15 +123,19 @@ def encode_sample(key: str, fields: VideoFields, label: int, class_name: str, so
         "cells": [h, w],
         "quantization": {"dtype": "int8", "step_px_per_frame": MV_STEP, "max_code": MV_MAX_CODE,
                          "invalid_code": MV_INVALID, "num_clipped": clipped},
+        "mv_chunk_frames": MV_CHUNK_FRAMES,
+        "mv_chunk_bytes": [len(c) for c in chunks],
+        "mv_chunk_crc32": [zlib.crc32(c) for c in chunks],
         "iframe_index": [int(i) for i in fields.iframe_index],
         "iframe_bytes": [len(j) for j in jpegs],
+        "iframe_crc32": [zlib.crc32(j) for j in jpegs],
         "iframe_size": list(fields.iframes.shape[1:3]) if len(jpegs) else [0, 0],
         "gop": gop_stats(fields.frame_types),
         "extraction": fields.meta,
         **(extra or {}),
     }
     members = {
-        MV: zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(codes.tobytes()),
+        MV: b"".join(chunks),
         TYPES: bytes(fields.frame_types),
         IFRAMES: b"".join(jpegs),
         LABEL: str(int(label)).encode(),
@@ -145,6 +161,15 @@ def _jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_ZSTD = threading.local()  # one decompression context per thread: creating one costs ~12 us
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_ZSTD, "dctx"):
+        _ZSTD.dctx = zstandard.ZstdDecompressor()
+    return _ZSTD.dctx
+
+
 def decode_record(sample: dict) -> dict:
     """The JSON record of a raw sample, after checking the format version."""
     if RECORD not in sample:
@@ -153,7 +178,7 @@ def decode_record(sample: dict) -> dict:
         record = json.loads(sample[RECORD])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SampleError(f"sample {sample.get('__key__')!r}: unreadable record ({exc})") from exc
-    version = record.get("format_version")
+    version = record.get("format_version") if isinstance(record, dict) else None
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise FormatVersionError(
             f"sample {sample.get('__key__')!r} is in shard format version {version}; this mvmae "
@@ -162,47 +187,145 @@ def decode_record(sample: dict) -> dict:
     return record
 
 
+class SampleCodec:
+    """Random access to the members of one raw sample, checking what it reads.
+
+    ``mv_codes(lo, hi)`` decompresses the MV stream of frames [lo, hi): in version 2 only the
+    chunks these frames fall in (each checked against its CRC32 in the record), in version 1
+    (one zstd frame) from the start to frame ``hi``. ``jpeg(p)`` is the p-th I-frame's JPEG,
+    checked against its own CRC32 in version 2. ``check_crc``: version 1 compares the CRC32 of
+    every member up front (its record has no finer ones); version 2 compares the small members
+    up front and each MV chunk or JPEG when read (``check_all`` compares every member up front
+    too, as ``decode_sample`` and ``mvmae shards verify`` do).
+    """
+
+    _SKIP_CHUNK = 1 << 16  # v1: bytes of scratch to decompress (and drop) frames before a range
+
+    def __init__(self, raw: dict, check_crc: bool = True, check_all: bool = False) -> None:
+        key = self.key = raw.get("__key__", "?")
+        missing = [m for m in MEMBERS if m not in raw]
+        if missing:
+            raise SampleError(f"sample {key!r} lacks member(s) {', '.join(missing)}")
+        record = self.record = decode_record(raw)  # FormatVersionError for other versions
+        self.version, self.check_crc = record["format_version"], check_crc
+        try:
+            crc = dict(record["crc32"])
+            self.num_frames, (h, w) = int(record["num_frames"]), record["cells"]
+            self.cells = (int(h), int(w))
+            self.iframe_ends = np.cumsum(record["iframe_bytes"], dtype=np.int64)  # (K,)
+            if self.version >= 2:
+                self.chunk_frames = int(record["mv_chunk_frames"])
+                self.chunk_ends = np.cumsum(record["mv_chunk_bytes"], dtype=np.int64)  # (num chunks,)
+                self.chunk_crc, self.iframe_crc = list(record["mv_chunk_crc32"]), list(record["iframe_crc32"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SampleError(f"sample {key!r}: incomplete record ({type(exc).__name__}: {exc})") from exc
+        if check_crc:
+            checked = CHECKED_MEMBERS if check_all or self.version == 1 else SMALL_MEMBERS
+            bad = [m for m in checked if zlib.crc32(raw[m]) != crc.get(m)]
+            if bad:
+                raise SampleError(f"sample {key!r}: checksum mismatch in {', '.join(bad)} (corrupt data)")
+        self.frame_bytes = 2 * self.cells[0] * self.cells[1]
+        self.mv_blob, self.jpeg_blob = raw[MV], raw[IFRAMES]
+        self._check_layout(raw)
+
+    def _check_layout(self, raw: dict) -> None:
+        """Member lengths against the record (cheap: no decoding)."""
+        ends, n = self.iframe_ends, self.num_frames
+        wrong = len(raw[TYPES]) != n or (len(ends) and ends[-1] != len(self.jpeg_blob))
+        if self.version >= 2:
+            num_chunks = -(-n // self.chunk_frames) if self.chunk_frames > 0 else -1
+            wrong = (wrong or len(self.chunk_ends) != num_chunks or len(self.chunk_crc) != num_chunks
+                     or len(self.iframe_crc) != len(ends)
+                     or (self.chunk_ends[-1] if num_chunks > 0 else 0) != len(self.mv_blob))
+        if wrong:
+            raise SampleError(f"sample {self.key!r}: members {MV}, {TYPES} or {IFRAMES} disagree "
+                              f"with the record (lengths)")
+
+    def mv_codes(self, lo: int, hi: int) -> np.ndarray:
+        """int8 codes (hi - lo, 2, h, w) of frames [lo, hi), 0 <= lo < hi <= num_frames."""
+        if self.version == 1:
+            return self._v1_codes(lo, hi)
+        f = self.chunk_frames
+        parts = []
+        for c in range(lo // f, (hi - 1) // f + 1):
+            codes = self._chunk(c)  # (frames of chunk c, 2, h, w)
+            parts.append(codes[max(lo - c * f, 0):hi - c * f])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (hi - lo, 2, h, w)
+
+    def _chunk(self, c: int) -> np.ndarray:
+        """int8 codes (frames, 2, h, w) of MV chunk ``c``, its CRC32 checked first."""
+        begin, end = (int(self.chunk_ends[c - 1]) if c else 0), int(self.chunk_ends[c])
+        data = memoryview(self.mv_blob)[begin:end]
+        if self.check_crc and zlib.crc32(data) != self.chunk_crc[c]:
+            raise SampleError(f"sample {self.key!r}: checksum mismatch in {MV} chunk {c} (corrupt data)")
+        frames = min(self.chunk_frames, self.num_frames - c * self.chunk_frames)
+        try:
+            raw = _decompressor().decompress(data, max_output_size=frames * self.frame_bytes)
+        except zstandard.ZstdError as exc:
+            raise SampleError(f"sample {self.key!r}: corrupt {MV} chunk {c} ({exc})") from exc
+        if len(raw) != frames * self.frame_bytes:
+            raise SampleError(f"sample {self.key!r}: {MV} chunk {c} holds {len(raw)} bytes, "
+                              f"expected {frames * self.frame_bytes}")
+        return np.frombuffer(raw, np.int8).reshape(frames, 2, *self.cells)  # (frames, 2, h, w)
+
+    def _v1_codes(self, lo: int, hi: int) -> np.ndarray:
+        """Version 1: one zstd frame, decompressed no further than frame ``hi`` (the frames before
+        ``lo`` into a small scratch buffer)."""
+        out = bytearray((hi - lo) * self.frame_bytes)
+        try:
+            reader = _decompressor().stream_reader(self.mv_blob)
+            skip, scratch = lo * self.frame_bytes, bytearray(min(lo * self.frame_bytes, self._SKIP_CHUNK))
+            while skip:
+                got = reader.readinto(memoryview(scratch)[:min(skip, len(scratch))])
+                if not got:
+                    break
+                skip -= got
+            pos = 0
+            while pos < len(out) and (got := reader.readinto(memoryview(out)[pos:])):
+                pos += got
+        except zstandard.ZstdError as exc:
+            raise SampleError(f"sample {self.key!r}: corrupt {MV} ({exc})") from exc
+        if skip or pos < len(out):
+            raise SampleError(f"sample {self.key!r}: {MV} ends before frame {hi} of {self.num_frames}")
+        return np.frombuffer(out, np.int8).reshape(hi - lo, 2, *self.cells)  # (hi - lo, 2, h, w)
+
+    def jpeg(self, p: int) -> bytes:
+        """The JPEG file of I-frame ``p`` (position in ``iframe_index``)."""
+        begin, end = (int(self.iframe_ends[p - 1]) if p else 0), int(self.iframe_ends[p])
+        data = self.jpeg_blob[begin:end]
+        if self.version >= 2 and self.check_crc and zlib.crc32(data) != self.iframe_crc[p]:
+            raise SampleError(f"sample {self.key!r}: checksum mismatch in {IFRAMES} I-frame {p} (corrupt data)")
+        return data
+
+
 def decode_sample(sample: dict, with_iframes: bool = True, check: bool = True) -> ShardSample:
     """Decode raw members (bytes, as read from the tar) into a :class:`ShardSample`.
 
-    ``check`` compares each member's CRC32 with the record's (about 1 GB/s: cheap next to zstd).
+    ``check`` compares the CRC32 of each member with the record's, and in version 2 also each
+    MV chunk's and JPEG's (about 1 GB/s: cheap next to zstd).
     """
-    key = sample.get("__key__", "?")
-    missing = [m for m in MEMBERS if m not in sample]
-    if missing:
-        raise SampleError(f"sample {key!r} lacks member(s) {', '.join(missing)}")
-    record = decode_record(sample)
-    if check:
-        bad = [m for m in CHECKED_MEMBERS if zlib.crc32(sample[m]) != record["crc32"].get(m)]
-        if bad:
-            raise SampleError(f"sample {key!r}: checksum mismatch in {', '.join(bad)} (corrupt data)")
-    t, (h, w) = record["num_frames"], record["cells"]
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(sample[MV], max_output_size=t * 2 * h * w)
-        codes = np.frombuffer(raw, np.int8).reshape(t, 2, h, w)
-    except (zstandard.ZstdError, ValueError) as exc:
-        raise SampleError(f"sample {key!r}: corrupt {MV} ({exc})") from exc
-    types = np.frombuffer(sample[TYPES], np.uint8)
-    if len(types) != t:
-        raise SampleError(f"sample {key!r}: {TYPES} has {len(types)} frames, record says {t}")
+    codec = SampleCodec(sample, check_crc=check, check_all=True)
+    record, key, n = codec.record, codec.key, codec.num_frames
+    codes = codec.mv_codes(0, n) if n else np.zeros((0, 2, *codec.cells), np.int8)
     mv, valid = dequantize_mv(codes)
-    iframes = _decode_iframes(key, sample[IFRAMES], record) if with_iframes else None
-    return ShardSample(key=key, mv=mv, valid=valid, frame_types=types.copy(), iframes=iframes,
-                       iframe_index=np.asarray(record["iframe_index"], np.int64),
+    iframes = _decode_iframes(codec) if with_iframes else None
+    return ShardSample(key=key, mv=mv, valid=valid, frame_types=np.frombuffer(sample[TYPES], np.uint8).copy(),
+                       iframes=iframes, iframe_index=np.asarray(record["iframe_index"], np.int64),
                        label=int(sample[LABEL]), record=record)
 
 
-def _decode_iframes(key: str, blob: bytes, record: dict) -> np.ndarray:
-    sizes = record["iframe_bytes"]
-    if sum(sizes) != len(blob):
-        raise SampleError(f"sample {key!r}: {IFRAMES} has {len(blob)} bytes, record says {sum(sizes)}")
-    images, pos = [], 0
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """A JPEG file -> uint8 (H, W, 3) RGB (PIL); OSError on corrupt data."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def _decode_iframes(codec: SampleCodec) -> np.ndarray:
     try:
-        for n in sizes:
-            images.append(np.asarray(Image.open(io.BytesIO(blob[pos:pos + n])).convert("RGB")))
-            pos += n
+        images = [decode_jpeg(codec.jpeg(p)) for p in range(len(codec.iframe_ends))]
     except OSError as exc:
-        raise SampleError(f"sample {key!r}: corrupt I-frame JPEG ({exc})") from exc
+        raise SampleError(f"sample {codec.key!r}: corrupt I-frame JPEG ({exc})") from exc
     if not images:
         return np.zeros((0, 0, 0, 3), np.uint8)
     return np.stack(images)

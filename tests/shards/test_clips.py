@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mvmae.shards.clips import (ArraySource, ClipConfig, area_weights, clip_frame_index, clip_starts,
-                                eval_crop_box, make_clips, nearest_iframes, random_crop_box, resample_mv)
+                                eval_crop_box, make_clips, nearest_iframes, random_crop_box, resample_mv,
+                                snap_box)
 from mvmae.shards.sample import SampleError
 
 H, W, GRID = 144, 192, 8
@@ -199,3 +200,24 @@ def test_eval_clips_are_not_augmented() -> None:
     np.testing.assert_array_equal(a.mv, b.mv)
     with pytest.raises(ValueError, match="random generator"):
         make_clips(uniform_source(), ClipConfig(mode="train"))
+
+
+@pytest.mark.parametrize("box,pixels", [
+    ((0.1, 0.2, 0.8, 0.9), (26, 91, 205, 410)),  # every edge to the nearest I-frame pixel
+    ((0.5, 0.5, 0.5001, 0.5001), (128, 228, 129, 229)),  # at least one pixel
+    ((0.9999, 0.0, 1.0, 1.0), (255, 0, 256, 455)),  # inside the image
+])
+def test_snap_box_to_iframe_pixels(box, pixels) -> None:
+    snapped, px = snap_box(box, (256, 455))
+    assert px == pixels
+    np.testing.assert_allclose(snapped, (px[0] / 256, px[1] / 455, px[2] / 256, px[3] / 455))
+    assert max(abs(a - b) for a, b in zip(snapped, box)) <= 0.5 / 256 + 1e-9 or box[2] - box[0] < 1 / 256
+
+
+def test_clip_crop_box_is_the_snapped_box() -> None:
+    """The clip reports the box both the field and the I-frames were cut by (whole I-frame px)."""
+    src = uniform_source()
+    for seed in range(5):
+        (clip,) = make_clips(src, ClipConfig(), np.random.default_rng(seed))
+        px = np.array(clip.crop_box) * [H, W, H, W]
+        np.testing.assert_allclose(px, np.round(px), atol=1e-9)

@@ -14,6 +14,7 @@ import pytest
 
 from mvmae.cli import main
 from mvmae.shards.inspect import Problem, inspect_shards, verify_shards
+from mvmae.shards.sample import FORMAT_VERSION
 from mvmae.shards.stream import ShardReader, expand_urls
 
 PATTERN = "train-{000000..000004}.tar"
@@ -60,7 +61,7 @@ def test_inspect_counts(job_dataset, job_media) -> None:
     assert total["num_frames"] == 40 * NUM_GOOD
     assert total["seconds"] == pytest.approx(40 / 25 * NUM_GOOD)
     assert total["bytes"] == sum(p.stat().st_size for p in out.glob("*.tar"))
-    assert (total["format_versions"], total["methods"], total["num_clipped"]) == ([1], ["resolved"], 0)
+    assert (total["format_versions"], total["methods"], total["num_clipped"]) == ([FORMAT_VERSION], ["resolved"], 0)
     assert [s["num_samples"] for s in report["shards"]] == SAMPLES_PER_SHARD
     for shard in report["shards"]:
         stats = json.loads(Path(shard["url"]).with_suffix(".json").read_text())
@@ -79,7 +80,7 @@ def test_inspect_cli(job_dataset, cli_runner) -> None:
     assert len(lines) == 1 + 5 + 1 + 2
     assert lines[6].split()[:5] == ["total:", "5", "shard(s)", "8", "8"]
     assert "samples per class: jump 3, run 3, wave 2" in lines
-    assert "format versions: 1; extraction: resolved" in lines
+    assert f"format versions: {FORMAT_VERSION}; extraction: resolved" in lines
 
 
 @pytest.mark.parametrize("form", ["file", "pipe", "http", "list"])

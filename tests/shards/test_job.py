@@ -20,7 +20,7 @@ import pytest
 from mvmae.cli import main
 from mvmae.extract.export import load_export
 from mvmae.shards.job import JobConfig, run_job
-from mvmae.shards.sample import RECORD, decode_sample
+from mvmae.shards.sample import FORMAT_VERSION, RECORD, decode_sample
 from mvmae.shards.stream import ShardError, ShardReader
 
 CLASSES = ["jump", "run", "wave"]  # of the videos of the job_media fixture (conftest.py)
@@ -81,7 +81,7 @@ def test_run_list_with_class_names(job_dataset, job_media) -> None:
     assert reported == FAILURE_CODES
     assert json.loads((out / "classes.json").read_text()) == CLASSES
     job = json.loads((out / "train-job.json").read_text())
-    assert (job["shard_size"], job["split"], job["format_version"]) == (3, "train", 1)
+    assert (job["shard_size"], job["split"], job["format_version"]) == (3, "train", FORMAT_VERSION)
     check_outcomes(out, job_media)
 
 

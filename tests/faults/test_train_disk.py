@@ -167,7 +167,7 @@ def assert_failed_cleanly(outcome, watch: FolderWatch, path: Path, what: str, er
     line = error_line(outcome.output)
     assert line.startswith(f"error: OutputWriteError: cannot write {what} {path}: "), line
     assert f"({errno_name}); " in line and line.endswith("then rerun with --resume"), line
-    assert not watch.problems, watch.problems
+    watch.check()
     assert not [n for n in os.listdir(path.parent) if TEMPORARY.match(n)]
 
 
@@ -212,7 +212,7 @@ def test_unwritable_output_folder(kind, fault_data, references, tmp_path, cli_ru
         assert saved_epoch(out) >= 1
         fault.repair()
         ok(run(job(kind, fault_data, out, "--resume"), out, tmp_path / "resumed.log", watch))
-        assert not watch.problems, watch.problems
+        watch.check()
         assert_same_run(out, references(kind).summary)
 
 
@@ -231,7 +231,7 @@ def test_full_disk(kind, fault_data, references, tmp_path):
         assert saved_epoch(out) >= 1
         fault.repair()
         ok(run(job(kind, fault_data, out, "--resume"), out, tmp_path / "resumed.log", watch))
-        assert not watch.problems, watch.problems
+        watch.check()
         assert_same_run(out, references(kind).summary)
 
 
@@ -260,5 +260,5 @@ def test_failed_metrics_write_resumes_exactly(fault_data, references, tmp_path):
     assert not metrics.read_bytes().endswith(b"\n")  # the torn record
     assert saved_epoch(out) >= 1
     ok(run(job("pretrain", fault_data, out, "--resume"), out, tmp_path / "resumed.log", watch))
-    assert not watch.problems, watch.problems
+    watch.check()
     assert_same_run(out, references("pretrain").summary)

@@ -119,7 +119,7 @@ def test_killed_at_a_random_moment_resumes_exactly(kind, phase, fault_data, refe
         assert f"resumed from {out / 'last.pt'}: epoch {epoch + 1}" in resumed.output
     if phase is not None:
         assert f"(phase {phase})" in resumed.output
-    assert not watch.problems, watch.problems
+    watch.check()
     assert_same_run(out, reference.summary)
 
 
@@ -139,11 +139,12 @@ def test_killed_again_while_writing_a_checkpoint(kind, fault_data, references, t
     assert second.killed, second.output[-3000:]
     leftovers = [n for n in os.listdir(out) if TEMPORARY.match(n)]
     assert any(n.startswith(".last.pt.") for n in leftovers), f"the kill came after the write: {leftovers}"
-    assert saved_epoch(out) is not None and not watch.problems, watch.problems
+    assert saved_epoch(out) is not None
+    watch.check()
     third = resume(kind, fault_data, out, watch)
     ok(third)
     assert "temporary file(s) of interrupted writes" in third.output
-    assert not watch.problems, watch.problems
+    watch.check()
     assert_same_run(out, reference.summary)  # the same file names: no temporary left
 
 
@@ -185,7 +186,8 @@ def test_changed_config_is_refused_and_a_torn_record_is_dropped(kind, fault_data
     assert plot_training_curves(metrics, tmp_path / "torn.png").is_file()
     resumed = resume(kind, fault_data, out, watch)
     ok(resumed)
-    assert "record(s) written after the checkpoint" in resumed.output and not watch.problems, watch.problems
+    assert "record(s) written after the checkpoint" in resumed.output
+    watch.check()
     assert_same_run(out, reference.summary)
     assert plot_training_curves(metrics, tmp_path / "curves.png").is_file()
 
@@ -208,7 +210,7 @@ def test_killed_before_the_first_checkpoint_starts_cleanly(fault_data, reference
     resumed = resume(kind, fault_data, out, watch)
     ok(resumed)
     assert f"--resume: no checkpoint in {out} yet; starting from the beginning" in resumed.output
-    assert not watch.problems, watch.problems
+    watch.check()
     assert_same_run(out, reference.summary)
 
 
@@ -219,5 +221,5 @@ def test_torchrun_killed_and_resumed(fault_data, references, tmp_path):
     out, watch = tmp_path / "run", FolderWatch(tmp_path / "run")
     kill_at_random("torchrun", kill_fraction("torchrun", 0, 1), fault_data, reference, out, watch)
     ok(resume("torchrun", fault_data, out, watch))
-    assert not watch.problems, watch.problems
+    watch.check()
     assert_same_run(out, reference.summary)

@@ -124,7 +124,7 @@ class FolderWatch:
     """Polls a run's output folder while it runs. Every version of a checkpoint that is visible
     under its final name must load (``torch.load`` here, from one open file, so a concurrent
     replace cannot mix versions); every name must be a final one or a hidden temporary one.
-    Breaches go to ``problems``."""
+    Breaches go to ``problems``; ``temporaries`` are the temporary names seen."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -132,6 +132,11 @@ class FolderWatch:
         self.temporaries: set[str] = set()
         self._verified: set[tuple] = set()
         self.num_loaded = 0
+
+    def check(self) -> None:
+        """No breach so far, and checkpoints were indeed loaded (the check was not vacuous)."""
+        assert not self.problems, self.problems
+        assert self.num_loaded > 0, f"no checkpoint in {self.out} was ever loaded"
 
     def poll(self, verify: bool = True) -> list[str]:
         try:

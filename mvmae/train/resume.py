@@ -26,7 +26,8 @@ from mvmae.train.writes import writing
 
 log = logging.getLogger(__name__)
 
-# Fields a resumed run may change: where and how fast it runs, not what it computes.
+# Fields a resumed run may change: where and how fast it runs, not what it computes (a name
+# also frees the fields nested under it).
 FREE_FIELDS = frozenset({"resume", "out", "workers", "log_every", "keep_last", "val_batch_size",
                          "compile", "deterministic"})
 # Where the inputs are: a moved dataset keeps its content, so a change is only reported.
@@ -52,14 +53,19 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _is_free(key: str) -> bool:
+    return any(key == name or key.startswith(f"{name}.") for name in FREE_FIELDS)
+
+
 def check_resume_config(state: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
     """Refuse (``ResumeError``) to continue checkpoint ``state`` with configuration ``current``
     (``config_to_dict`` of the new run) when a field that shapes training differs: model, data
     augmentation, optimizer, schedule, seed. ``epochs`` may grow only once the saved run has
-    finished (an extension, which replans the LR schedule); moved inputs are logged."""
+    finished (an extension, which replans the LR schedule); moved inputs are logged. Fields on
+    one side only (added or removed by another mvmae version) are not compared."""
     saved, now = _flatten(state.get(ckpt.CONFIG) or {}), _flatten(current)
-    changed = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys())
-               if k not in FREE_FIELDS and saved.get(k) != now.get(k)}
+    changed = {k: (saved[k], now[k]) for k in sorted(saved.keys() & now.keys())
+               if not _is_free(k) and saved[k] != now[k]}
     for key in PATH_FIELDS & changed.keys():
         old, new = changed.pop(key)
         log.warning(f"{path}: resuming with {key} {new!r} instead of {old!r} "

@@ -183,3 +183,9 @@ def test_a_failed_metrics_write_names_the_file_and_the_resume_drops_its_torn_lin
     assert path.read_bytes().count(b"\n") == 1 and not path.read_bytes().endswith(b"\n")
     assert truncate_records(path, last_epoch=0) == 1
     assert [line for line in path.read_text().splitlines()] == [path.read_text().strip()]
+
+
+def test_fields_of_another_version_are_not_compared(tmp_path):
+    """A checkpoint saved before a field existed (or after one was removed) still resumes."""
+    older = {k: v for k, v in CONFIG.items() if k != "epochs"}
+    check_resume_config(_state(1, older), {**CONFIG, "new_field": {"timeout_s": 30}}, tmp_path / "last.pt")

@@ -26,10 +26,11 @@ from mvmae.train.writes import writing
 
 log = logging.getLogger(__name__)
 
-# Fields a resumed run may change: where and how fast it runs, not what it computes (a name
-# also frees the fields nested under it).
+# Fields a resumed run may change: where and how fast it runs, and how patiently it reads its
+# shards (a run that stalled may come back with longer timeouts), not what it computes. A name
+# also frees the fields nested under it.
 FREE_FIELDS = frozenset({"resume", "out", "workers", "log_every", "keep_last", "val_batch_size",
-                         "compile", "deterministic"})
+                         "compile", "deterministic", "read", "loader_timeout_s"})
 # Where the inputs are: a moved dataset keeps its content, so a change is only reported.
 PATH_FIELDS = frozenset({"train", "val", "codebook", "classes", "pretrained", "init",
                          "model.context_weights"})

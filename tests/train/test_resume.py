@@ -47,8 +47,10 @@ def file_size_limit(num_bytes: int):
 
 
 def test_same_config_and_free_fields_resume(tmp_path):
-    moved = {**CONFIG, "workers": 0, "out": "elsewhere/a", "resume": True}
-    check_resume_config(_state(1), moved, tmp_path / "last.pt")
+    saved = {**CONFIG, "read": {"stall_s": 60.0, "retries": 3}, "loader_timeout_s": 0.0}
+    moved = {**saved, "workers": 0, "out": "elsewhere/a", "resume": True,
+             "read": {"stall_s": 300.0, "retries": 5}, "loader_timeout_s": 600.0}
+    check_resume_config(_state(1, saved), moved, tmp_path / "last.pt")
 
 
 @pytest.mark.parametrize("change,expected", [

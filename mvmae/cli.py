@@ -645,7 +645,8 @@ def _overrides(**values) -> dict:
               help="Targets: codebook ids (cross-entropy) or token vectors (MSE) [default: ids].")
 @click.option("--seed", type=int, help="Seed of data order, masks and init [default: 0].")
 @click.option("--out", "out", help="Output folder: checkpoints, config.yaml, metrics.jsonl, tensorboard/.")
-@click.option("--resume", is_flag=True, default=None, help="Continue from OUT/last.pt.")
+@click.option("--resume", is_flag=True, default=None,
+              help="Continue from OUT/last.pt, same config (from the start if there is none yet).")
 @handle_errors
 def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: str | None, **flags) -> None:
     """Masked motion pretraining of the Motion encoder on shards.
@@ -678,7 +679,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--classes", help="classes.json of the extraction job [default: beside the first train shard].")
 @click.option("--pretrained", help="Motion encoder checkpoint from `mvmae pretrain` (else from scratch).")
 @click.option("--init", "init", help="Start from a classifier checkpoint's weights (nothing else).")
-@click.option("--resume", is_flag=True, default=None, help="Continue from OUT/last.pt (any phase).")
+@click.option("--resume", is_flag=True, default=None,
+              help="Continue from OUT/last.pt (any phase), same config (from the start if there is none yet).")
 @click.option("--inputs", type=click.Choice(["mv", "iframe", "both"]), help="Paths to use [default: both].")
 @click.option("--context-model", help="timm backbone for I-frames [default: vit_base_patch16_224].")
 @click.option("--context-weights", help="Local weights file for the context backbone (nothing is downloaded).")

@@ -3,7 +3,8 @@
 A checkpoint is a dict keyed by the constants below (never string literals elsewhere), saved with
 ``torch.save`` and loaded with ``weights_only=True``: it may hold tensors, state dicts, numbers,
 strings and plain containers only (configs as ``dataclasses.asdict``). RNG states are stored in
-that form by ``capture_rng_state``.
+that form by ``capture_rng_state``. A failed write raises ``writes.OutputWriteError`` naming the
+file and the reason, and leaves the previous checkpoint and no temporary file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from mvmae.train.writes import writing
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,14 @@ PHASE = "phase"
 TRAINABLE = "trainable"
 VERSION = "version"
 EXTRA = "extra"
+STEPS_PER_EPOCH = "steps_per_epoch"
 
 LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint cannot be read: missing, corrupt, or of an unsupported version (names the file)."""
 
 
@@ -65,19 +69,21 @@ def _fsync_dir(folder: Path) -> None:
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (plus ``VERSION``) to ``path`` atomically: a temporary file in the same
     folder, fsync, then ``os.replace``. On any error the temporary file is removed and the error
-    re-raised, so ``path`` holds either the old or the new checkpoint, never a partial one."""
+    re-raised (an I/O failure as ``OutputWriteError`` naming ``path``), so ``path`` holds either
+    the old or the new checkpoint, never a partial one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({**state, VERSION: CHECKPOINT_VERSION}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, "checkpoint"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save({**state, VERSION: CHECKPOINT_VERSION}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
     return path
 
@@ -86,18 +92,19 @@ def _atomic_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` atomically; a hard link when the filesystem allows (free,
     and safe because checkpoint files are only ever replaced, never modified in place)."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
+    with writing(dst, "checkpoint"):
         try:
-            os.link(src, tmp)
-        except OSError:
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(1 << 24):
-                    fout.write(chunk)
-                fout.flush()
-                os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    while chunk := fin.read(1 << 24):
+                        fout.write(chunk)
+                    fout.flush()
+                    os.fsync(fout.fileno())
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
@@ -201,10 +208,26 @@ class CheckpointManager:
             log.info(f"new best {self.best_metric} {self.best_value:.4f} at epoch {epoch}")
         return written
 
+    def complete(self, state: Mapping[str, Any]) -> list[Path]:
+        """Redo the copies of the save that wrote ``state`` (as read back from ``last.pt``, after
+        ``restore``): a kill between replacing ``last.pt`` and copying it leaves that epoch's
+        ``epoch_NNNN.pt`` missing, or ``best.pt`` one improvement behind. Idempotent; returns
+        the files written."""
+        epoch, written = state[EPOCH], []
+        if self.keep_last_n and not self.epoch_path(epoch).exists():
+            _atomic_copy(self.last_path, self.epoch_path(epoch))
+            written.append(self.epoch_path(epoch))
+        if self.best_epoch == epoch:  # last.pt is that best checkpoint: best.pt must be it too
+            _atomic_copy(self.last_path, self.best_path)
+            written.append(self.best_path)
+        self._rotate()
+        return written
+
     def _rotate(self) -> None:
         files = self.epoch_files()
         for old in files[:max(0, len(files) - self.keep_last_n)]:
-            old.unlink(missing_ok=True)
+            with writing(old, "checkpoint"):
+                old.unlink(missing_ok=True)
 
 
 def capture_rng_state() -> dict[str, Any]:

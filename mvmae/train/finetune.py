@@ -4,7 +4,8 @@ Phase 1 (epochs ``0 .. phase1_epochs-1``): both encoders frozen (and in eval mod
 temporal transformer, fusion and head settle. Phase 2 (the rest): the top ``unfreeze_blocks``
 blocks of each encoder train too, at ``encoder_lr_scale`` x the learning rate of the new parts
 (separate AdamW parameter groups). Validation after every epoch; checkpoints record the phase and
-the trainable parameters, and ``--resume`` restores everything, also across the phase boundary.
+the trainable parameters, and ``--resume`` restores everything, also across the phase boundary
+(``resume``: what a resumed run checks and tidies first).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from mvmae.train.config import config_to_dict, save_resolved_config
 from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, in_lockstep, init_distributed, wrap_ddp
 from mvmae.train.logs import MetricLogger
 from mvmae.train.model import ClassifierConfig, MVMAEClassifier, top_blocks
+from mvmae.train.resume import ResumeError, check_steps_per_epoch, open_run_folder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
 from mvmae.train.tokenizer import TokenSpec
+from mvmae.train.writes import writing
 
 log = logging.getLogger(__name__)
 
@@ -193,13 +196,18 @@ class Finetuner:
                               find_unused_parameters=True)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.manager = ckpt.CheckpointManager(self.out, cfg.keep_last, cfg.best_metric, "max")
-        self.logger = MetricLogger(self.out, is_main=self.dist.is_main)
+        # Checked before anything is written, tidied before the logger appends.
+        state, self._lock = open_run_folder(self.manager, cfg.resume, config_to_dict(cfg), self.device,
+                                            self.dist.is_main)
+        self.logger = MetricLogger(self.out, is_main=self.dist.is_main,
+                                   purge_step=state[ckpt.STEP] + 1 if state else 0)
         self.epoch, self.step = 0, 0
         self.steps_per_epoch = cfg.steps_per_epoch or self._count_steps()
-        if cfg.resume and self.manager.last_path.exists():
-            self._resume()
+        if state is not None:
+            self._resume(state)
         if self.dist.is_main:
-            save_resolved_config(cfg, self.out / "config.yaml")
+            with writing(self.out / "config.yaml", "resolved config"):
+                save_resolved_config(cfg, self.out / "config.yaml")
 
     def _make_ema(self):
         if not self.cfg.ema:
@@ -237,13 +245,18 @@ class Finetuner:
 
     def _state(self, phase: int, trainable: list[str]) -> dict:
         return {ckpt.MODEL: self.raw_model.state_dict(), ckpt.OPTIMIZER: self.optimizer.state_dict(),
-                ckpt.STEP: self.step, ckpt.RNG: ckpt.capture_rng_state(), ckpt.PHASE: phase,
+                ckpt.STEP: self.step, ckpt.STEPS_PER_EPOCH: self.steps_per_epoch,
+                ckpt.RNG: ckpt.capture_rng_state(), ckpt.PHASE: phase,
                 ckpt.TRAINABLE: trainable, ckpt.CONFIG: config_to_dict(self.cfg),
                 ckpt.EXTRA: {"kind": "classifier", "classes": self.classes,
                              "ema": self.ema.module.state_dict() if self.ema else None}}
 
-    def _resume(self) -> None:
-        state = ckpt.load_checkpoint(self.manager.last_path, map_location=self.device)
+    def _resume(self, state: dict) -> None:
+        check_steps_per_epoch(state, self.steps_per_epoch, self.manager.last_path)
+        saved_classes = (state.get(ckpt.EXTRA) or {}).get("classes")
+        if saved_classes is not None and saved_classes != self.classes:
+            raise ResumeError(f"{self.manager.last_path}: the saved run has classes {saved_classes}, "
+                              f"this one {self.classes}: start a new run")
         self.raw_model.load_state_dict(state[ckpt.MODEL])
         self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
         if self.ema is not None and state[ckpt.EXTRA].get("ema"):
@@ -260,23 +273,27 @@ class Finetuner:
 
     def run(self) -> dict:
         metrics: dict = {}
-        for epoch in range(self.epoch, self.cfg.epochs):
-            phase = self.cfg.phase(epoch)
-            self.raw_model.train()
-            trainable = set_phase(self.raw_model, phase, self.cfg.unfreeze_blocks)
-            train = self.train_epoch(epoch, phase)
-            metrics = self.validate(epoch) if self.cfg.val else {}
-            self.logger.log(train, step=self.step, epoch=epoch, phase=phase, split="train")
-            if metrics:
-                self.logger.log(metrics, step=self.step, epoch=epoch, phase=phase, split="val")
-            if self.dist.is_main:
-                self.manager.save(self._state(phase, trainable), epoch,
-                                  metrics if self.cfg.best_metric in metrics else None)
-        self.logger.close()
-        # Leave the process group only once rank 0 has written its last checkpoint: a rank that
-        # exits first can abort in the gloo teardown, and torchrun then kills rank 0 mid-save.
-        barrier()
-        cleanup()
+        try:
+            with self.logger:
+                for epoch in range(self.epoch, self.cfg.epochs):
+                    phase = self.cfg.phase(epoch)
+                    self.raw_model.train()
+                    trainable = set_phase(self.raw_model, phase, self.cfg.unfreeze_blocks)
+                    train = self.train_epoch(epoch, phase)
+                    metrics = self.validate(epoch) if self.cfg.val else {}
+                    self.logger.log(train, step=self.step, epoch=epoch, phase=phase, split="train")
+                    if metrics:
+                        self.logger.log(metrics, step=self.step, epoch=epoch, phase=phase, split="val")
+                    if self.dist.is_main:
+                        self.manager.save(self._state(phase, trainable), epoch,
+                                          metrics if self.cfg.best_metric in metrics else None)
+            # Leave the process group only once rank 0 has written its last checkpoint: a rank that
+            # exits first can abort in the gloo teardown, and torchrun then kills rank 0 mid-save.
+            barrier()
+            cleanup()
+        finally:  # also when training fails, so a trainer built again here may lock it
+            if self._lock is not None:
+                self._lock.close()
         return metrics
 
     def train_epoch(self, epoch: int, phase: int) -> dict:

@@ -4,17 +4,19 @@ MAE-style: the encoder sees the visible motion tokens chosen by a masking strate
 decoder predicts the codebook id of every masked token (cross-entropy; or regresses the
 normalised token vector with ``predict='vectors'``). Streams clips from shards; AdamW with warmup
 then cosine; bf16 autocast on CUDA; gradient accumulation; DDP under torchrun; atomic checkpoints
-with everything ``--resume`` needs.
+with everything ``--resume`` needs (``resume``: what a resumed run checks and tidies first).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +28,10 @@ from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, in_lockst
 from mvmae.train.logs import MetricLogger
 from mvmae.train.masking import build_masking
 from mvmae.train.motion_encoder import MaskedMotionModel, MotionDecoderConfig, motion_encoder_config
+from mvmae.train.resume import check_steps_per_epoch, open_run_folder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
 from mvmae.train.tokenizer import TokenSpec, tokenize
+from mvmae.train.writes import writing
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +136,9 @@ class Pretrainer:
         if not self.book.token_spec:
             raise ValueError(f"{cfg.codebook}: codebook has no token spec (rebuild it with mvmae codebook)")
         self.spec = TokenSpec(**self.book.token_spec)
+        # Every global RNG, so that two runs of one config save identical checkpoints.
+        random.seed(cfg.seed + self.dist.rank)
+        np.random.seed(cfg.seed + self.dist.rank)
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.device = self.dist.device
         model = build_model(cfg, self.spec, self.book.size).to(self.device)
@@ -141,13 +148,18 @@ class Pretrainer:
         self.amp = cfg.amp and self.device.type == "cuda"
         self.manager = ckpt.CheckpointManager(self.out, keep_last_n=cfg.keep_last, best_metric="loss",
                                               mode="min")
-        self.logger = MetricLogger(self.out, is_main=self.dist.is_main)
+        # Checked before anything is written, tidied before the logger appends.
+        state, self._lock = open_run_folder(self.manager, cfg.resume, config_to_dict(cfg), self.device,
+                                            self.dist.is_main)
+        self.logger = MetricLogger(self.out, is_main=self.dist.is_main,
+                                   purge_step=state[ckpt.STEP] + 1 if state else 0)
         self.epoch, self.step = 0, 0
         self.steps_per_epoch = cfg.steps_per_epoch or self._count_steps()
-        if cfg.resume and self.manager.last_path.exists():
-            self._resume()
+        if state is not None:
+            self._resume(state)
         if self.dist.is_main:
-            save_resolved_config(cfg, self.out / "config.yaml")
+            with writing(self.out / "config.yaml", "resolved config"):
+                save_resolved_config(cfg, self.out / "config.yaml")
 
     def _masking_options(self) -> dict:
         options = dict(self.cfg.masking_options)
@@ -178,8 +190,8 @@ class Pretrainer:
                              f"{self.cfg.train}: fewer than accum_steps={self.cfg.accum_steps}")
         return batches // self.cfg.accum_steps
 
-    def _resume(self) -> None:
-        state = ckpt.load_checkpoint(self.manager.last_path, map_location=self.device)
+    def _resume(self, state: dict) -> None:
+        check_steps_per_epoch(state, self.steps_per_epoch, self.manager.last_path)
         unwrap_model(self.model).load_state_dict(state[ckpt.MODEL])
         self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
         self.manager.restore(state)
@@ -191,22 +203,25 @@ class Pretrainer:
         """Train from the current epoch to ``cfg.epochs``; returns the last epoch's metrics."""
         metrics: dict = {}
         try:
-            for epoch in range(self.epoch, self.cfg.epochs):
-                metrics = self.train_epoch(epoch)
-                if self.dist.is_main:
-                    self.manager.save(self._state(), epoch, metrics)
-        finally:
-            self.logger.close()
-        # Leave the process group only once rank 0 has written its last checkpoint: a rank that
-        # exits with the group alive can abort in the gloo teardown ("terminate called without
-        # an active exception"), and torchrun then kills rank 0, possibly mid-save.
-        barrier()
-        cleanup()
+            with self.logger:
+                for epoch in range(self.epoch, self.cfg.epochs):
+                    metrics = self.train_epoch(epoch)
+                    if self.dist.is_main:
+                        self.manager.save(self._state(), epoch, metrics)
+            # Leave the process group only once rank 0 has written its last checkpoint: a rank that
+            # exits with the group alive can abort in the gloo teardown ("terminate called without
+            # an active exception"), and torchrun then kills rank 0, possibly mid-save.
+            barrier()
+            cleanup()
+        finally:  # also when training fails, so a trainer built again here may lock it
+            if self._lock is not None:
+                self._lock.close()
         return metrics
 
     def _state(self) -> dict:
         return {ckpt.MODEL: unwrap_model(self.model).state_dict(),
                 ckpt.OPTIMIZER: self.optimizer.state_dict(), ckpt.STEP: self.step,
+                ckpt.STEPS_PER_EPOCH: self.steps_per_epoch,
                 ckpt.RNG: ckpt.capture_rng_state(), ckpt.CONFIG: config_to_dict(self.cfg),
                 ckpt.EXTRA: {"kind": "pretrain", "token_spec": self.spec.to_dict(),
                              "codebook_size": self.book.size}}

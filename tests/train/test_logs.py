@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import threading
 import sys
 
 import pytest
 import torch
 
-from mvmae.train.logs import METRICS_FILE, TENSORBOARD_DIR, MetricLogger
+from mvmae.train.logs import METRICS_FILE, TENSORBOARD_DIR, MetricLogger, truncate_records
 
 
 def _lines(path) -> list[dict]:
@@ -74,3 +76,36 @@ def test_bad_metrics_are_rejected(tmp_path, metrics, error):
     with MetricLogger(tmp_path, use_tensorboard=False, is_main=True) as logger:
         with pytest.raises(error):
             logger.log(metrics, step=0)
+
+
+def test_truncate_records_keeps_checkpointed_epochs_byte_for_byte(tmp_path):
+    path = tmp_path / METRICS_FILE
+    kept = b'{"step": 3, "epoch": 0, "loss": 1.25, "time": 1.5}\n{"step": 3, "epoch": 0, "split": "val"}\n'
+    path.write_bytes(kept + b'{"step": 6, "epoch": 1, "loss": 1.0}\n{"step": 7, "epo')
+    assert truncate_records(path, last_epoch=0) == 2
+    assert path.read_bytes() == kept
+    inode = path.stat().st_ino
+    assert truncate_records(path, last_epoch=0) == 0 and path.stat().st_ino == inode  # not rewritten
+    assert truncate_records(path, last_epoch=None) == 2 and path.read_bytes() == b""
+    assert truncate_records(tmp_path / "missing.jsonl", last_epoch=3) == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_failed_tensorboard_writes_warn_and_metrics_go_on(tmp_path, caplog):
+    """TensorBoard only mirrors metrics.jsonl: when its folder becomes unusable (here replaced by
+    a file, so its writer thread fails to open the event file) the logger warns once, stops
+    mirroring and keeps writing records."""
+    threads = set(threading.enumerate())
+    with caplog.at_level(logging.WARNING, logger="mvmae.train.logs"):
+        with MetricLogger(tmp_path, use_tensorboard=True, is_main=True) as logger:
+            logger.log({"loss": 1.0}, step=0)
+            logger.flush()
+            shutil.rmtree(tmp_path / TENSORBOARD_DIR)
+            (tmp_path / TENSORBOARD_DIR).write_text("not a folder")
+            for step in range(1, 4):
+                logger.log({"loss": 1.0 / (step + 1)}, step=step)
+                logger.flush()
+    for thread in set(threading.enumerate()) - threads:  # the failed writer ends within this test
+        thread.join(timeout=5)
+    assert caplog.text.count("TensorBoard is off for the rest of the run") == 1
+    assert [r["step"] for r in _lines(tmp_path / METRICS_FILE)] == [0, 1, 2, 3]

@@ -232,6 +232,37 @@ def test_extending_a_finished_run_replans_the_lr_schedule(extended, uninterrupte
     assert extended_epochs[-1]["loss"] != pytest.approx(reference[-1]["loss"], rel=1e-4)
 
 
+def test_a_fresh_run_over_an_earlier_one_is_refused(pretrain, uninterrupted):
+    """Without --resume, a run in a folder that holds last.pt would restart the schedule and
+    overwrite it: refused, nothing touched."""
+    before = {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()}
+    result = pretrain(uninterrupted, "--masking", "mgm", "--epochs", "3")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: ResumeError: {uninterrupted / 'last.pt'}: an earlier run's checkpoint is there; pass "
+        f"--resume to continue it, or choose another --out for a new run")
+    assert {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()} == before
+
+
+def test_resume_on_shards_with_other_steps_per_epoch_is_refused(pretrain, synth_shards, synth_codebook,
+                                                                run_yaml, cli_runner, tmp_path):
+    """Two of the three train shards instead of all: a moved dataset is only reported, but 2
+    steps per epoch instead of 3 would shift the step-indexed LR schedule: refused."""
+    from mvmae.cli import main
+
+    out = tmp_path / "run"
+    ok(pretrain(out, "--masking", "random", "--epochs", "1", "--warmup-epochs", "0"))
+    fewer = synth_shards["train"].replace("000002}", "000001}")
+    result = cli_runner.invoke(main, [
+        "-v", "pretrain", "--config", str(run_yaml), "--train", fewer, "--codebook", str(synth_codebook),
+        "--out", str(out), "--masking", "random", "--epochs", "2", "--warmup-epochs", "0", "--resume"])
+    assert result.exit_code == 1
+    assert f"resuming with train ['{fewer}'] instead of" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: ResumeError: {out / 'last.pt'}: the saved run had 3 steps per epoch, the shards now "
+        f"give 2: resuming would shift the schedule; start a new run")
+
+
 # --- other modes and failures -------------------------------------------------------------------
 
 
@@ -285,7 +316,7 @@ def test_torchrun_two_processes(synth_shards, synth_codebook, run_yaml, tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("pretraining done") == 2  # both ranks finished
     # One set of checkpoints and logs, written by rank 0 only.
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+    assert sorted(p.name for p in out.iterdir() if p.is_file() and p.name != ".lock") == [
         "best.pt", "config.yaml", "epoch_0000.pt", "last.pt", "metrics.jsonl"]
     (record,) = read_metrics(out)
     assert record["epoch"] == 0 and math.isfinite(record["loss"])

@@ -1,0 +1,188 @@
+"""Starting a run in its output folder: fresh, or resumed from ``last.pt``, after whatever a
+killed or failed run left there.
+
+Read before anything is written (every rank): ``load_resume_state`` refuses to start afresh over
+an earlier run's ``last.pt`` (that would silently restart its schedule), and refuses to resume it
+with a configuration that changes its course (``check_resume_config``). Then the main rank locks
+the folder against a second run writing there at the same time (``lock_folder``: a kill releases
+the lock) and tidies it (``prepare_folder``): temporary files of interrupted writes go, the
+copies of the last save are completed, and ``metrics.jsonl`` loses the records the run is about
+to write again (epochs after the checkpoint, a line torn by a kill).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from mvmae.train import checkpoint as ckpt
+from mvmae.train.logs import METRICS_FILE, truncate_records
+from mvmae.train.writes import writing
+
+log = logging.getLogger(__name__)
+
+# Fields a resumed run may change: where and how fast it runs, and how patiently it reads its
+# shards (a run that stalled may come back with longer timeouts), not what it computes. A name
+# also frees the fields nested under it.
+FREE_FIELDS = frozenset({"resume", "out", "workers", "log_every", "keep_last", "val_batch_size",
+                         "compile", "deterministic", "read", "loader_timeout_s"})
+# Where the inputs are: a moved dataset keeps its content, so a change is only reported.
+PATH_FIELDS = frozenset({"train", "val", "codebook", "classes", "pretrained", "init",
+                         "model.context_weights"})
+# Temporary names of the atomic writes: ``.NAME.XXXX.tmp`` (checkpoints), ``.NAME.PID.tmp``
+# (checkpoint copies), ``.NAME.tmp-PID`` (config.yaml, metrics.jsonl rewrites).
+_TEMPORARY = re.compile(r"^\..+\.(tmp|tmp-\d+)$")
+LOCK_NAME = ".lock"
+
+
+class ResumeError(ValueError):
+    """The run cannot start or resume in its output folder as asked (names the checkpoint)."""
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _is_free(key: str) -> bool:
+    return any(key == name or key.startswith(f"{name}.") for name in FREE_FIELDS)
+
+
+def check_resume_config(state: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
+    """Refuse (``ResumeError``) to continue checkpoint ``state`` with configuration ``current``
+    (``config_to_dict`` of the new run) when a field that shapes training differs: model, data
+    augmentation, optimizer, schedule, seed. ``epochs`` may grow only once the saved run has
+    finished (an extension, which replans the LR schedule); moved inputs are logged. Fields on
+    one side only (added or removed by another mvmae version) are not compared."""
+    saved, now = _flatten(state.get(ckpt.CONFIG) or {}), _flatten(current)
+    changed = {k: (saved[k], now[k]) for k in sorted(saved.keys() & now.keys())
+               if not _is_free(k) and saved[k] != now[k]}
+    for key in PATH_FIELDS & changed.keys():
+        old, new = changed.pop(key)
+        log.warning(f"{path}: resuming with {key} {new!r} instead of {old!r} "
+                    f"(assumed to hold the same data)")
+    if "epochs" in changed:
+        old, new = changed["epochs"]
+        if state[ckpt.EPOCH] == old - 1:  # the saved run finished: this extends it
+            changed.pop("epochs")
+            log.warning(f"{path}: extending a finished {old}-epoch run to {new} epochs; the learning-rate "
+                        f"schedule is replanned over {new} epochs from here")
+    if changed:
+        diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ResumeError(f"{path}: cannot resume with a different configuration ({diff}): a resumed run "
+                          f"continues the saved schedule; rerun with the saved values (see config.yaml "
+                          f"beside it) or start a new run in another --out")
+
+
+def load_resume_state(manager: ckpt.CheckpointManager, resume: bool, current: Mapping[str, Any],
+                      device: Any = "cpu") -> dict[str, Any] | None:
+    """The checkpoint to continue (``last.pt``, its config checked against ``current``), or None
+    to start afresh: not resuming, or resuming where no checkpoint was written yet (a run killed
+    before its first save). Raises ``ResumeError`` when not resuming over an existing ``last.pt``."""
+    path = manager.last_path
+    if not resume:
+        if path.exists():
+            raise ResumeError(f"{path}: an earlier run's checkpoint is there; pass --resume to continue "
+                              f"it, or choose another --out for a new run")
+        return None
+    if not path.exists():
+        log.info(f"--resume: no checkpoint in {manager.out_dir} yet; starting from the beginning")
+        return None
+    state = ckpt.load_checkpoint(path, map_location=device)
+    check_resume_config(state, current, path)
+    return state
+
+
+def check_steps_per_epoch(state: Mapping[str, Any], steps_per_epoch: int, path: Path) -> None:
+    """Refuse a resume whose epochs hold a different number of steps than the saved run's (the
+    shards changed): the LR schedule, a function of the step, would no longer line up."""
+    saved = state.get(ckpt.STEPS_PER_EPOCH)
+    if saved is not None and saved != steps_per_epoch:
+        raise ResumeError(f"{path}: the saved run had {saved} steps per epoch, the shards now give "
+                          f"{steps_per_epoch}: resuming would shift the schedule; start a new run")
+
+
+def lock_folder(out_dir: Path):
+    """Create ``out_dir`` and hold an exclusive ``flock`` on ``out_dir/.lock`` for as long as the
+    returned file stays open (the process's death releases it, so a killed run leaves no stale
+    lock); None when this very process holds it already (a trainer built again in a notebook
+    after a failed one) or the filesystem cannot lock. Raises ``ResumeError`` when another
+    process holds it: two runs writing one folder would interleave checkpoints and records."""
+    path = out_dir / LOCK_NAME
+    with writing(out_dir, "output folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            log.warning(f"{path}: cannot lock ({exc.strerror}); make sure no other run writes in {out_dir}")
+        elif holder != str(os.getpid()):
+            raise ResumeError(f"{out_dir}: another run (pid {holder}) is writing there; stop it first, "
+                              f"or choose another --out") from exc
+        return None
+    with writing(path, "lock file"):
+        fh.truncate(0)
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+    return fh
+
+
+def open_run_folder(manager: ckpt.CheckpointManager, resume: bool, current: Mapping[str, Any],
+                    device: Any, is_main: bool):
+    """Everything a trainer does with its folder before training: ``load_resume_state`` (every
+    rank), then on the main rank ``lock_folder`` and ``prepare_folder``. Returns (the state to
+    resume or None, the lock to close when the run ends or None)."""
+    state = load_resume_state(manager, resume, current, device)
+    if not is_main:
+        return state, None
+    lock = lock_folder(manager.out_dir)
+    try:
+        prepare_folder(manager, state)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    return state, lock
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes in ``out_dir`` (never a final
+    name). Only call it when no other process writes there (the main rank, at start)."""
+    if not out_dir.is_dir():
+        return []
+    stale = [p for p in out_dir.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+    for path in stale:
+        with writing(path, "temporary file"):
+            path.unlink(missing_ok=True)
+    if stale:
+        log.info(f"removed {len(stale)} temporary file(s) of interrupted writes in {out_dir}")
+    return stale
+
+
+def prepare_folder(manager: ckpt.CheckpointManager, state: Mapping[str, Any] | None) -> None:
+    """Main rank, before the first write: tidy ``manager.out_dir`` for a run that starts afresh
+    (``state`` None) or continues ``state``: stale temporaries removed, the last save's copies
+    completed, and ``metrics.jsonl`` cut back to the records of the checkpointed epochs."""
+    out = manager.out_dir
+    remove_stale_temporaries(out)
+    if state is not None:
+        manager.restore(state)
+        manager.complete(state)
+    dropped = truncate_records(out / METRICS_FILE, state[ckpt.EPOCH] if state is not None else None)
+    if dropped:
+        log.info(f"{out / METRICS_FILE}: dropped {dropped} record(s) written after the checkpoint "
+                 f"(they are written again)")

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Exception], bool]
 BLOCK = 512  # tar block size
 REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+GNU_TYPES = tuple(tarfile.GNU_TYPES)  # header types whose prefix field means something else
 DECOMPRESSORS = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
                  (b"BZh", lambda f: bz2.BZ2File(f, "rb")), (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f, "rb")))
 DAMAGE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # from a decompressor
@@ -145,6 +146,32 @@ def _pax_fields(data: bytes) -> dict[str, str]:
     return {k: v for k, v in fields.items() if k in ("path", "size")}
 
 
+def _ustar_header(block: bytes) -> tuple[str, int, bytes] | None:
+    """(name, size, type) of a POSIX ustar header block whose checksum holds (what mvmae and
+    most tools write), parsed in a few microseconds; None for anything else (GNU or v7 headers,
+    base-256 sizes, a bad checksum), which ``tarfile.TarInfo.frombuf`` then parses or refuses
+    with its reason. The same fields as frombuf's for the blocks it accepts (tests compare)."""
+    if block[257:265] != b"ustar\x0000":
+        return None
+    try:
+        size = int(block[124:136].split(b"\0", 1)[0] or b"0", 8)
+        checksum = int(block[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    if checksum != sum(block) - sum(block[148:156]) + 8 * 32:  # the checksum field counts as spaces
+        return None
+    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    kind = block[156:157]
+    if kind == tarfile.AREGTYPE and name.endswith("/"):
+        kind = tarfile.DIRTYPE
+    if kind == tarfile.DIRTYPE:
+        name = name.rstrip("/")
+    prefix = block[345:500].split(b"\0", 1)[0]
+    if prefix and kind not in GNU_TYPES:
+        name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
+    return name, size, kind
+
+
 def _tar_members(tar: _Counted) -> Iterator[tuple[str, bytes]]:
     """(name, data) of each regular member of an uncompressed tar stream, in order.
 
@@ -166,22 +193,25 @@ def _tar_members(tar: _Counted) -> Iterator[tuple[str, bytes]]:
         if not any(block):
             _check_end(tar, offset, member)
             return
-        try:
-            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            raise _TarDamage(f"invalid tar header at byte {offset} ({exc}){_after(member)}") from None
-        name, size = pending.get("path", info.name), int(pending.get("size", info.size))
+        header = _ustar_header(block)
+        if header is None:  # not a plain ustar header, or a bad checksum: tarfile decides
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as exc:
+                raise _TarDamage(f"invalid tar header at byte {offset} ({exc}){_after(member)}") from None
+            header = info.name, info.size, info.type
+        name, size = pending.get("path", header[0]), int(pending.get("size", header[1]))
         data = tar.read(size)
         if len(data) < size:
             raise _TarDamage(f"truncated tar: the data of member {name} ends {size - len(data)} bytes short")
         tar.read(-size % BLOCK)  # padding to whole blocks (a cut here shows at the next header)
-        if info.type == tarfile.XHDTYPE:
+        if header[2] == tarfile.XHDTYPE:
             pending = _pax_fields(data)
-        elif info.type == tarfile.GNUTYPE_LONGNAME:
+        elif header[2] == tarfile.GNUTYPE_LONGNAME:
             pending = {**pending, "path": data.rstrip(b"\0").decode("utf-8", "surrogateescape")}
         else:
             pending, member = {}, name
-            if info.type in REGULAR:
+            if header[2] in REGULAR:
                 yield name, data
 
 

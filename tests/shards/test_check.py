@@ -258,40 +258,67 @@ def test_workers_2_gives_the_same_report(check_list, classes_json) -> None:
     assert two.summary["config"]["workers"] == 2
 
 
-def _kill_workers(killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL (as the OOM killer does) one of the 2 workers of the parallel pool once both exist,
-    then the first worker started after that (the one-at-a-time retry's)."""
-    spared: set[int] = set()
-    while len(killed) < 2 and not stop.is_set():
-        pids = [c.pid for c in multiprocessing.active_children() if c.pid not in spared]
-        if (len(pids) >= 2 if not killed else pids):
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append(pids[0])
-            spared.update(pids)
+def remux_repeated(src: Path, dst: Path, times: int) -> Path:
+    """``src``'s packets muxed ``times`` times back to back: a long, valid video made in a blink
+    whose probe (every packet demuxed, slice headers parsed) takes a while."""
+    with av.open(str(src)) as inp:
+        template = inp.streams.video[0]
+        packets = [p for p in inp.demux(template) if p.size]
+        step = max(p.pts for p in packets) + 1000
+        with av.open(str(dst), "w") as out:
+            stream = out.add_stream_from_template(template)
+            for k in range(times):
+                for p in packets:
+                    q = av.Packet(bytes(p))
+                    q.pts, q.dts, q.time_base, q.is_keyframe = p.pts + k * step, p.dts + k * step, p.time_base, p.is_keyframe
+                    q.stream = stream
+                    out.mux(q)
+    return dst
+
+
+def _kill_probers_of(path: Path, times: int, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL (as the OOM killer would) each worker process seen with ``path`` open, ``times``
+    times: what a file whose probe crashes FFmpeg does to the worker probing it."""
+    target = str(path.resolve())
+    while len(killed) < times and not stop.is_set():
+        for child in multiprocessing.active_children():
+            try:
+                fds = os.listdir(f"/proc/{child.pid}/fd")
+                held = any(os.readlink(f"/proc/{child.pid}/fd/{fd}") == target for fd in fds)
+            except OSError:  # the process or one of its descriptors went away meanwhile
+                continue
+            if held and child.pid not in killed:
+                os.kill(child.pid, signal.SIGKILL)
+                killed.append(child.pid)
         time.sleep(0.002)
 
 
-def test_a_dead_worker_loses_no_other_file(check_list, classes_json) -> None:
-    """Kill a worker of the parallel pool, then the first worker of the one-at-a-time retry: every
-    file but the one that second worker held is reported as in a run without kills; that one is
+def test_a_dead_worker_loses_no_other_file(check_media, tmp_path) -> None:
+    """The worker probing one file is killed in the parallel pool, then again in the
+    one-at-a-time retry: every other file is reported as in a run without kills; that one is
     'unreadable', with the reason."""
-    expected = check_dataset(CheckConfig(input=check_list, classes=classes_json))
+    slow = remux_repeated(check_media["good_c"], tmp_path / "long.mp4", 1500)
+    files = {**check_media, "long": slow}
+    cases = [c for c in CASES if c[0] in ("good_a", "good_b", "good_d", "truncated", "odd_size")]
+    listing = write_list(tmp_path / "list.txt", files, cases[:2] + [("long", "run", [], [])] + cases[2:])
+    expected = check_dataset(CheckConfig(input=listing))
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_workers, args=(killed, stop), daemon=True)
+    killer = threading.Thread(target=_kill_probers_of, args=(slow, 2, killed, stop), daemon=True)
     killer.start()
     try:
-        report = check_dataset(CheckConfig(input=check_list, classes=classes_json, workers=2))
+        report = check_dataset(CheckConfig(input=listing, workers=2))
     finally:
         stop.set()
         killer.join()
     assert len(killed) == 2
-    crashed = [i for i, v in enumerate(report.videos) if v != expected.videos[i]]
-    assert len(crashed) in (1, 2)  # a file listed twice under one path is probed once
-    for i in crashed:
-        assert report.videos[i]["codes"][0] == "unreadable"
-        assert "probing process died" in report.videos[i]["problems"][0]["message"]
-        assert report.videos[i]["path"] == report.videos[crashed[0]]["path"]
+    assert [v["path"] for v in report.videos] == [v["path"] for v in expected.videos]
+    for got, want in zip(report.videos, expected.videos):
+        if got["path"] == str(slow):
+            assert got["codes"] == ["unreadable"]
+            assert "probing process died" in got["problems"][0]["message"]
+        else:
+            assert got == want
 
 
 def test_progress_counts_each_file_once(check_list) -> None:

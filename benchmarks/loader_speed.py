@@ -24,9 +24,15 @@ I-frame pixels and field resampling, the reader's torch I-frame resize):
   the raw vectors: no reference resolution, so this is *cheaper* than what the shards hold), take
   the decoded I-frame nearest the clip centre as RGB, then crop/resample/resize as above. Only
   the I-frames decoded anyway are used (no extra decoding to reach a nearer one).
+* **shards, motion only**: the same pipeline with ``num_iframes=0`` (no JPEG decoded), as
+  pretraining, ``mvmae codebook`` and ``mvmae train --inputs mv`` read; a third row for
+  information, with no target (its ratio is to the same on-the-fly loader, which still converts
+  an I-frame to RGB: about 1 ms of its time per clip).
 
 Timed in ``--rounds`` interleaved rounds (each: ``--epochs-per-round`` epochs of the reader, one
-clip per video on the fly); the table gives the median of the per-round rates, by this process's
+clip per video on the fly; the default 16 epochs make the two timed intervals about as long,
+0.3-0.4 s each, so the slower first epoch after the other loader's round, with its caches cold,
+weighs alike on both); the table gives the median of the per-round rates, by this process's
 CPU time (the verdict: the machine may be shared, and other processes' turns on the pinned core
 stretch the wall clock of either loader at random) and by the wall clock. Also reported:
 bytes of shards versus the source mp4s per second of video, and the peak RSS (VmHWM) and private
@@ -37,6 +43,7 @@ for ``--worker-batches`` batches. Timings are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import platform
@@ -215,11 +222,14 @@ def measure(videos: list[Path], urls: str, clip: ClipConfig, rounds: int, epochs
     shared, and other processes' turns on this core inflate the wall clock of both loaders)."""
     reader_epochs(urls, clip, 10_000, 1)  # warm-up: imports, numba cache, page cache
     on_the_fly_round(videos[:2], clip, np.random.default_rng(0))
-    rates: dict[str, dict[str, list[float]]] = {"wall": {"shards": [], "fly": []}, "cpu": {"shards": [], "fly": []}}
+    motion_only = dataclasses.replace(clip, num_iframes=0)
+    rates: dict[str, dict[str, list[float]]] = {kind: {"shards": [], "shards_mv": [], "fly": []}
+                                                for kind in ("wall", "cpu")}
     for r in range(rounds):
         order = [("shards", lambda: reader_epochs(urls, clip, r * epochs_per_round, epochs_per_round)),
+                 ("shards_mv", lambda: reader_epochs(urls, motion_only, r * epochs_per_round, epochs_per_round)),
                  ("fly", lambda: on_the_fly_round(videos, clip, np.random.default_rng(r)))]
-        for name, run in order[r % 2:] + order[:r % 2]:
+        for name, run in order[r % 3:] + order[:r % 3]:
             gc.collect()
             t0, c0 = time.perf_counter(), time.process_time()
             n = run()
@@ -258,7 +268,8 @@ def worker_memory(urls: str, clip: ClipConfig, num_batches: int) -> dict:
 
 
 def speed_rows(r: dict) -> list[str]:
-    """The two table rows (shards, on the fly) of one data set; the verdict is on CPU time."""
+    """The table rows (shards, on the fly, shards without I-frames) of one data set; the verdict
+    is on CPU time, for the default clips (one I-frame)."""
     cpu = {k: statistics.median(v) for k, v in r["rates"]["cpu"].items()}
     wall = {k: statistics.median(v) for k, v in r["rates"]["wall"].items()}
     ratio, wall_ratio = cpu["shards"] / cpu["fly"], wall["shards"] / wall["fly"]
@@ -270,6 +281,9 @@ def speed_rows(r: dict) -> list[str]:
         f"{wall_ratio:.1f}x | >= {TARGET_SPEED_RATIO:.0f}x: {ok} |",
         f"| {r['label']} | on the fly: PyAV seek + decode + export_mvs + rasterise + I-frame RGB | "
         f"{cpu['fly']:,.1f} | {1000 / cpu['fly']:.2f} | 1.0x | {wall['fly']:,.1f} | 1.0x | |",
+        f"| {r['label']} | shards, motion only (K=0: pretraining, codebook, `--inputs mv`) | "
+        f"{cpu['shards_mv']:,.1f} | {1000 / cpu['shards_mv']:.2f} | {cpu['shards_mv'] / cpu['fly']:.1f}x | "
+        f"{wall['shards_mv']:,.1f} | {wall['shards_mv'] / wall['fly']:.1f}x | (no target) |",
     ]
 
 
@@ -321,7 +335,8 @@ def report(results: list[dict], seconds: float, memory: dict | None, cpu: int,
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (default 5)")
-    p.add_argument("--epochs-per-round", type=int, default=4, help="reader epochs per round (default 4)")
+    p.add_argument("--epochs-per-round", type=int, default=16,
+                   help="reader epochs per round (default 16: as long as an on-the-fly round)")
     p.add_argument("--num-videos", type=int, default=16)
     p.add_argument("--seconds", type=float, default=8.0, help="length of each generated clip (default 8)")
     p.add_argument("--worker-batches", type=int, default=100, help="batches for the worker memory run")

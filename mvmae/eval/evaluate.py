@@ -43,9 +43,10 @@ class EvalConfig:
             raise ValueError(f"clips must be >= 1 and crops in 1..{len(CROPS)}")
 
 
-def _clip_config(spec, segments: int, clips: int, crop: str) -> ClipConfig:
+def _clip_config(spec, segments: int, clips: int, crop: str, with_iframes: bool = True) -> ClipConfig:
     return ClipConfig(num_frames=spec.num_frames * segments, stride=spec.stride,
-                      mode="multi" if clips > 1 else "center", num_clips=clips, num_iframes=segments,
+                      mode="multi" if clips > 1 else "center", num_clips=clips,
+                      num_iframes=segments if with_iframes else 0,
                       mv_size=spec.mv_size, iframe_size=spec.iframe_size, eval_crop=crop)
 
 
@@ -61,7 +62,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     single = ViewAggregator(num_classes)
     multi = ViewAggregator(num_classes)
     for crop in CROPS[: cfg.crops]:
-        clip = _clip_config(train_cfg.tokens, segments, cfg.clips, crop)
+        clip = _clip_config(train_cfg.tokens, segments, cfg.clips, crop, train_cfg.model.inputs != "mv")
         loader = make_loader(build_eval_pipeline(cfg.data, clip, cfg.batch_size), cfg.workers)
         for batch in tqdm(loader, desc=f"eval ({crop} crop)", unit="batch", leave=False):
             logits = model(*(batch[k].to(device) for k in ("mv", "valid", "iframes"))).float().cpu()

@@ -48,7 +48,9 @@ class ClipConfig:
     is ``loop``-ed (frame indices wrap around, every clip frame real) or ``pad``-ded (frames past
     the end have mv 0, valid False and frame index -1); its clips all start at frame 0.
     num_iframes: K I-frames per clip, the nearest to the clip centre by display index (ties: the
-    earlier one), in display order; a sample with fewer repeats its nearest ones.
+    earlier one), in display order; a sample with fewer repeats its nearest ones. 0: no I-frame
+    is decoded (motion-only training: pretraining, the codebook, ``--inputs mv``); the random
+    draws and so the fields are the same as with K > 0.
     iframe_size: output I-frames are H = W = iframe_size px. mv_size: output fields are h = w =
     mv_size cells; the defaults (224 px, 14 cells) put one cell on each 16x16-px patch of a
     ViT-B/16 input. min_valid_ratio: an output cell is valid when at least this fraction of its
@@ -75,9 +77,11 @@ class ClipConfig:
     eval_crop: str = "center"
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "stride", "num_clips", "num_iframes", "iframe_size", "mv_size"):
+        for name in ("num_frames", "stride", "num_clips", "iframe_size", "mv_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_iframes < 0:
+            raise ValueError(f"num_iframes must be >= 0, got {self.num_iframes}")
         if self.mode not in CLIP_MODES:
             raise ValueError(f"mode must be one of {CLIP_MODES}, got {self.mode!r}")
         if self.mode != "multi" and self.num_clips != 1:
@@ -264,7 +268,7 @@ def plan_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator 
     """Draw a sample's clips (``rng`` is needed in ``train`` mode: start, crop, flip)."""
     if config.mode == "train" and rng is None:
         raise ValueError("train clips need a random generator")
-    if len(source.iframe_index) == 0 or source.num_frames == 0:
+    if (config.num_iframes and len(source.iframe_index) == 0) or source.num_frames == 0:
         raise SampleError(f"sample {source.key!r} has no I-frame or no frame: no clip")
     n = source.num_frames
     starts = clip_starts(n, config, rng)
@@ -280,7 +284,7 @@ def plan_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator 
         flips.append(flipped)
     return ClipPlan(starts=starts, frame_index=np.stack([clip_frame_index(s, n, config) for s in starts]),
                     positions=[nearest_iframes(source.iframe_index, clip_centre(s, n, config), config.num_iframes)
-                               for s in starts],
+                               if config.num_iframes else np.zeros(0, np.int64) for s in starts],
                     boxes=boxes, pixel_boxes=pixel_boxes, flips=flips)
 
 
@@ -309,6 +313,9 @@ def crop_iframes(plan: ClipPlan, images: dict[int, np.ndarray], config: ClipConf
     S = iframe_size."""
     out = []
     for pos, box_px, flipped in zip(plan.positions, plan.pixel_boxes, plan.flips):
+        if not len(pos):  # num_iframes 0: motion only
+            out.append(np.zeros((0, 3, config.iframe_size, config.iframe_size), np.uint8))
+            continue
         iframes = ops.crop_resize([images[int(p)] for p in pos], box_px, config.iframe_size)
         out.append(iframes[..., ::-1].copy() if flipped else iframes)
     return out

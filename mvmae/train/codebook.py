@@ -188,8 +188,8 @@ def build_codebook(urls: list[str], spec, config: CodebookConfig, clips_per_vide
     spec is stored in it. ``progress`` wraps the batch iterator (e.g. tqdm)."""
     from mvmae.shards.reader import build_eval_pipeline, make_loader
 
-    clip = (spec.clip_config("multi", num_clips=clips_per_video) if clips_per_video > 1
-            else spec.clip_config("center"))
+    clip = (spec.clip_config("multi", num_clips=clips_per_video, num_iframes=0) if clips_per_video > 1
+            else spec.clip_config("center", num_iframes=0))  # motion only: no I-frame decoded
     batches = make_loader(build_eval_pipeline(list(urls), clip, batch_size), workers)
     tokens = collect_tokens(progress(batches) if progress else batches, spec, config.max_tokens,
                             config.seed)

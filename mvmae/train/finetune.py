@@ -217,10 +217,11 @@ class Finetuner:
         return ModelEmaV3(self.raw_model, decay=self.cfg.ema)
 
     def _clip(self, mode: str) -> ClipConfig:
-        """Clips of num_segments x segment frames with one I-frame per segment."""
+        """Clips of num_segments x segment frames with one I-frame per segment (none for
+        ``inputs='mv'``: the Context encoder is absent, no JPEG is decoded)."""
         s, segments = self.spec, self.cfg.model.num_segments
         return ClipConfig(num_frames=s.num_frames * segments, stride=s.stride, mode=mode,
-                          num_iframes=segments, mv_size=s.mv_size, iframe_size=s.iframe_size,
+                          num_iframes=0 if self.cfg.model.inputs == "mv" else segments, mv_size=s.mv_size, iframe_size=s.iframe_size,
                           flip_prob=self.cfg.flip_prob, crop_area=self.cfg.crop_area)
 
     def _train_loader(self, epoch: int):

@@ -169,7 +169,7 @@ class Pretrainer:
         return options
 
     def _loader(self, epoch: int):
-        pipeline = build_train_pipeline(self.cfg.train, self.spec.clip_config("train"),
+        pipeline = build_train_pipeline(self.cfg.train, self.spec.clip_config("train", num_iframes=0),
                                         self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch,
                                         shuffle_buffer=self.cfg.shuffle_buffer,
                                         resampled=bool(self.cfg.steps_per_epoch), read=self.cfg.read)

@@ -233,6 +233,44 @@ def test_collation_shapes_and_dtypes(reader_dataset) -> None:
     assert batch["crop_box"].shape == (3, 4) and batch["flipped"].dtype == torch.bool
 
 
+class CountingIFrames:
+    """The torch I-frame operations, counting the JPEGs they decode."""
+
+    def __init__(self) -> None:
+        self.decoded = 0
+
+    def decode(self, jpeg: bytes) -> np.ndarray:
+        self.decoded += 1
+        return TORCH_IFRAMES.decode(jpeg)
+
+    def crop_resize(self, images, box, size: int) -> np.ndarray:
+        return TORCH_IFRAMES.crop_resize(images, box, size)
+
+
+@pytest.mark.parametrize("mode", ["train", "multi"])
+def test_motion_only_clips_decode_no_iframe(reader_dataset, mode: str) -> None:
+    """num_iframes=0: no JPEG is decoded, clips carry (0, 3, S, S) I-frames, and the fields,
+    starts, crops and flips are those of the same clips with I-frames; batches collate."""
+    options = {"mode": "train"} if mode == "train" else {"mode": "multi", "num_clips": 2}
+
+    def clips(num_iframes: int) -> tuple[list, int]:
+        ops = CountingIFrames()
+        sources = decode_sources(read_shards({"url": u} for u in expand_urls(reader_dataset["urls"])))
+        out = list(sample_clips(sources, ClipConfig(num_iframes=num_iframes, **options), seed=3, ops=ops))
+        return out, ops.decoded
+
+    (with_iframes, decoded), (motion_only, none) = clips(1), clips(0)
+    assert 0 < decoded <= len(with_iframes) and none == 0  # clips of a sample share decoded I-frames
+    assert [c.key for c in motion_only] == [c.key for c in with_iframes]
+    for a, b in zip(with_iframes, motion_only):
+        assert b.iframes.shape == (0, 3, 224, 224) and b.iframe_index.shape == (0,)
+        assert (a.start, a.clip_index, a.crop_box, a.flipped) == (b.start, b.clip_index, b.crop_box, b.flipped)
+        for name in ("mv", "valid", "frame_index"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    batch = next(iter(build_train_pipeline(reader_dataset["urls"], ClipConfig(num_iframes=0), 3)))
+    assert batch["iframes"].shape == (3, 0, 3, 224, 224) and batch["iframe_index"].shape == (3, 0)
+
+
 # --------------------------------------------------------------------------- order and splitting
 
 

@@ -32,9 +32,10 @@ from mvmae.train.tokenizer import TokenSpec
 
 
 def dataset(root: Path) -> list[str]:
-    if not (root / "shards" / "train-job.json").exists():
+    """The cached shards; an interrupted build resumes (run_job skips the complete shards)."""
+    if not (root / "data" / "train.txt").exists():
         make_dataset(root / "data", SynthConfig(num_classes=4, clips_per_class=16, num_frames=48))
-        run_job(JobConfig(input=root / "data" / "train.txt", out_dir=root / "shards", shard_size=4))
+    run_job(JobConfig(input=root / "data" / "train.txt", out_dir=root / "shards", shard_size=4))
     return [str(p) for p in sorted((root / "shards").glob("train-*.tar"))]
 
 
@@ -42,7 +43,9 @@ def model_and_clip(inputs: str) -> tuple[MVMAEClassifier, ClipConfig]:
     spec = TokenSpec(num_frames=16, mv_size=8, iframe_size=64)
     cfg = ClassifierConfig(num_classes=4, inputs=inputs, context_model="resnet18", motion_size="micro",
                            num_segments=2, dim=64, temporal_heads=4)
-    clip = ClipConfig(num_frames=32, mode="train", num_iframes=2, mv_size=8, iframe_size=64, flip_prob=0)
+    # as mvmae train reads: one I-frame per segment, none for a motion-only model
+    clip = ClipConfig(num_frames=32, mode="train", num_iframes=0 if inputs == "mv" else 2, mv_size=8,
+                      iframe_size=64, flip_prob=0)
     return MVMAEClassifier(cfg, spec), clip
 
 

@@ -71,20 +71,6 @@ def _listed(video: Path, cls: str, folder: Path) -> str:
     return f"{os.path.relpath(video, folder)} {cls}"
 
 
-def read_samples(out: Path, split: str = "train") -> dict[str, dict]:
-    """Every sample of the folder's visible shards: key -> {member: bytes}."""
-    samples = {}
-    for tar in sorted(out.glob(f"{split}-*.tar")):
-        for s in ShardReader(str(tar)):
-            assert s["__key__"] not in samples, f"{s['__key__']} twice"
-            samples[s["__key__"]] = {k: v for k, v in s.items() if not k.startswith("__")}
-    return samples
-
-
-def read_manifest(out: Path, split: str = "train") -> list[dict]:
-    return [json.loads(line) for line in (out / f"{split}-manifest.jsonl").read_text().splitlines()]
-
-
 def check_visible(out: Path, split: str = "train") -> int:
     """What OUT_DIR shows at any moment: complete shards (a stats file only beside its tar, and
     agreeing with it), the job's own files and hidden temporary files, nothing partial.

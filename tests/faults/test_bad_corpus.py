@@ -14,7 +14,8 @@ from collections import Counter
 
 import pytest
 
-from extract_faults import good_clips, read_manifest, read_samples
+from extract_faults import good_clips
+from job_outputs import read_manifest, read_samples
 from mvmae.cli import main
 from mvmae.extract import errors
 from mvmae.extract.video import extract_video

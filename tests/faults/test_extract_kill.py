@@ -16,10 +16,11 @@ import time
 
 import pytest
 
-from extract_faults import (check_visible, faults_of, good_clips, group_members, kill_group,
-                            linked_list, no_core_dumps, outputs, process_group, process_state,
-                            read_manifest, read_samples, run_cli, start_job, stop_worker_on_a_video,
-                            temporaries, wait_for, worker_pids)
+from extract_faults import (check_visible, faults_of, good_clips, group_members,
+                            kill_group, linked_list, no_core_dumps, outputs,
+                            process_group, process_state, run_cli, start_job,
+                            stop_worker_on_a_video, temporaries, wait_for, worker_pids)
+from job_outputs import read_manifest, read_samples
 from mvmae.shards.job import JobConfig, run_job
 
 NUM_SHARDS = 11  # 12 copies of bikes.mp4, 6 short clips and 4 bad files, 2 per shard

@@ -23,7 +23,8 @@ try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
 except ImportError:  # ... or as the `tests` package
     from tests import media
 
-from extract_faults import faults_of, outputs, read_manifest, run_cli, start_job
+from extract_faults import faults_of, outputs, run_cli, start_job
+from job_outputs import read_manifest
 from mvmae.extract import errors
 from mvmae.extract.video import extract_video
 

@@ -23,24 +23,12 @@ from mvmae.shards.job import JobConfig, run_job
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, decode_sample
 from mvmae.shards.stream import ShardError, ShardReader
 
+from job_outputs import read_manifest, read_samples
+
 CLASSES = ["jump", "run", "wave"]  # of the videos of the job_media fixture (conftest.py)
 NUM_GOOD, NUM_BAD = 8, 6
 FAILURE_CODES = {"not_video": 3, "empty": 1, "missing": 1, "unsupported_codec": 1}
 CLI = [sys.executable, "-c", "from mvmae.cli import main; main()"]
-
-
-def read_samples(out: Path) -> dict[str, dict]:
-    """Every sample of the folder's visible shards: key -> {member: bytes}."""
-    samples = {}
-    for tar in sorted(out.glob("*.tar")):
-        for s in ShardReader(str(tar)):
-            assert s["__key__"] not in samples, f"{s['__key__']} twice"
-            samples[s["__key__"]] = {k: v for k, v in s.items() if not k.startswith("__")}
-    return samples
-
-
-def read_manifest(out: Path, split: str = "train") -> list[dict]:
-    return [json.loads(line) for line in (out / f"{split}-manifest.jsonl").read_text().splitlines()]
 
 
 def check_outcomes(out: Path, job_media: dict) -> None:

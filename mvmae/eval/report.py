@@ -18,16 +18,14 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from mvmae.eval.metrics import METRIC_KEYS, TOP_K, as_numpy, per_class_report
+from mvmae.shards.writer import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +39,6 @@ PER_VIDEO_JSONL = "per_video.jsonl"
 MAX_NAMED_TICKS = 60  # beyond this many classes, names on the axes are unreadable
 MAX_ANNOTATED = 20  # up to this many classes, each cell shows its percentage
 _CURVE_AXES = ("step", "epoch", "time", "phase", "split")  # record fields, not metrics
-
-
-@contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path`` for writing; on a clean exit it is fsynced and
-    renamed to ``path``, on an error it is removed (``path`` untouched) and the error re-raised."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide reports from other users
-    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-    try:
-        with os.fdopen(fd, mode, **text) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_value(value: Any) -> Any:

@@ -11,7 +11,10 @@ import io
 import json
 import os
 import tarfile
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Iterator
 
 
 class WriteError(Exception):
@@ -25,6 +28,26 @@ class WriteError(Exception):
         self.reason = exc.strerror or str(exc) or type(exc).__name__
         name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
         super().__init__(f"{path}: cannot write: {self.reason}" + (f" ({name})" if name else ""))
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` (``.<name>.XXXXXXXX.tmp``) for writing; on a clean
+    exit it is fsynced and renamed to ``path``, on an error removed (``path`` untouched) and the
+    error re-raised. For files whose writer wants a stream (``torch.save``, csv, matplotlib)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from other users
+    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+    try:
+        with os.fdopen(fd, mode, **text) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def temporary_path(path: Path) -> Path:

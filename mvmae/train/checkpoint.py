@@ -14,13 +14,13 @@ import math
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from mvmae.shards.writer import atomic_open
 from mvmae.train.writes import writing
 
 log = logging.getLogger(__name__)
@@ -74,16 +74,8 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     path = Path(path)
     with writing(path, "checkpoint"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save({**state, VERSION: CHECKPOINT_VERSION}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as fh:
+            torch.save({**state, VERSION: CHECKPOINT_VERSION}, fh)
     _fsync_dir(path.parent)
     return path
 

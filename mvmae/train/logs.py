@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,7 +44,28 @@ def _open_tensorboard(log_dir: Path, purge_step: int | None):
     except ImportError as exc:
         log.warning(f"TensorBoard unavailable ({exc}); logging metrics to {METRICS_FILE} only")
         return None
+    _quiet_tensorboard_writer_threads()
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+
+def _quiet_tensorboard_writer_threads() -> None:
+    """Keep the traceback of TensorBoard's writer thread off the console when a write fails (a
+    full disk): the thread hands the error to the writer's next call, where ``MetricLogger``
+    turns it into one warning, then re-raises it, and Python would print it in the middle of the
+    run's output (and of its one-line error)."""
+    previous = threading.excepthook
+    if getattr(previous, "mvmae_quiet_tensorboard", False):
+        return
+
+    def hook(args) -> None:
+        thread = type(args.thread)
+        if thread.__module__.startswith("tensorboard.") and isinstance(args.exc_value, OSError):
+            log.debug(f"TensorBoard's writer thread stopped: {args.exc_value!r}")
+            return
+        previous(args)
+
+    hook.mvmae_quiet_tensorboard = True
+    threading.excepthook = hook
 
 
 def _is_kept(line: bytes, last_epoch: int | None) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
+import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -108,4 +109,30 @@ def test_failed_tensorboard_writes_warn_and_metrics_go_on(tmp_path, caplog):
     for thread in set(threading.enumerate()) - threads:  # the failed writer ends within this test
         thread.join(timeout=5)
     assert caplog.text.count("TensorBoard is off for the rest of the run") == 1
+    assert [r["step"] for r in _lines(tmp_path / METRICS_FILE)] == [0, 1, 2, 3]
+
+
+FILE_SIZE_LIMIT_RUN = """
+import logging, resource, signal, sys
+from pathlib import Path
+from mvmae.train.logs import MetricLogger
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+logger = MetricLogger(Path(sys.argv[1]), use_tensorboard=True, is_main=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+for step in range(4):  # 40 scalars a step: the event file passes 6000 bytes long before metrics.jsonl
+    logger.log({f"m{i:02d}": float(step + i) for i in range(40)}, step=step)
+    logger.flush()
+logger.close()
+"""
+
+
+def test_tensorboard_writer_thread_failure_is_one_warning(tmp_path):
+    """TensorBoard's writer thread fails a write (here: a file-size limit, as a full disk would):
+    one warning, the records go on, and no thread traceback cuts into the console output."""
+    run = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT_RUN, str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("TensorBoard is off for the rest of the run") == 1, run.stderr
+    assert "Traceback" not in run.stderr and "Exception in thread" not in run.stderr, run.stderr
     assert [r["step"] for r in _lines(tmp_path / METRICS_FILE)] == [0, 1, 2, 3]

@@ -254,7 +254,7 @@ class ClipPlan:
     """Everything random about a sample's clips, drawn before anything is decoded: for clip c,
     ``starts[c]``, ``frame_index[c]`` int64 (T,) (-1: padding), ``positions[c]`` (K,) in
     ``iframe_index``, ``boxes[c]`` normalized and ``pixel_boxes[c]`` in I-frame px (the same box,
-    snapped to whole I-frame pixels), ``flips[c]``."""
+    snapped to whole I-frame pixels; source pixels for a sample without I-frames), ``flips[c]``."""
 
     starts: list[int]
     frame_index: np.ndarray
@@ -272,13 +272,15 @@ def plan_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator 
         raise SampleError(f"sample {source.key!r} has no I-frame or no frame: no clip")
     n = source.num_frames
     starts = clip_starts(n, config, rng)
+    # a sample without I-frames (motion-only clips) has no I-frame pixels: snap to source pixels
+    snap_to = source.iframe_shape if len(source.iframe_index) else source.size
     boxes, pixel_boxes, flips = [], [], []
     for _ in starts:
         if config.mode == "train":
             box, flipped = random_crop_box(source.size, config, rng), bool(rng.random() < config.flip_prob)
         else:
             box, flipped = eval_crop_box(source.size, config), False
-        box, box_px = snap_box(box, source.iframe_shape)
+        box, box_px = snap_box(box, snap_to)
         boxes.append(box)
         pixel_boxes.append(box_px)
         flips.append(flipped)

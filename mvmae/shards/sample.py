@@ -171,17 +171,27 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def decode_record(sample: dict) -> dict:
-    """The JSON record of a raw sample, after checking the format version."""
+    """The JSON record of a raw sample, after checking the format version.
+
+    Raises :class:`FormatVersionError` for an integer ``format_version`` this mvmae cannot read
+    (the whole shard is refused) and :class:`SampleError` for anything else wrong (not an object,
+    no integer version): records carry no CRC32, so damage must stay a skippable bad sample.
+    """
+    key = sample.get("__key__")
     if RECORD not in sample:
-        raise SampleError(f"sample {sample.get('__key__')!r} has no {RECORD} member")
+        raise SampleError(f"sample {key!r} has no {RECORD} member")
     try:
         record = json.loads(sample[RECORD])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SampleError(f"sample {sample.get('__key__')!r}: unreadable record ({exc})") from exc
-    version = record.get("format_version") if isinstance(record, dict) else None
+        raise SampleError(f"sample {key!r}: unreadable record ({exc})") from exc
+    if not isinstance(record, dict):
+        raise SampleError(f"sample {key!r}: the record is not a JSON object")
+    version = record.get("format_version")
+    if type(version) is not int:  # bool is an int subclass: true is no version
+        raise SampleError(f"sample {key!r}: the record has no integer format_version (found {version!r})")
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise FormatVersionError(
-            f"sample {sample.get('__key__')!r} is in shard format version {version}; this mvmae "
+            f"sample {key!r} is in shard format version {version}; this mvmae "
             f"reads version(s) {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}"
         )
     return record

@@ -15,9 +15,9 @@ import zstandard
 
 from mvmae.shards.clips import ClipConfig, ShardClipSource
 from mvmae.shards.inspect import Problem, inspect_shards, verify_shards
-from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, iter_samples, read_shards
-from mvmae.shards.sample import (FORMAT_VERSION, IFRAMES, MV, MV_CHUNK_FRAMES, RECORD, SampleCodec,
-                                 SampleError, decode_sample, update_record)
+from mvmae.shards.reader import SkipCounter, build_eval_pipeline, build_train_pipeline, iter_samples, read_shards
+from mvmae.shards.sample import (FORMAT_VERSION, IFRAMES, MV, MV_CHUNK_FRAMES, RECORD, FormatVersionError,
+                                 SampleCodec, SampleError, decode_record, decode_sample, update_record)
 from mvmae.shards.writer import ShardFile
 
 V2_FIELDS = ("mv_chunk_frames", "mv_chunk_bytes", "mv_chunk_crc32", "iframe_crc32")
@@ -160,3 +160,28 @@ def test_record_that_does_not_fit_the_members_is_refused(reader_dataset, field: 
         SampleCodec(update_record(raw, **{field: value}))
     with pytest.raises(SampleError, match="incomplete record"):
         SampleCodec(update_record(raw, mv_chunk_bytes=None))
+
+
+@pytest.mark.parametrize("record,refused", [
+    (b"[2]", False), (b'{"key": "x"}', False), (b'{"format_version": "2"}', False),
+    (b'{"format_version": true}', False), (b'{"format_version": 2.0}', False), (b'{"format_version": 99}', True),
+], ids=["array", "no_version", "text", "bool", "float", "99"])
+def test_only_an_unsupported_version_refuses_the_shard(reader_dataset, tmp_path, record: bytes, refused: bool) -> None:
+    """A record that is not an object or has no integer format_version is a bad sample (records
+    have no CRC32: damage must be skippable); only an integer version mvmae cannot read refuses
+    the shard, whatever the handler."""
+    raws = raw_samples(reader_dataset["tars"][0])
+    with pytest.raises(SampleError) as info:
+        decode_record({**raws[0], RECORD: record})
+    assert isinstance(info.value, FormatVersionError) == refused
+    with ShardFile(tmp_path / "train-000000.tar") as shard:
+        for i, raw in enumerate(raws):
+            shard.write({**raw, RECORD: record} if i == 0 else raw)
+        shard.commit()
+    pipeline = build_eval_pipeline(str(shard.path), ClipConfig(mode="center"), 1, handler=SkipCounter())
+    if refused:
+        with pytest.raises(FormatVersionError, match="version 99"):
+            list(pipeline)
+    else:
+        assert [b["key"][0] for b in pipeline] == [r["__key__"] for r in raws[1:]]
+        assert pipeline.skips.skipped == 1

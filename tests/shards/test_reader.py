@@ -148,6 +148,27 @@ def test_grouped_clips_equal_one_by_one(corrupt_dataset, mode: str) -> None:
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
+@pytest.mark.parametrize("group_size", [2, 16])
+def test_grouped_clips_equal_one_by_one_with_a_stopping_handler(corrupt_dataset, group_size: int) -> None:
+    """A handler that stops at a bad sample (webdataset's ``*_and_stop``) ends the clips there
+    whatever the grouping: the clips of the samples before it arrive, as one by one."""
+    def run(size: int) -> tuple[list[str], list[Exception]]:
+        errors = []
+
+        def stop(exc: Exception) -> bool:
+            errors.append(exc)
+            return False
+
+        sources = decode_sources(read_shards({"url": u} for u in corrupt_dataset["urls"]))
+        return [c.key for c in sample_clips(sources, CENTER, handler=stop, group_size=size)], errors
+
+    order = shard_keys(Path(corrupt_dataset["urls"][0]))
+    assert order.index("c0_coffee") > 0
+    (one, one_errors), (grouped, grouped_errors) = run(1), run(group_size)
+    assert one == grouped == order[:order.index("c0_coffee")]
+    assert len(one_errors) == len(grouped_errors) == 1 and "c0_coffee" in str(grouped_errors[0])
+
+
 # --------------------------------------------------------------------------- clips
 
 

@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 
 from mvmae.shards import sample as fmt
-from mvmae.shards.sample import SampleError
 
 PixelBox = tuple[int, int, int, int]  # (y0, x0, y1, x1), whole pixels of an I-frame, end exclusive
 JpegDecoder = Callable[[bytes], np.ndarray]  # a JPEG file -> uint8 (H, W, 3) RGB
@@ -107,26 +106,19 @@ class ArraySource:
 
 
 class ShardClipSource:
-    """A raw sample checked (members, format version, CRC32) and decoded lazily, a
+    """A raw sample checked (members, format version, the record against the members, CRC32)
+    and decoded lazily, a
     :class:`ClipSource`: only the MV frames a clip uses are decompressed (version 2: the chunks
     holding them; version 1: the stream up to the last of them) and dequantized, only the chosen
     I-frames' JPEGs decoded, and with ``check_crc`` each checked before use (``sample.SampleCodec``;
     version 1 shards: every member up front). The tests compare it with ``decode_sample``."""
 
     def __init__(self, raw: dict, check_crc: bool = True) -> None:
-        codec = self._codec = fmt.SampleCodec(raw, check_crc)
-        self.key, self.record, self.num_frames = codec.key, codec.record, codec.num_frames
+        codec = self._codec = fmt.SampleCodec(raw, check_crc)  # the record checked against the members
+        self.key, self.record, self.num_frames, self.label = codec.key, codec.record, codec.num_frames, codec.label
+        self.size, self.grid, self.iframe_index, self.iframe_shape = (codec.size, codec.grid, codec.iframe_index,
+                                                                      codec.iframe_shape)
         self.url = raw.get("__url__", "?")  # the shard, named in errors found later (lazy checks)
-        try:
-            self.size, self.grid = tuple(int(v) for v in self.record["size"]), int(self.record["grid"])
-            self.iframe_index = np.asarray(self.record["iframe_index"], np.int64)  # (K0,)
-            self.iframe_shape = tuple(int(v) for v in self.record["iframe_size"])
-            self.label = int(raw[fmt.LABEL])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SampleError(f"sample {self.key!r}: incomplete record ({type(exc).__name__}: {exc})") from exc
-        if len(self.iframe_index) != len(codec.iframe_ends):
-            raise SampleError(f"sample {self.key!r}: {len(self.iframe_index)} I-frame indices for "
-                              f"{len(codec.iframe_ends)} JPEGs")
 
     mv_step = fmt.MV_STEP  # motion() gives the int8 codes: resampling dequantizes what it uses
 
@@ -138,15 +130,4 @@ class ShardClipSource:
         return codes, codes[:, 0] != fmt.MV_INVALID  # int8 (T, 2, h, w), bool (T, h, w)
 
     def iframes(self, positions: Sequence[int], decode: JpegDecoder = fmt.decode_jpeg) -> list[np.ndarray]:
-        images = []
-        for p in positions:
-            data = self._codec.jpeg(p)  # CRC32 checked
-            try:
-                image = decode(data)
-            except (OSError, ValueError) as exc:
-                raise SampleError(f"sample {self.key!r}: corrupt I-frame JPEG ({exc})") from exc
-            if image.shape[:2] != self.iframe_shape:
-                raise SampleError(f"sample {self.key!r}: I-frame {p} is {image.shape[:2]} px, the record "
-                                  f"says {self.iframe_shape}")
-            images.append(image)
-        return images
+        return [self._codec.iframe(p, decode) for p in positions]  # CRC32 and size checked

@@ -185,3 +185,58 @@ def test_only_an_unsupported_version_refuses_the_shard(reader_dataset, tmp_path,
     else:
         assert [b["key"][0] for b in pipeline] == [r["__key__"] for r in raws[1:]]
         assert pipeline.skips.skipped == 1
+
+
+def without(raw: dict, field: str) -> dict:
+    """A raw sample whose record lacks ``field``."""
+    record = json.loads(raw[RECORD])
+    del record[field]
+    return {**raw, RECORD: json.dumps(record).encode()}
+
+
+def record_cases(raw: dict) -> dict[str, tuple[dict, str]]:
+    """Raw samples whose record does not describe their members: {case: (sample, reason)}."""
+    record = json.loads(raw[RECORD])
+    index, (h, w) = record["iframe_index"], record["iframe_size"]
+    return {
+        "no_iframe_index": (without(raw, "iframe_index"), "incomplete record"),
+        "no_size": (without(raw, "size"), "incomplete record"),
+        "grid_text": (update_record(raw, grid="eight"), "incomplete record"),
+        "grid_0": (update_record(raw, grid=0), "not positive"),
+        "extra_index": (update_record(raw, iframe_index=index + [index[-1] + 1]),
+                        f"{len(index) + 1} I-frame indices for {len(index)} JPEGs"),
+        "iframe_size": (update_record(raw, iframe_size=[h + 2, w]),
+                        rf"I-frame 0 is \({h}, {w}\) px, the record says \({h + 2}, {w}\)"),
+        "iframe_size_0": (update_record(raw, iframe_size=[0, 0]), f"iframe_size \\[0, 0\\] for {len(index)} JPEGs"),
+        "cls_text": ({**raw, "cls": b"two"}, "unreadable cls"),
+    }
+
+
+CASES = ("no_iframe_index", "no_size", "grid_text", "grid_0", "extra_index", "iframe_size", "iframe_size_0",
+         "cls_text")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_record_that_does_not_describe_the_sample_is_a_sample_error(reader_dataset, case: str) -> None:
+    """decode_sample (verify, export, iter_samples) and the training reader's source refuse the
+    same records with the same SampleError: fields missing or of the wrong type, I-frame indices
+    not one per JPEG, decoded I-frames not of the record's iframe_size, a cls that is no number."""
+    raw, reason = record_cases(raw_samples(reader_dataset["tars"][0])[0])[case]
+    with pytest.raises(SampleError, match=reason):
+        decode_sample(raw, check=False)
+    with pytest.raises(SampleError, match=reason):
+        source = ShardClipSource(raw, check_crc=False)
+        source.iframes(range(len(source.iframe_index)))
+
+
+def test_iter_samples_hands_a_bad_record_to_the_handler(reader_dataset, tmp_path) -> None:
+    raws = raw_samples(reader_dataset["tars"][0])
+    with ShardFile(tmp_path / "train-000000.tar") as shard:
+        for i, raw in enumerate(raws):
+            shard.write(without(raw, "iframe_index") if i == 1 else raw)
+        shard.commit()
+    skips = SkipCounter()
+    keys = [s.key for s in iter_samples(str(shard.path), handler=skips)]
+    assert keys == [raws[0]["__key__"], raws[2]["__key__"]] and skips.skipped == 1
+    with pytest.raises(SampleError, match=f"{raws[1]['__key__']}.*incomplete record"):
+        list(iter_samples(str(shard.path)))

@@ -164,13 +164,11 @@ def decode_sources(src: Iterable[dict], check_crc: bool = True,
     for raw in src:
         if hasattr(handler, "count_sample"):
             handler.count_sample()
-        url = raw.get("__url__", "?")
         try:
-            source = ShardClipSource(raw, check_crc)
+            source = ShardClipSource(raw, check_crc)  # its errors name the shard
         except FormatVersionError as exc:
-            raise FormatVersionError(f"{url}: refused: {exc}") from exc
+            raise FormatVersionError(f"{raw.get('__url__', '?')}: refused: {exc}") from exc
         except Exception as exc:
-            exc.add_note(f"shard {url}")
             if not handler(exc):
                 return
             continue
@@ -208,19 +206,12 @@ def sample_clips(src: Iterable, clip: ClipConfig, seed: int = 0, epoch: SharedEp
                     failed[item[0]] = exc
             todo = done
         good = {i: (source, plan, fields, iframes) for i, source, plan, fields, _, iframes in todo}
-        for i, source in enumerate(group):
+        for i in range(len(group)):
             if i in failed:
-                if not _skip_sample(handler, failed[i], source):
+                if not handler(failed[i]):
                     return
             else:
                 yield from assemble_clips(*good[i])
-
-
-def _skip_sample(handler: Handler, exc: SampleError, source) -> bool:
-    """The handler's verdict on a sample that failed while its clips were cut (a lazily checked
-    MV chunk or JPEG), the exception noting the shard as decode_sources' errors do."""
-    exc.add_note(f"shard {getattr(source, 'url', '?')}")
-    return handler(exc)
 
 
 def _groups(src: Iterable, size: int) -> Iterator[list]:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from mvmae.shards import sample as fmt
+from mvmae.shards.sample import SampleError
 
 PixelBox = tuple[int, int, int, int]  # (y0, x0, y1, x1), whole pixels of an I-frame, end exclusive
 JpegDecoder = Callable[[bytes], np.ndarray]  # a JPEG file -> uint8 (H, W, 3) RGB
@@ -111,23 +112,37 @@ class ShardClipSource:
     :class:`ClipSource`: only the MV frames a clip uses are decompressed (version 2: the chunks
     holding them; version 1: the stream up to the last of them) and dequantized, only the chosen
     I-frames' JPEGs decoded, and with ``check_crc`` each checked before use (``sample.SampleCodec``;
-    version 1 shards: every member up front). The tests compare it with ``decode_sample``."""
+    version 1 shards: every member up front). Its SampleErrors, found up front or later (lazy
+    checks), carry a note naming the shard (``__url__``). The tests compare it with
+    ``decode_sample``."""
 
     def __init__(self, raw: dict, check_crc: bool = True) -> None:
-        codec = self._codec = fmt.SampleCodec(raw, check_crc)  # the record checked against the members
+        self.url = raw.get("__url__", "?")
+        try:
+            codec = self._codec = fmt.SampleCodec(raw, check_crc)  # the record checked against the members
+        except SampleError as exc:
+            exc.add_note(f"shard {self.url}")
+            raise
         self.key, self.record, self.num_frames, self.label = codec.key, codec.record, codec.num_frames, codec.label
         self.size, self.grid, self.iframe_index, self.iframe_shape = (codec.size, codec.grid, codec.iframe_index,
                                                                       codec.iframe_shape)
-        self.url = raw.get("__url__", "?")  # the shard, named in errors found later (lazy checks)
 
     mv_step = fmt.MV_STEP  # motion() gives the int8 codes: resampling dequantizes what it uses
 
     def motion(self, frame_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = int(frame_index.min()), int(frame_index.max()) + 1
-        codes = self._codec.mv_codes(lo, hi)  # (hi - lo, 2, h, w)
+        try:
+            codes = self._codec.mv_codes(lo, hi)  # (hi - lo, 2, h, w)
+        except SampleError as exc:
+            exc.add_note(f"shard {self.url}")
+            raise
         if len(frame_index) != hi - lo or frame_index[0] != lo or (np.diff(frame_index) != 1).any():
             codes = codes[frame_index - lo]  # looped or strided clips: (T, 2, h, w)
         return codes, codes[:, 0] != fmt.MV_INVALID  # int8 (T, 2, h, w), bool (T, h, w)
 
     def iframes(self, positions: Sequence[int], decode: JpegDecoder = fmt.decode_jpeg) -> list[np.ndarray]:
-        return [self._codec.iframe(p, decode) for p in positions]  # CRC32 and size checked
+        try:
+            return [self._codec.iframe(p, decode) for p in positions]  # CRC32 and size checked
+        except SampleError as exc:
+            exc.add_note(f"shard {self.url}")
+            raise

@@ -128,6 +128,19 @@ def test_undecodable_jpeg_is_a_sample_error(reader_dataset, ops) -> None:
     assert first > 16
 
 
+def test_source_errors_name_the_shard(corrupt_dataset) -> None:
+    """A ShardClipSource's SampleErrors, found up front (a missing member) or when a clip reads a
+    damaged piece, carry a note naming the shard."""
+    url = corrupt_dataset["urls"][0]
+    raws = {r["__key__"]: r for r in read_shards([{"url": url}])}
+    with pytest.raises(SampleError, match="lacks member") as info:
+        ShardClipSource({k: v for k, v in raws["c0_astronaut"].items() if k != "cls"})
+    assert info.value.__notes__ == [f"shard {url}"]
+    with pytest.raises(SampleError, match="checksum mismatch in mv.zst chunk") as info:
+        ShardClipSource(raws["c0_coffee"]).motion(np.arange(16))
+    assert info.value.__notes__ == [f"shard {url}"]
+
+
 @pytest.mark.parametrize("mode", ["train", "multi"])
 def test_grouped_clips_equal_one_by_one(corrupt_dataset, mode: str) -> None:
     """sample_clips works on groups of sources step by step: the same clips, in the same order,

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import random
 import tarfile
-import zlib
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -37,9 +36,9 @@ import torch
 import webdataset as wds
 from webdataset.handlers import reraise_exception
 
+from mvmae.shards import clips as clip_sampling
 from mvmae.shards import sample as fmt
-from mvmae.shards.clips import (Clip, ClipConfig, IFrameOps, ShardClipSource, assemble_clips, clip_fields,
-                                crop_iframes, decode_iframes, plan_clips)
+from mvmae.shards.clips import Clip, ClipConfig, IFrameOps, ShardClipSource
 from mvmae.shards.sample import FormatVersionError, SampleError
 from mvmae.shards.stream import Handler, ReadConfig, ShardReadError, expand_urls, read_shards
 from mvmae.shards.torch_iframes import TORCH_IFRAMES, TorchIFrames
@@ -178,52 +177,9 @@ def decode_sources(src: Iterable[dict], check_crc: bool = True,
 def sample_clips(src: Iterable, clip: ClipConfig, seed: int = 0, epoch: SharedEpoch | int = 0,
                  handler: Handler = reraise_exception, ops: IFrameOps = TORCH_IFRAMES,
                  group_size: int = 16) -> Iterator[Clip]:
-    """Clip sources -> clips (I-frames through ``ops``). Random draws (train) come from a
-    generator seeded by (seed, epoch, key): the same clips whatever the worker that reads the
-    sample. Sources are taken ``group_size`` at a time and each step is done for the whole group
-    before the next (draws, fields, JPEG decoding, crops): the same clips in the same order as one
-    by one, for about 25% less CPU (each step's code and tables stay in the caches). A sample
-    failing a step goes to ``handler`` in its place among the group's samples (a handler that
-    stops ends the clips there, as one by one)."""
-    epoch = _epoch(epoch)
-    steps = (lambda source, plan: clip_fields(source, plan, clip),
-             lambda source, plan, fields: decode_iframes(source, plan, ops),
-             lambda source, plan, fields, images: crop_iframes(plan, images, clip, ops))
-    for group in _groups(src, group_size):
-        todo, failed = [], {}  # [index, source, plan, fields, images, iframes] of the samples still good
-        for i, source in enumerate(group):
-            try:
-                rng = np.random.default_rng([seed, epoch, zlib.crc32(source.key.encode())])
-                todo.append([i, source, plan_clips(source, clip, rng)])
-            except SampleError as exc:
-                failed[i] = exc
-        for step in steps:
-            done = []
-            for item in todo:
-                try:
-                    done.append([*item, step(*item[1:])])
-                except SampleError as exc:
-                    failed[item[0]] = exc
-            todo = done
-        good = {i: (source, plan, fields, iframes) for i, source, plan, fields, _, iframes in todo}
-        for i in range(len(group)):
-            if i in failed:
-                if not handler(failed[i]):
-                    return
-            else:
-                yield from assemble_clips(*good[i])
-
-
-def _groups(src: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of ``size`` items (the last one shorter)."""
-    group = []
-    for item in src:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+    """``clips.sample_clips`` as the pipelines use it: I-frames through torch, the epoch read
+    (from a SharedEpoch) when iteration starts."""
+    yield from clip_sampling.sample_clips(src, clip, seed, _epoch(epoch), handler, ops, group_size)
 
 
 def collate_clips(clips: list[Clip]) -> dict:

@@ -28,7 +28,6 @@ import functools
 import logging
 import multiprocessing
 import random
-import tarfile
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -66,10 +65,11 @@ class SkipCounter:
     (None: no limit) raises :class:`TooManySkipsError` once skipped/seen exceeds it, for samples
     after ``min_samples`` seen and for shards after ``min_shards`` seen (totals over workers).
     ``shard_retries`` counts the re-reads of shards that failed part-way (``stream.ShardReader``).
-    FormatVersionError and errors that are not data errors (bugs) re-raise.
+    FormatVersionError and errors that are not data errors (bugs) re-raise. The stages hand it
+    SampleErrors and, for shards, ShardReadErrors (OSErrors; tar damage is one too).
     """
 
-    SKIPPABLE = (SampleError, OSError, EOFError, tarfile.TarError)
+    SKIPPABLE = (SampleError, OSError)
     _FIELDS = ("seen", "skipped", "shards_seen", "shards_skipped", "shard_retries")
     _ROWS = 256  # DataLoader workers with their own row (beyond: rows shared, counts may race)
 

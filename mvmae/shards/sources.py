@@ -86,11 +86,6 @@ class ArraySource:
     grid: int
     mv_step: float = 1.0
 
-    @classmethod
-    def from_shard_sample(cls, s) -> "ArraySource":
-        return cls(s.key, s.label, s.mv, s.valid, s.iframes, s.iframe_index,
-                   tuple(s.record["size"]), int(s.record["grid"]))
-
     @property
     def num_frames(self) -> int:
         return len(self.mv)

@@ -9,7 +9,8 @@ Nothing here imports webdataset (nor, through it, torch) unless such a scheme is
 A command's stdout (curl's, a ``pipe:``'s) is read through :class:`CommandStream` (a raw stream,
 buffered by ``io.BufferedReader``: the tar reader's many 512-byte reads cost no system call
 each), which bounds every wait itself: ``stall_s`` without a byte, or ``max_time_s`` for the
-whole stream, kills the command and raises :class:`TimeoutError`; a command that exits with a
+whole stream (the time to consume it, pauses of the consumer included), kills the command and
+raises :class:`TimeoutError`; a command that exits with a
 failure status raises ``OSError`` with its status and the end of its stderr. curl also gets ``--connect-timeout``,
 ``--max-time`` and ``--speed-limit``/``--speed-time`` (a trickle below ``stall_bytes_per_s``).
 webdataset's own ``gopen_curl`` retries 30 times with no overall limit; retries here are
@@ -47,9 +48,10 @@ _LIST_SEPARATOR = re.compile(r"::(?![^\[\]]*\])")  # '::' outside an IPv6 litera
 class ReadConfig:
     """How shards are read. Waits (all in seconds): connect_timeout_s to connect (curl);
     stall_s without receiving a byte, or below stall_bytes_per_s on average over stall_s (curl),
-    aborts the stream; max_time_s caps one whole shard transfer. A failed read of a remote shard
-    (anything but a local file) is retried ``retries`` times after retry_delay_s, doubling each
-    time, resuming after the samples already delivered. check_crc: compare each member's CRC32
+    aborts the stream; max_time_s bounds the time to consume one shard (from the start of its
+    transfer to its end, time the consumer spends not reading included). A failed read of a
+    remote shard (anything but a local file) is retried ``retries`` times after retry_delay_s,
+    doubling each time, resuming after the samples already delivered. check_crc: compare each member's CRC32
     with the record (about 1 GB/s; used by the decoding stages).
     """
 

@@ -318,8 +318,8 @@ def make_intra_refresh_cut(path: Path, skip: int = 5) -> Path:
     """A real H.264 file with no I-frame: a pan (2 px/frame) encoded by libx264 with periodic intra
     refresh (one IDR, at the start), remuxed without its first ``skip`` packets, as a capture that
     starts mid-stream. FFmpeg starts decoding at the next recovery point: only P-frames."""
-    whole = encode_h264(path.with_name(f"whole_{path.name}"), media.render_pan(vx=2, vy=0, num_frames=40), 25,
-                        {"crf": "18", "threads": "1", "x264-params": "intra-refresh=1:keyint=12:bframes=0:log-level=error"})
+    options = {"crf": "18", "threads": "1", "x264-params": "intra-refresh=1:keyint=12:bframes=0:log-level=error"}
+    whole = encode_h264(path.with_name(f"whole_{path.name}"), media.render_pan(vx=2, vy=0, num_frames=40), 25, options)
     with av.open(str(whole)) as src, av.open(str(path), "w") as out:
         stream = out.add_stream_from_template(src.streams.video[0])
         packets = [p for p in src.demux(video=0) if p.size][skip:]

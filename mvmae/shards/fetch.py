@@ -6,10 +6,12 @@ the shell); brace patterns (``train-{000000..000127}.tar``) and ``::``-separated
 by :func:`expand_urls`. Other schemes go to ``webdataset.gopen`` (their waits are not bounded).
 Nothing here imports webdataset (nor, through it, torch) unless such a scheme is opened.
 
-A command's stdout (curl's, a ``pipe:``'s) is read through :class:`CommandStream`, which bounds
-every wait itself: ``stall_s`` without a byte, or ``max_time_s`` for the whole stream, kills the
-command and raises :class:`TimeoutError`; a command that exits with a failure status raises
-``OSError`` with its status and the end of its stderr. curl also gets ``--connect-timeout``,
+A command's stdout (curl's, a ``pipe:``'s) is read through :class:`CommandStream` (a raw stream,
+buffered by ``io.BufferedReader``: the tar reader's many 512-byte reads cost no system call
+each), which bounds every wait itself: ``stall_s`` without a byte, or ``max_time_s`` for the
+whole stream (the time to consume it, pauses of the consumer included), kills the command and
+raises :class:`TimeoutError`; a command that exits with a
+failure status raises ``OSError`` with its status and the end of its stderr. curl also gets ``--connect-timeout``,
 ``--max-time`` and ``--speed-limit``/``--speed-time`` (a trickle below ``stall_bytes_per_s``).
 webdataset's own ``gopen_curl`` retries 30 times with no overall limit; retries here are
 ``stream.ShardReader``'s, with backoff.
@@ -18,6 +20,7 @@ webdataset's own ``gopen_curl`` retries 30 times with no overall limit; retries 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import select
@@ -35,7 +38,7 @@ import braceexpand
 
 CURL_SCHEMES = ("http", "https", "ftp", "ftps", "sftp", "scp")
 PIPE_OK_STATUS = (0, 141)  # 141: a pipeline's upstream command ended by SIGPIPE (as webdataset)
-READ_CHUNK = 1 << 20  # bytes asked of a command's pipe per system call
+READ_CHUNK = 1 << 20  # bytes of the buffer over a command's pipe
 EXIT_WAIT_S = 10.0  # how long a command that closed its stdout may take to exit
 STDERR_TAIL = 500  # characters of a failed command's stderr kept in the error
 _LIST_SEPARATOR = re.compile(r"::(?![^\[\]]*\])")  # '::' outside an IPv6 literal's brackets
@@ -45,9 +48,10 @@ _LIST_SEPARATOR = re.compile(r"::(?![^\[\]]*\])")  # '::' outside an IPv6 litera
 class ReadConfig:
     """How shards are read. Waits (all in seconds): connect_timeout_s to connect (curl);
     stall_s without receiving a byte, or below stall_bytes_per_s on average over stall_s (curl),
-    aborts the stream; max_time_s caps one whole shard transfer. A failed read of a remote shard
-    (anything but a local file) is retried ``retries`` times after retry_delay_s, doubling each
-    time, resuming after the samples already delivered. check_crc: compare each member's CRC32
+    aborts the stream; max_time_s bounds the time to consume one shard (from the start of its
+    transfer to its end, time the consumer spends not reading included). A failed read of a
+    remote shard (anything but a local file) is retried ``retries`` times after retry_delay_s,
+    doubling each time, resuming after the samples already delivered. check_crc: compare each member's CRC32
     with the record (about 1 GB/s; used by the decoding stages).
     """
 
@@ -101,8 +105,8 @@ def local_path(url: str) -> Path | None:
 def open_shard(url: str, config: ReadConfig) -> BinaryIO:
     """A binary stream of one shard (``read(n)`` returns n bytes unless the stream ends).
 
-    Raises OSError when it cannot be opened; a :class:`CommandStream`'s ``read`` raises OSError
-    (TimeoutError for a stall) when the transfer fails.
+    Raises OSError when it cannot be opened; reading a command's output (a buffered
+    :class:`CommandStream`) raises OSError (TimeoutError for a stall) when the transfer fails.
     """
     if "GOPEN_REWRITE" in os.environ:  # webdataset's URL rewriting rules (imported only then: it imports torch)
         from webdataset.gopen import rewrite_url
@@ -113,26 +117,29 @@ def open_shard(url: str, config: ReadConfig) -> BinaryIO:
         return open(path, "rb")
     scheme = urlparse(url).scheme
     if scheme in CURL_SCHEMES:
-        return CommandStream(config.curl_command(url), url, config)
+        return io.BufferedReader(CommandStream(config.curl_command(url), url, config), READ_CHUNK)
     if scheme == "pipe":
-        return CommandStream(url[len("pipe:"):], url, config, shell=True, ok_status=PIPE_OK_STATUS)
+        command = CommandStream(url[len("pipe:"):], url, config, shell=True, ok_status=PIPE_OK_STATUS)
+        return io.BufferedReader(command, READ_CHUNK)
     from webdataset.gopen import gopen  # gs:, hf:, ais: ... (webdataset imports torch)
 
     return gopen(url, "rb")
 
 
-class CommandStream:
-    """The stdout of a command, read with every wait bounded by a :class:`ReadConfig`.
+class CommandStream(io.RawIOBase):
+    """The stdout of a command, a raw binary stream whose every wait is bounded by a
+    :class:`ReadConfig` (``open_shard`` buffers it in an ``io.BufferedReader``).
 
-    ``read(n)`` blocks at most ``stall_s`` for each piece of data and never past ``max_time_s``
-    after the start; then the command (its whole process group) is killed and TimeoutError
-    raised. At the end of its output the command must exit with a status in ``ok_status``
-    (within 10 s), else OSError names the status and the end of its stderr. ``close()`` kills a
-    command still running (the reader stopped early) and never raises.
+    ``readinto`` blocks at most ``stall_s`` for data and never past ``max_time_s`` after the
+    start (time the consumer spends not reading counts too); then the command (its whole process
+    group) is killed and TimeoutError raised. At the end of its output the command must exit with
+    a status in ``ok_status`` (within 10 s), else OSError names the status and the end of its
+    stderr. ``close()`` kills a command still running (the reader stopped early) and never raises.
     """
 
     def __init__(self, command: list[str] | str, url: str, config: ReadConfig, *, shell: bool = False,
                  ok_status: tuple[int, ...] = (0,)) -> None:
+        super().__init__()
         self.url, self.config, self.ok_status = url, config, ok_status
         self.name = "command" if shell else command[0]
         # stderr into a file: a chatty command must not block on a full pipe (it would look stalled)
@@ -142,6 +149,7 @@ class CommandStream:
                                          stderr=self._stderr, start_new_session=True)
         except OSError:  # no such program
             self._stderr.close()
+            io.RawIOBase.close(self)  # nothing left for close() (or the garbage collector's) to end
             raise
         self._fd = self.proc.stdout.fileno()
         self._poll = select.poll()  # not select.select: no limit on the descriptor's number
@@ -152,16 +160,14 @@ class CommandStream:
     def __repr__(self) -> str:
         return f"<{self.name} {self.url}>"
 
-    def read(self, size: int = -1) -> bytes:
-        chunks, wanted = [], size if size >= 0 else float("inf")
-        while wanted > 0 and not self._eof:
-            data = self._read_some(int(min(wanted, READ_CHUNK)))
-            chunks.append(data)
-            wanted -= len(data)
-        return b"".join(chunks)
+    def readable(self) -> bool:
+        return True
 
-    def _read_some(self, size: int) -> bytes:
-        """Up to ``size`` bytes, as soon as some are there; b'' at the end (status checked)."""
+    def readinto(self, buffer) -> int:
+        """Up to ``len(buffer)`` bytes into ``buffer`` as soon as some are there; 0 at the end
+        (the exit status checked then)."""
+        if self._eof or not len(buffer):
+            return 0
         left = self._deadline - time.monotonic()
         if left <= 0:
             self._timeout(f"not done after max_time_s={self.config.max_time_s:g} s")
@@ -169,11 +175,11 @@ class CommandStream:
             if left <= self.config.stall_s:
                 self._timeout(f"not done after max_time_s={self.config.max_time_s:g} s")
             self._timeout(f"stalled: no data for stall_s={self.config.stall_s:g} s")
-        data = os.read(self._fd, size)
-        if not data:
+        num_bytes = os.readv(self._fd, [buffer])
+        if not num_bytes:
             self._eof = True
             self._check_exit()
-        return data
+        return num_bytes
 
     def _check_exit(self) -> None:
         try:
@@ -202,12 +208,9 @@ class CommandStream:
             self.proc.wait(timeout=EXIT_WAIT_S)
 
     def close(self) -> None:
+        if self.closed:
+            return
         self._kill()
         self.proc.stdout.close()
         self._stderr.close()
-
-    def __enter__(self) -> "CommandStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()

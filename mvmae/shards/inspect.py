@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 from mvmae.extract.export import save_export
 from mvmae.extract.video import VideoFields
-from mvmae.shards.sample import RECORD, SampleError, decode_sample
+from mvmae.shards.sample import SampleError, ShardSample, decode_sample, parse_record
 from mvmae.shards.stream import ReadConfig, ShardError, ShardReader, expand_urls, local_path
 
 
@@ -87,13 +87,9 @@ def inspect_shards(urls: str | Iterable[str], config: ReadConfig | None = None) 
         reader = ShardReader(url, config)
         for sample in reader:
             try:
-                record = json.loads(sample[RECORD])
-            except KeyError:
-                raise ShardError(url, sample["__key__"], f"no {RECORD} member") from None
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ShardError(url, sample["__key__"], f"unreadable record ({exc})") from exc
-            if not isinstance(record, dict):
-                raise ShardError(url, sample["__key__"], "the record is not a JSON object")
+                record = parse_record(sample)
+            except SampleError as exc:
+                raise ShardError(url, sample["__key__"], _reason(exc, sample["__key__"])) from exc
             _add_record(stats, record)
             _add_record(total, record)
         stats["bytes"] = reader.num_bytes
@@ -140,31 +136,24 @@ def verify_shards(urls: str | Iterable[str], progress: Callable[[str, int], None
 
 
 def _check_sample(sample: dict) -> str | None:
-    """Why a raw sample is bad, naming the member concerned (None: it decodes and agrees with
-    its record)."""
+    """Why a raw sample is bad, naming the member concerned (None: it decodes, its record
+    describes its members (``sample.SampleCodec``) and names its key and label)."""
     key = sample["__key__"]
-    if RECORD in sample:
-        try:
-            json.loads(sample[RECORD])
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return f"unreadable record, member {RECORD} ({exc})"
     try:
         decoded = decode_sample(sample, with_iframes=True, check=True)
     except SampleError as exc:
-        return str(exc).removeprefix(f"sample {key!r}: ")
-    except (KeyError, TypeError, ValueError) as exc:  # a record missing fields or of wrong types
-        return f"record does not describe the sample ({type(exc).__name__}: {exc})"
+        return _reason(exc, key)
     record = decoded.record
     if record.get("key") != key:
         return f"record names key {record.get('key')!r}"
     if decoded.label != record.get("label"):
         return f"label {decoded.label} but record says {record.get('label')}"
-    k = len(decoded.iframes)
-    if k != len(decoded.iframe_index):
-        return f"{k} I-frames but {len(decoded.iframe_index)} I-frame indices"
-    if k and list(decoded.iframes.shape[1:3]) != list(record.get("iframe_size", [])):
-        return f"I-frames are {list(decoded.iframes.shape[1:3])} px, record says {record.get('iframe_size')}"
     return None
+
+
+def _reason(exc: SampleError, key: str) -> str:
+    """A sample error's message without the ``sample 'key': `` the problem line names already."""
+    return str(exc).removeprefix(f"sample {key!r}: ")
 
 
 def _check_stats(url: str, path: Path, keys: list[str]) -> list[Problem]:
@@ -206,35 +195,41 @@ def find_sample(urls: str | Iterable[str], key: str, config: ReadConfig | None =
     raise SampleNotFoundError(urls, key)
 
 
-def sample_fields(sample: dict) -> VideoFields:
-    """A raw sample back into :class:`VideoFields` (MVs dequantized: within 0.125 px/frame).
+def sample_fields(decoded: ShardSample) -> VideoFields:
+    """A decoded sample back into :class:`VideoFields` (MVs dequantized: within 0.125 px/frame).
 
     meta: the record's ``extraction`` plus the segment (``segment``, ``segment_start``,
-    ``num_segments``), ``key`` and ``class_name``.
+    ``num_segments``), ``key`` and ``class_name``. SampleError when the record lacks one.
     """
-    decoded = decode_sample(sample, with_iframes=True, check=True)
     record = decoded.record
-    segment = record.get("segment", {"index": 0, "start": 0, "num_segments": 1})
-    meta = {**record["extraction"], "segment": segment["index"], "segment_start": segment["start"],
-            "num_segments": segment["num_segments"], "key": decoded.key,
-            "class_name": record["class_name"]}
+    try:
+        segment = record.get("segment", {"index": 0, "start": 0, "num_segments": 1})
+        meta = {**record["extraction"], "segment": segment["index"], "segment_start": segment["start"],
+                "num_segments": segment["num_segments"], "key": decoded.key,
+                "class_name": record["class_name"]}
+        fps = float(record["fps"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SampleError(f"sample {decoded.key!r}: incomplete record ({type(exc).__name__}: {exc})") from exc
     return VideoFields(mv=decoded.mv, valid=decoded.valid, frame_types=decoded.frame_types,
                        iframes=decoded.iframes, iframe_index=decoded.iframe_index,
-                       grid=int(record["grid"]), fps=float(record["fps"]),
-                       size=tuple(int(v) for v in record["size"]), meta=meta)
+                       grid=int(record["grid"]), fps=fps, size=tuple(int(v) for v in record["size"]), meta=meta)
 
 
 def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path,
                   config: ReadConfig | None = None) -> VideoFields:
-    """Write sample ``key`` as an export-schema ``.npz`` (plus ``source`` and ``label``).
+    """Write sample ``key`` as an export-schema ``.npz`` (plus ``source`` and ``label``), after
+    the checks of ``mvmae shards verify`` (``sample.decode_sample``).
 
-    Raises :class:`ShardError` naming the key when no shard holds it.
+    Raises :class:`ShardError` naming the key when no shard holds it, or why it is bad.
     """
     sample = find_sample(urls, key, config)
     try:
-        fields = sample_fields(sample)
+        decoded = decode_sample(sample, with_iframes=True, check=True)
+        fields = sample_fields(decoded)
+        extra = {"source": decoded.record["source"], "label": decoded.record["label"]}
+    except KeyError as exc:
+        raise ShardError(sample["__url__"], key, f"incomplete record (KeyError: {exc})") from exc
     except SampleError as exc:
-        raise ShardError(sample["__url__"], key, str(exc)) from exc
-    record = json.loads(sample[RECORD])
-    save_export(out_path, fields, extra={"source": record["source"], "label": record["label"]})
+        raise ShardError(sample["__url__"], key, _reason(exc, key)) from exc
+    save_export(out_path, fields, extra=extra)
     return fields

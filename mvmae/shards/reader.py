@@ -28,8 +28,6 @@ import functools
 import logging
 import multiprocessing
 import random
-import tarfile
-import zlib
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -37,9 +35,9 @@ import torch
 import webdataset as wds
 from webdataset.handlers import reraise_exception
 
+from mvmae.shards import clips as clip_sampling
 from mvmae.shards import sample as fmt
-from mvmae.shards.clips import (Clip, ClipConfig, IFrameOps, ShardClipSource, assemble_clips, clip_fields,
-                                crop_iframes, decode_iframes, plan_clips)
+from mvmae.shards.clips import Clip, ClipConfig, IFrameOps, ShardClipSource
 from mvmae.shards.sample import FormatVersionError, SampleError
 from mvmae.shards.stream import Handler, ReadConfig, ShardReadError, expand_urls, read_shards
 from mvmae.shards.torch_iframes import TORCH_IFRAMES, TorchIFrames
@@ -67,10 +65,11 @@ class SkipCounter:
     (None: no limit) raises :class:`TooManySkipsError` once skipped/seen exceeds it, for samples
     after ``min_samples`` seen and for shards after ``min_shards`` seen (totals over workers).
     ``shard_retries`` counts the re-reads of shards that failed part-way (``stream.ShardReader``).
-    FormatVersionError and errors that are not data errors (bugs) re-raise.
+    FormatVersionError and errors that are not data errors (bugs) re-raise. The stages hand it
+    SampleErrors and, for shards, ShardReadErrors (OSErrors; tar damage is one too).
     """
 
-    SKIPPABLE = (SampleError, OSError, EOFError, tarfile.TarError)
+    SKIPPABLE = (SampleError, OSError)
     _FIELDS = ("seen", "skipped", "shards_seen", "shards_skipped", "shard_retries")
     _ROWS = 256  # DataLoader workers with their own row (beyond: rows shared, counts may race)
 
@@ -164,13 +163,11 @@ def decode_sources(src: Iterable[dict], check_crc: bool = True,
     for raw in src:
         if hasattr(handler, "count_sample"):
             handler.count_sample()
-        url = raw.get("__url__", "?")
         try:
-            source = ShardClipSource(raw, check_crc)
+            source = ShardClipSource(raw, check_crc)  # its errors name the shard
         except FormatVersionError as exc:
-            raise FormatVersionError(f"{url}: refused: {exc}") from exc
+            raise FormatVersionError(f"{raw.get('__url__', '?')}: refused: {exc}") from exc
         except Exception as exc:
-            exc.add_note(f"shard {url}")
             if not handler(exc):
                 return
             continue
@@ -180,54 +177,9 @@ def decode_sources(src: Iterable[dict], check_crc: bool = True,
 def sample_clips(src: Iterable, clip: ClipConfig, seed: int = 0, epoch: SharedEpoch | int = 0,
                  handler: Handler = reraise_exception, ops: IFrameOps = TORCH_IFRAMES,
                  group_size: int = 16) -> Iterator[Clip]:
-    """Clip sources -> clips (I-frames through ``ops``). Random draws (train) come from a
-    generator seeded by (seed, epoch, key): the same clips whatever the worker that reads the
-    sample. Sources are taken ``group_size`` at a time and each step is done for the whole group
-    before the next (draws, fields, JPEG decoding, crops): the same clips in the same order as one
-    by one, for about 25% less CPU (each step's code and tables stay in the caches)."""
-    epoch = _epoch(epoch)
-    steps = (lambda source, plan: clip_fields(source, plan, clip),
-             lambda source, plan, fields: decode_iframes(source, plan, ops),
-             lambda source, plan, fields, images: crop_iframes(plan, images, clip, ops))
-    for group in _groups(src, group_size):
-        todo = []  # [source, plan, fields, images, iframes] of the samples still good
-        for source in group:
-            try:
-                rng = np.random.default_rng([seed, epoch, zlib.crc32(source.key.encode())])
-                todo.append([source, plan_clips(source, clip, rng)])
-            except SampleError as exc:
-                if not _skip_sample(handler, exc, source):
-                    return
-        for step in steps:
-            done = []
-            for item in todo:
-                try:
-                    done.append([*item, step(*item)])
-                except SampleError as exc:
-                    if not _skip_sample(handler, exc, item[0]):
-                        return
-            todo = done
-        for source, plan, fields, _, iframes in todo:
-            yield from assemble_clips(source, plan, fields, iframes)
-
-
-def _skip_sample(handler: Handler, exc: SampleError, source) -> bool:
-    """The handler's verdict on a sample that failed while its clips were cut (a lazily checked
-    MV chunk or JPEG), the exception noting the shard as decode_sources' errors do."""
-    exc.add_note(f"shard {getattr(source, 'url', '?')}")
-    return handler(exc)
-
-
-def _groups(src: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of ``size`` items (the last one shorter)."""
-    group = []
-    for item in src:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+    """``clips.sample_clips`` as the pipelines use it: I-frames through torch, the epoch read
+    (from a SharedEpoch) when iteration starts."""
+    yield from clip_sampling.sample_clips(src, clip, seed, _epoch(epoch), handler, ops, group_size)
 
 
 def collate_clips(clips: list[Clip]) -> dict:

@@ -12,6 +12,7 @@ import json
 import threading
 import zlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import zstandard
@@ -170,33 +171,61 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _ZSTD.dctx
 
 
-def decode_record(sample: dict) -> dict:
-    """The JSON record of a raw sample, after checking the format version."""
+def parse_record(sample: dict) -> dict:
+    """The JSON record of a raw sample, as an object (no check of its fields); SampleError,
+    naming the member, when it is missing or not a JSON object."""
+    key = sample.get("__key__")
     if RECORD not in sample:
-        raise SampleError(f"sample {sample.get('__key__')!r} has no {RECORD} member")
+        raise SampleError(f"sample {key!r}: no {RECORD} member")
     try:
         record = json.loads(sample[RECORD])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SampleError(f"sample {sample.get('__key__')!r}: unreadable record ({exc})") from exc
-    version = record.get("format_version") if isinstance(record, dict) else None
+        raise SampleError(f"sample {key!r}: unreadable record, member {RECORD} ({exc})") from exc
+    if not isinstance(record, dict):
+        raise SampleError(f"sample {key!r}: the record (member {RECORD}) is not a JSON object")
+    return record
+
+
+def decode_record(sample: dict) -> dict:
+    """The JSON record of a raw sample, after checking the format version.
+
+    Raises :class:`FormatVersionError` for an integer ``format_version`` this mvmae cannot read
+    (the whole shard is refused) and :class:`SampleError` for anything else wrong (not an object,
+    no integer version): records carry no CRC32, so damage must stay a skippable bad sample.
+    """
+    record, key = parse_record(sample), sample.get("__key__")
+    version = record.get("format_version")
+    if type(version) is not int:  # bool is an int subclass: true is no version
+        raise SampleError(f"sample {key!r}: the record has no integer format_version (found {version!r})")
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise FormatVersionError(
-            f"sample {sample.get('__key__')!r} is in shard format version {version}; this mvmae "
+            f"sample {key!r} is in shard format version {version}; this mvmae "
             f"reads version(s) {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}"
         )
     return record
 
 
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """A JPEG file -> uint8 (H, W, 3) RGB (PIL); OSError on corrupt data."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 class SampleCodec:
     """Random access to the members of one raw sample, checking what it reads.
 
-    ``mv_codes(lo, hi)`` decompresses the MV stream of frames [lo, hi): in version 2 only the
-    chunks these frames fall in (each checked against its CRC32 in the record), in version 1
-    (one zstd frame) from the start to frame ``hi``. ``jpeg(p)`` is the p-th I-frame's JPEG,
-    checked against its own CRC32 in version 2. ``check_crc``: version 1 compares the CRC32 of
-    every member up front (its record has no finer ones); version 2 compares the small members
-    up front and each MV chunk or JPEG when read (``check_all`` compares every member up front
-    too, as ``decode_sample`` and ``mvmae shards verify`` do).
+    The record is checked up front against the members (its fields, their types, the member
+    lengths, one I-frame index per JPEG) and gives ``size`` (H, W) px, ``grid`` px, ``cells``
+    (h, w), ``num_frames``, ``iframe_index`` int64 (K,), ``iframe_shape`` (H', W') px and
+    ``label`` (the ``cls`` member). ``mv_codes(lo, hi)`` decompresses the MV stream of frames
+    [lo, hi): in version 2 only the chunks these frames fall in (each checked against its CRC32
+    in the record), in version 1 (one zstd frame) from the start to frame ``hi``. ``jpeg(p)`` is
+    the p-th I-frame's JPEG, checked against its own CRC32 in version 2, and ``iframe(p)`` that
+    JPEG decoded and checked against ``iframe_shape``. ``check_crc``: version 1 compares the
+    CRC32 of every member up front (its record has no finer ones); version 2 compares the small
+    members up front and each MV chunk or JPEG when read (``check_all`` compares every member up
+    front too, as ``decode_sample`` and ``mvmae shards verify`` do).
     """
 
     _SKIP_CHUNK = 1 << 16  # v1: bytes of scratch to decompress (and drop) frames before a range
@@ -210,15 +239,10 @@ class SampleCodec:
         self.version, self.check_crc = record["format_version"], check_crc
         try:
             crc = dict(record["crc32"])
-            self.num_frames, (h, w) = int(record["num_frames"]), record["cells"]
-            self.cells = (int(h), int(w))
-            self.iframe_ends = np.cumsum(record["iframe_bytes"], dtype=np.int64)  # (K,)
-            if self.version >= 2:
-                self.chunk_frames = int(record["mv_chunk_frames"])
-                self.chunk_ends = np.cumsum(record["mv_chunk_bytes"], dtype=np.int64)  # (num chunks,)
-                self.chunk_crc, self.iframe_crc = list(record["mv_chunk_crc32"]), list(record["iframe_crc32"])
+            self._read_record(record)
         except (KeyError, TypeError, ValueError) as exc:
             raise SampleError(f"sample {key!r}: incomplete record ({type(exc).__name__}: {exc})") from exc
+        self._check_geometry()
         if check_crc:
             checked = CHECKED_MEMBERS if check_all or self.version == 1 else SMALL_MEMBERS
             bad = [m for m in checked if zlib.crc32(raw[m]) != crc.get(m)]
@@ -227,6 +251,36 @@ class SampleCodec:
         self.frame_bytes = 2 * self.cells[0] * self.cells[1]
         self.mv_blob, self.jpeg_blob = raw[MV], raw[IFRAMES]
         self._check_layout(raw)
+        try:
+            self.label = int(raw[LABEL])
+        except ValueError as exc:
+            raise SampleError(f"sample {key!r}: unreadable {LABEL} member ({exc})") from exc
+
+    def _read_record(self, record: dict) -> None:
+        """The record's fields this codec and the readers use; KeyError, TypeError or ValueError
+        when one is missing or of the wrong type."""
+        (h, w), (height, width), (ih, iw) = record["cells"], record["size"], record["iframe_size"]
+        self.num_frames, self.cells, self.grid = int(record["num_frames"]), (int(h), int(w)), int(record["grid"])
+        self.size, self.iframe_shape = (int(height), int(width)), (int(ih), int(iw))
+        self.iframe_index = np.asarray(record["iframe_index"], np.int64)  # (K,)
+        self.iframe_ends = np.cumsum(record["iframe_bytes"], dtype=np.int64)  # (K,)
+        if self.iframe_index.ndim != 1 or self.iframe_ends.ndim != 1:
+            raise TypeError("iframe_index and iframe_bytes must be lists")
+        if self.version >= 2:
+            self.chunk_frames = int(record["mv_chunk_frames"])
+            self.chunk_ends = np.cumsum(record["mv_chunk_bytes"], dtype=np.int64)  # (num chunks,)
+            self.chunk_crc, self.iframe_crc = list(record["mv_chunk_crc32"]), list(record["iframe_crc32"])
+
+    def _check_geometry(self) -> None:
+        """Sizes positive; one I-frame index, and a size, for the JPEGs."""
+        k = len(self.iframe_ends)
+        if min(*self.size, self.grid, *self.cells) < 1:
+            raise SampleError(f"sample {self.key!r}: the record's size {list(self.size)}, grid {self.grid} or "
+                              f"cells {list(self.cells)} are not positive")
+        if len(self.iframe_index) != k:
+            raise SampleError(f"sample {self.key!r}: {len(self.iframe_index)} I-frame indices for {k} JPEGs")
+        if k and min(self.iframe_shape) < 1:
+            raise SampleError(f"sample {self.key!r}: iframe_size {list(self.iframe_shape)} for {k} JPEGs")
 
     def _check_layout(self, raw: dict) -> None:
         """Member lengths against the record (cheap: no decoding)."""
@@ -297,35 +351,38 @@ class SampleCodec:
             raise SampleError(f"sample {self.key!r}: checksum mismatch in {IFRAMES} I-frame {p} (corrupt data)")
         return data
 
+    def iframe(self, p: int, decode: Callable[[bytes], np.ndarray] = decode_jpeg) -> np.ndarray:
+        """I-frame ``p`` decoded by ``decode`` (a JPEG file -> uint8 (H', W', 3) RGB; OSError or
+        ValueError when corrupt), of the record's ``iframe_size``; SampleError otherwise."""
+        data = self.jpeg(p)
+        try:
+            image = decode(data)
+        except (OSError, ValueError) as exc:
+            raise SampleError(f"sample {self.key!r}: corrupt I-frame JPEG ({exc})") from exc
+        if image.shape[:2] != self.iframe_shape:
+            raise SampleError(f"sample {self.key!r}: I-frame {p} is {image.shape[:2]} px, the record "
+                              f"says {self.iframe_shape}")
+        return image
+
 
 def decode_sample(sample: dict, with_iframes: bool = True, check: bool = True) -> ShardSample:
     """Decode raw members (bytes, as read from the tar) into a :class:`ShardSample`.
 
     ``check`` compares the CRC32 of each member with the record's, and in version 2 also each
-    MV chunk's and JPEG's (about 1 GB/s: cheap next to zstd).
+    MV chunk's and JPEG's (about 1 GB/s: cheap next to zstd). Whatever ``check``, the record
+    must describe the members (``SampleCodec``) and every decoded I-frame be of its size.
     """
     codec = SampleCodec(sample, check_crc=check, check_all=True)
-    record, key, n = codec.record, codec.key, codec.num_frames
+    n = codec.num_frames
     codes = codec.mv_codes(0, n) if n else np.zeros((0, 2, *codec.cells), np.int8)
     mv, valid = dequantize_mv(codes)
     iframes = _decode_iframes(codec) if with_iframes else None
-    return ShardSample(key=key, mv=mv, valid=valid, frame_types=np.frombuffer(sample[TYPES], np.uint8).copy(),
-                       iframes=iframes, iframe_index=np.asarray(record["iframe_index"], np.int64),
-                       label=int(sample[LABEL]), record=record)
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """A JPEG file -> uint8 (H, W, 3) RGB (PIL); OSError on corrupt data."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return ShardSample(key=codec.key, mv=mv, valid=valid, frame_types=np.frombuffer(sample[TYPES], np.uint8).copy(),
+                       iframes=iframes, iframe_index=codec.iframe_index, label=codec.label, record=codec.record)
 
 
 def _decode_iframes(codec: SampleCodec) -> np.ndarray:
-    try:
-        images = [decode_jpeg(codec.jpeg(p)) for p in range(len(codec.iframe_ends))]
-    except OSError as exc:
-        raise SampleError(f"sample {codec.key!r}: corrupt I-frame JPEG ({exc})") from exc
+    images = [codec.iframe(p) for p in range(len(codec.iframe_ends))]
     if not images:
         return np.zeros((0, 0, 0, 3), np.uint8)
     return np.stack(images)

@@ -86,11 +86,6 @@ class ArraySource:
     grid: int
     mv_step: float = 1.0
 
-    @classmethod
-    def from_shard_sample(cls, s) -> "ArraySource":
-        return cls(s.key, s.label, s.mv, s.valid, s.iframes, s.iframe_index,
-                   tuple(s.record["size"]), int(s.record["grid"]))
-
     @property
     def num_frames(self) -> int:
         return len(self.mv)
@@ -107,46 +102,42 @@ class ArraySource:
 
 
 class ShardClipSource:
-    """A raw sample checked (members, format version, CRC32) and decoded lazily, a
+    """A raw sample checked (members, format version, the record against the members, CRC32)
+    and decoded lazily, a
     :class:`ClipSource`: only the MV frames a clip uses are decompressed (version 2: the chunks
     holding them; version 1: the stream up to the last of them) and dequantized, only the chosen
     I-frames' JPEGs decoded, and with ``check_crc`` each checked before use (``sample.SampleCodec``;
-    version 1 shards: every member up front). The tests compare it with ``decode_sample``."""
+    version 1 shards: every member up front). Its SampleErrors, found up front or later (lazy
+    checks), carry a note naming the shard (``__url__``). The tests compare it with
+    ``decode_sample``."""
 
     def __init__(self, raw: dict, check_crc: bool = True) -> None:
-        codec = self._codec = fmt.SampleCodec(raw, check_crc)
-        self.key, self.record, self.num_frames = codec.key, codec.record, codec.num_frames
-        self.url = raw.get("__url__", "?")  # the shard, named in errors found later (lazy checks)
+        self.url = raw.get("__url__", "?")
         try:
-            self.size, self.grid = tuple(int(v) for v in self.record["size"]), int(self.record["grid"])
-            self.iframe_index = np.asarray(self.record["iframe_index"], np.int64)  # (K0,)
-            self.iframe_shape = tuple(int(v) for v in self.record["iframe_size"])
-            self.label = int(raw[fmt.LABEL])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SampleError(f"sample {self.key!r}: incomplete record ({type(exc).__name__}: {exc})") from exc
-        if len(self.iframe_index) != len(codec.iframe_ends):
-            raise SampleError(f"sample {self.key!r}: {len(self.iframe_index)} I-frame indices for "
-                              f"{len(codec.iframe_ends)} JPEGs")
+            codec = self._codec = fmt.SampleCodec(raw, check_crc)  # the record checked against the members
+        except SampleError as exc:
+            exc.add_note(f"shard {self.url}")
+            raise
+        self.key, self.record, self.num_frames, self.label = codec.key, codec.record, codec.num_frames, codec.label
+        self.size, self.grid, self.iframe_index, self.iframe_shape = (codec.size, codec.grid, codec.iframe_index,
+                                                                      codec.iframe_shape)
 
     mv_step = fmt.MV_STEP  # motion() gives the int8 codes: resampling dequantizes what it uses
 
     def motion(self, frame_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = int(frame_index.min()), int(frame_index.max()) + 1
-        codes = self._codec.mv_codes(lo, hi)  # (hi - lo, 2, h, w)
+        try:
+            codes = self._codec.mv_codes(lo, hi)  # (hi - lo, 2, h, w)
+        except SampleError as exc:
+            exc.add_note(f"shard {self.url}")
+            raise
         if len(frame_index) != hi - lo or frame_index[0] != lo or (np.diff(frame_index) != 1).any():
             codes = codes[frame_index - lo]  # looped or strided clips: (T, 2, h, w)
         return codes, codes[:, 0] != fmt.MV_INVALID  # int8 (T, 2, h, w), bool (T, h, w)
 
     def iframes(self, positions: Sequence[int], decode: JpegDecoder = fmt.decode_jpeg) -> list[np.ndarray]:
-        images = []
-        for p in positions:
-            data = self._codec.jpeg(p)  # CRC32 checked
-            try:
-                image = decode(data)
-            except (OSError, ValueError) as exc:
-                raise SampleError(f"sample {self.key!r}: corrupt I-frame JPEG ({exc})") from exc
-            if image.shape[:2] != self.iframe_shape:
-                raise SampleError(f"sample {self.key!r}: I-frame {p} is {image.shape[:2]} px, the record "
-                                  f"says {self.iframe_shape}")
-            images.append(image)
-        return images
+        try:
+            return [self._codec.iframe(p, decode) for p in positions]  # CRC32 and size checked
+        except SampleError as exc:
+            exc.add_note(f"shard {self.url}")
+            raise

@@ -34,7 +34,7 @@ from mvmae.shards.fetch import ReadConfig, expand_urls, local_path, open_shard
 from mvmae.shards.sample import MEMBERS
 
 __all__ = ["ReadConfig", "ShardError", "ShardReadError", "ShardReader", "expand_urls", "local_path",
-           "read_shards", "iter_raw_samples"]
+           "read_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -246,17 +246,18 @@ class ShardReader:
 
     Raises :class:`ShardReadError` (URL, last sample delivered, reason) when the shard cannot be
     read to its end. ``on_retry()`` is called before each retry. After a complete iteration
-    ``num_bytes`` is the size of the shard and ``attempts`` the reads it took.
+    ``num_bytes`` is the size of the shard.
     """
 
     def __init__(self, url: str, config: ReadConfig | None = None,
                  on_retry: Callable[[], None] | None = None) -> None:
         self.url, self.config, self.on_retry = url, config or ReadConfig(), on_retry
-        self.num_bytes, self.attempts = 0, 0
-        self.last_key: str | None = None
+        self.num_bytes = 0
+        self._delivered: list[str] = []  # keys, in order, of the samples yielded so far
 
     def __iter__(self) -> Iterator[dict]:
-        delivered: list[str] = []  # keys, in order, of the samples yielded so far
+        self._delivered = delivered = []
+        reason = ""
         delays = [] if local_path(self.url) is not None else self.config.retry_delays()
         for attempt in range(len(delays) + 1):
             if attempt:
@@ -265,7 +266,6 @@ class ShardReader:
                 if self.on_retry is not None:
                     self.on_retry()
                 time.sleep(delays[attempt - 1])
-            self.attempts = attempt + 1
             try:
                 with contextlib.closing(self._read_once()) as samples:
                     for i, sample in enumerate(samples):
@@ -273,18 +273,21 @@ class ShardReader:
                             self._check_same(i, sample["__key__"], delivered[i])
                             continue
                         delivered.append(sample["__key__"])
-                        self.last_key = sample["__key__"]
                         yield sample
                 return
             except _AttemptFailed as exc:
                 reason = str(exc)
-        tries = f" ({self.attempts} attempts)" if self.attempts > 1 else ""
-        raise ShardReadError(self.url, self.last_key, f"{reason}{tries}")
+        tries = f" ({len(delays) + 1} attempts)" if delays else ""
+        raise ShardReadError(self.url, self._last_key(), f"{reason}{tries}")
+
+    def _last_key(self) -> str | None:
+        """The last sample delivered (None: none yet)."""
+        return self._delivered[-1] if self._delivered else None
 
     def _check_same(self, index: int, key: str, delivered: str) -> None:
         if key != delivered:
-            raise ShardReadError(self.url, self.last_key, f"the shard changed between reads: sample "
-                                                          f"{index} is {key!r}, was {delivered!r}")
+            raise ShardReadError(self.url, self._last_key(), f"the shard changed between reads: sample "
+                                                             f"{index} is {key!r}, was {delivered!r}")
 
     def _read_once(self) -> Iterator[dict]:
         """One read from the start; a failure raises :class:`_AttemptFailed` with the reason."""
@@ -309,7 +312,7 @@ class ShardReader:
                 raw.close()
 
     def _after(self) -> str:
-        return " after this sample" if self.last_key else ""
+        return " after this sample" if self._delivered else ""
 
 
 def read_shards(src: Iterable[dict], config: ReadConfig | None = None,
@@ -329,9 +332,3 @@ def read_shards(src: Iterable[dict], config: ReadConfig | None = None,
         except ShardReadError as exc:
             if not handler(exc):
                 return
-
-
-def iter_raw_samples(urls: str | Iterable[str], handler: Handler = reraise_exception,
-                     config: ReadConfig | None = None) -> Iterator[dict]:
-    """Raw samples of every shard of ``urls`` (brace patterns expanded), in order."""
-    return read_shards(({"url": url} for url in expand_urls(urls)), config, handler)

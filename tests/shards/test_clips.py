@@ -120,6 +120,26 @@ def test_no_iframe_is_a_sample_error() -> None:
         make_clips(src, ClipConfig(mode="center"))
 
 
+@pytest.mark.parametrize("mode", ["train", "center"])
+def test_motion_only_clips_of_a_sample_without_iframes(mode: str) -> None:
+    """num_iframes=0 reads a sample with no I-frame (images (0, 0, 0, 3), as decode_sample gives
+    them; its record says iframe_size [0, 0]): the field is cut by the box snapped to whole source
+    pixels, in output px per frame; with num_iframes=1 the sample is refused."""
+    src = uniform_source(iframe_index=())
+    src.images = np.zeros((0, 0, 0, 3), np.uint8)
+    rng = np.random.default_rng(3) if mode == "train" else None
+    (clip,) = make_clips(src, ClipConfig(mode=mode, num_iframes=0), rng)
+    assert clip.iframes.shape == (0, 3, 224, 224) and clip.iframe_index.shape == (0,)
+    px = np.array(clip.crop_box) * [H, W, H, W]
+    np.testing.assert_allclose(px, np.round(px), atol=1e-9)
+    y0, x0, y1, x1 = clip.crop_box
+    assert clip.valid.all()
+    np.testing.assert_allclose(clip.mv[:, 0], (-2.0 if clip.flipped else 2.0) * 224 / ((x1 - x0) * W), rtol=1e-5)
+    np.testing.assert_allclose(clip.mv[:, 1], -1.0 * 224 / ((y1 - y0) * H), rtol=1e-5)
+    with pytest.raises(SampleError, match="no I-frame"):
+        make_clips(src, ClipConfig(mode=mode, num_iframes=1), rng)
+
+
 def test_area_weights_rows_sum_to_one_and_cover_partial_cells() -> None:
     edges = np.minimum(np.arange(4) * 8, 20) / 20  # 3 cells over 20 px: 8, 8 and a partial 4
     wts = area_weights(edges, 0.0, 1.0, 2)  # 2 output cells of 10 px

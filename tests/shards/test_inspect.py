@@ -14,8 +14,9 @@ import pytest
 
 from mvmae.cli import main
 from mvmae.shards.inspect import Problem, inspect_shards, verify_shards
-from mvmae.shards.sample import FORMAT_VERSION
+from mvmae.shards.sample import FORMAT_VERSION, RECORD, update_record
 from mvmae.shards.stream import ShardReader, expand_urls
+from mvmae.shards.writer import ShardFile
 
 PATTERN = "train-{000000..000004}.tar"
 NUM_GOOD = 8  # good videos of the job_media fixture (conftest.py), 40 frames each
@@ -145,3 +146,22 @@ def test_export_carries_source_and_label(job_dataset, job_media, cli_runner, tmp
     assert fields.meta["source"] == video.name and fields.meta["label"] == 2
     assert fields.meta["key"] == key and fields.meta["class_name"] == cls == "wave"
     assert fields.mv.shape == (40, 2, 18, 24) and fields.valid.any()
+
+
+def test_export_refuses_a_sample_that_disagrees_with_its_record(job_dataset, cli_runner, tmp_path) -> None:
+    """One more I-frame index than JPEGs: export fails with one line naming the key and the
+    reason, writes nothing; verify reports the same reason."""
+    raw = next(iter(ShardReader(str(job_dataset["out"] / "train-000000.tar"))))
+    key, index = raw["__key__"], json.loads(raw[RECORD])["iframe_index"]
+    (tmp_path / "shards").mkdir()
+    with ShardFile(tmp_path / "shards" / "train-000000.tar") as shard:
+        shard.write(update_record(raw, iframe_index=index + [39]))
+        shard.commit()
+    out = tmp_path / "x.npz"
+    result = cli_runner.invoke(main, ["shards", "export", str(shard.path), "--key", key, "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    reason = f"{len(index) + 1} I-frame indices for {len(index)} JPEGs"
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {shard.path} {key}: ") and reason in line, line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+    assert [(p.key, p.reason) for p in verify_shards(str(shard.path)) if p.key] == [(key, reason)]

@@ -12,12 +12,15 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
 from webdataset.handlers import ignore_and_continue
 
 from mvmae.extract.video import extract_video
+from mvmae.shards.inspect import verify_shards
+from mvmae.shards.job import JobConfig, run_job
 from mvmae.shards.clips import PIL_IFRAMES, ShardClipSource
 from mvmae.shards.reader import (TORCH_IFRAMES, ClipConfig, ReadConfig, SkipCounter, TooManySkipsError,
                                  build_eval_pipeline, build_train_pipeline, decode_sources, expand_urls,
@@ -25,6 +28,12 @@ from mvmae.shards.reader import (TORCH_IFRAMES, ClipConfig, ReadConfig, SkipCoun
 from mvmae.shards.sample import (MV_STEP, FormatVersionError, SampleCodec, SampleError, decode_sample,
                                  dequantize_mv, update_record)
 from mvmae.shards.writer import ShardFile
+from mvmae.synth import encode_h264
+
+try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
+    import media
+except ImportError:  # ... or as the `tests` package
+    from tests import media
 
 CENTER = ClipConfig(mode="center")
 WORKER_TIMEOUT_S = 60  # a DataLoader worker stuck for this long fails the test instead of hanging it
@@ -119,6 +128,19 @@ def test_undecodable_jpeg_is_a_sample_error(reader_dataset, ops) -> None:
     assert first > 16
 
 
+def test_source_errors_name_the_shard(corrupt_dataset) -> None:
+    """A ShardClipSource's SampleErrors, found up front (a missing member) or when a clip reads a
+    damaged piece, carry a note naming the shard."""
+    url = corrupt_dataset["urls"][0]
+    raws = {r["__key__"]: r for r in read_shards([{"url": url}])}
+    with pytest.raises(SampleError, match="lacks member") as info:
+        ShardClipSource({k: v for k, v in raws["c0_astronaut"].items() if k != "cls"})
+    assert info.value.__notes__ == [f"shard {url}"]
+    with pytest.raises(SampleError, match="checksum mismatch in mv.zst chunk") as info:
+        ShardClipSource(raws["c0_coffee"]).motion(np.arange(16))
+    assert info.value.__notes__ == [f"shard {url}"]
+
+
 @pytest.mark.parametrize("mode", ["train", "multi"])
 def test_grouped_clips_equal_one_by_one(corrupt_dataset, mode: str) -> None:
     """sample_clips works on groups of sources step by step: the same clips, in the same order,
@@ -137,6 +159,27 @@ def test_grouped_clips_equal_one_by_one(corrupt_dataset, mode: str) -> None:
         assert (a.start, a.clip_index, a.crop_box, a.flipped) == (b.start, b.clip_index, b.crop_box, b.flipped)
         for name in ("mv", "valid", "iframes", "frame_index", "iframe_index"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.parametrize("group_size", [2, 16])
+def test_grouped_clips_equal_one_by_one_with_a_stopping_handler(corrupt_dataset, group_size: int) -> None:
+    """A handler that stops at a bad sample (webdataset's ``*_and_stop``) ends the clips there
+    whatever the grouping: the clips of the samples before it arrive, as one by one."""
+    def run(size: int) -> tuple[list[str], list[Exception]]:
+        errors = []
+
+        def stop(exc: Exception) -> bool:
+            errors.append(exc)
+            return False
+
+        sources = decode_sources(read_shards({"url": u} for u in corrupt_dataset["urls"]))
+        return [c.key for c in sample_clips(sources, CENTER, handler=stop, group_size=size)], errors
+
+    order = shard_keys(Path(corrupt_dataset["urls"][0]))
+    assert order.index("c0_coffee") > 0
+    (one, one_errors), (grouped, grouped_errors) = run(1), run(group_size)
+    assert one == grouped == order[:order.index("c0_coffee")]
+    assert len(one_errors) == len(grouped_errors) == 1 and "c0_coffee" in str(grouped_errors[0])
 
 
 # --------------------------------------------------------------------------- clips
@@ -269,6 +312,64 @@ def test_motion_only_clips_decode_no_iframe(reader_dataset, mode: str) -> None:
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     batch = next(iter(build_train_pipeline(reader_dataset["urls"], ClipConfig(num_iframes=0), 3)))
     assert batch["iframes"].shape == (3, 0, 3, 224, 224) and batch["iframe_index"].shape == (3, 0)
+
+
+def make_intra_refresh_cut(path: Path, skip: int = 5) -> Path:
+    """A real H.264 file with no I-frame: a pan (2 px/frame) encoded by libx264 with periodic intra
+    refresh (one IDR, at the start), remuxed without its first ``skip`` packets, as a capture that
+    starts mid-stream. FFmpeg starts decoding at the next recovery point: only P-frames."""
+    options = {"crf": "18", "threads": "1", "x264-params": "intra-refresh=1:keyint=12:bframes=0:log-level=error"}
+    whole = encode_h264(path.with_name(f"whole_{path.name}"), media.render_pan(vx=2, vy=0, num_frames=40), 25, options)
+    with av.open(str(whole)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        packets = [p for p in src.demux(video=0) if p.size][skip:]
+        first_pts, first_dts = packets[0].pts, packets[0].dts
+        for packet in packets:
+            packet.pts, packet.dts, packet.stream = packet.pts - first_pts, packet.dts - first_dts, stream
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def no_iframe_shard(tmp_path_factory) -> Path:
+    """A shard (``run_job``) of one sample without I-frames (``make_intra_refresh_cut``)."""
+    d = tmp_path_factory.mktemp("no_iframe")
+    make_intra_refresh_cut(d / "cut.mp4")
+    (d / "list.txt").write_text("cut.mp4 0\n")
+    summary = run_job(JobConfig(input=d / "list.txt", out_dir=d / "shards"))
+    assert summary.num_ok == 1, summary
+    gc.collect()  # no PyAV garbage for forked DataLoader workers (see conftest.reader_dataset)
+    return d / "shards" / "train-000000.tar"
+
+
+@pytest.mark.parametrize("mode", ["train", "center"])
+def test_motion_only_clips_of_a_sample_without_iframes(no_iframe_shard, mode: str) -> None:
+    """A sample without I-frames (its record: no iframe_index, iframe_size [0, 0]) gives
+    motion-only clips (num_iframes=0), the box snapped to whole source px; with I-frames it is
+    skipped and counted as a bad sample (train) or refused (eval)."""
+    (raw,) = read_shards([{"url": str(no_iframe_shard)}])
+    record = json.loads(raw["json"])
+    assert (record["iframe_index"], record["iframe_size"], record["gop"]["num_i"]) == ([], [0, 0], 0)
+    assert verify_shards(str(no_iframe_shard)) == []
+    if mode == "train":
+        pipeline = build_train_pipeline(str(no_iframe_shard), ClipConfig(num_iframes=0), 1)
+    else:
+        pipeline = build_eval_pipeline(str(no_iframe_shard), ClipConfig(mode="center", num_iframes=0), 1)
+    (batch,) = list(pipeline)
+    assert batch["iframes"].shape == (1, 0, 3, 224, 224) and batch["valid"].any()
+    h, w = record["size"]
+    y0, x0, y1, x1 = batch["crop_box"][0].tolist()
+    px = np.array([y0 * h, x0 * w, y1 * h, x1 * w])
+    np.testing.assert_allclose(px, np.round(px), atol=1e-4)
+    dx, _ = median_motion({k: batch[k][0].numpy() for k in ("mv", "valid")})
+    expect_dx = (-2 if bool(batch["flipped"][0]) else 2) * 224 / ((x1 - x0) * w)
+    assert dx == pytest.approx(expect_dx, rel=0.05, abs=0.1)
+    if mode == "train":
+        pipeline = build_train_pipeline(str(no_iframe_shard), ClipConfig(), 1)
+        assert list(pipeline) == [] and pipeline.skips.skipped == 1
+    else:
+        with pytest.raises(SampleError, match="no I-frame"):
+            list(build_eval_pipeline(str(no_iframe_shard), CENTER, 1))
 
 
 # --------------------------------------------------------------------------- order and splitting

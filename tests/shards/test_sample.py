@@ -15,9 +15,9 @@ import zstandard
 
 from mvmae.shards.clips import ClipConfig, ShardClipSource
 from mvmae.shards.inspect import Problem, inspect_shards, verify_shards
-from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, iter_samples, read_shards
-from mvmae.shards.sample import (FORMAT_VERSION, IFRAMES, MV, MV_CHUNK_FRAMES, RECORD, SampleCodec,
-                                 SampleError, decode_sample, update_record)
+from mvmae.shards.reader import SkipCounter, build_eval_pipeline, build_train_pipeline, iter_samples, read_shards
+from mvmae.shards.sample import (FORMAT_VERSION, IFRAMES, MV, MV_CHUNK_FRAMES, RECORD, FormatVersionError,
+                                 SampleCodec, SampleError, decode_record, decode_sample, update_record)
 from mvmae.shards.writer import ShardFile
 
 V2_FIELDS = ("mv_chunk_frames", "mv_chunk_bytes", "mv_chunk_crc32", "iframe_crc32")
@@ -160,3 +160,83 @@ def test_record_that_does_not_fit_the_members_is_refused(reader_dataset, field: 
         SampleCodec(update_record(raw, **{field: value}))
     with pytest.raises(SampleError, match="incomplete record"):
         SampleCodec(update_record(raw, mv_chunk_bytes=None))
+
+
+@pytest.mark.parametrize("record,refused", [
+    (b"[2]", False), (b'{"key": "x"}', False), (b'{"format_version": "2"}', False),
+    (b'{"format_version": true}', False), (b'{"format_version": 2.0}', False), (b'{"format_version": 99}', True),
+], ids=["array", "no_version", "text", "bool", "float", "99"])
+def test_only_an_unsupported_version_refuses_the_shard(reader_dataset, tmp_path, record: bytes, refused: bool) -> None:
+    """A record that is not an object or has no integer format_version is a bad sample (records
+    have no CRC32: damage must be skippable); only an integer version mvmae cannot read refuses
+    the shard, whatever the handler."""
+    raws = raw_samples(reader_dataset["tars"][0])
+    with pytest.raises(SampleError) as info:
+        decode_record({**raws[0], RECORD: record})
+    assert isinstance(info.value, FormatVersionError) == refused
+    with ShardFile(tmp_path / "train-000000.tar") as shard:
+        for i, raw in enumerate(raws):
+            shard.write({**raw, RECORD: record} if i == 0 else raw)
+        shard.commit()
+    pipeline = build_eval_pipeline(str(shard.path), ClipConfig(mode="center"), 1, handler=SkipCounter())
+    if refused:
+        with pytest.raises(FormatVersionError, match="version 99"):
+            list(pipeline)
+    else:
+        assert [b["key"][0] for b in pipeline] == [r["__key__"] for r in raws[1:]]
+        assert pipeline.skips.skipped == 1
+
+
+def without(raw: dict, field: str) -> dict:
+    """A raw sample whose record lacks ``field``."""
+    record = json.loads(raw[RECORD])
+    del record[field]
+    return {**raw, RECORD: json.dumps(record).encode()}
+
+
+def record_cases(raw: dict) -> dict[str, tuple[dict, str]]:
+    """Raw samples whose record does not describe their members: {case: (sample, reason)}."""
+    record = json.loads(raw[RECORD])
+    index, (h, w) = record["iframe_index"], record["iframe_size"]
+    return {
+        "no_iframe_index": (without(raw, "iframe_index"), "incomplete record"),
+        "no_size": (without(raw, "size"), "incomplete record"),
+        "grid_text": (update_record(raw, grid="eight"), "incomplete record"),
+        "grid_0": (update_record(raw, grid=0), "not positive"),
+        "extra_index": (update_record(raw, iframe_index=index + [index[-1] + 1]),
+                        f"{len(index) + 1} I-frame indices for {len(index)} JPEGs"),
+        "iframe_size": (update_record(raw, iframe_size=[h + 2, w]),
+                        rf"I-frame 0 is \({h}, {w}\) px, the record says \({h + 2}, {w}\)"),
+        "iframe_size_0": (update_record(raw, iframe_size=[0, 0]), f"iframe_size \\[0, 0\\] for {len(index)} JPEGs"),
+        "cls_text": ({**raw, "cls": b"two"}, "unreadable cls"),
+    }
+
+
+CASES = ("no_iframe_index", "no_size", "grid_text", "grid_0", "extra_index", "iframe_size", "iframe_size_0",
+         "cls_text")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_record_that_does_not_describe_the_sample_is_a_sample_error(reader_dataset, case: str) -> None:
+    """decode_sample (verify, export, iter_samples) and the training reader's source refuse the
+    same records with the same SampleError: fields missing or of the wrong type, I-frame indices
+    not one per JPEG, decoded I-frames not of the record's iframe_size, a cls that is no number."""
+    raw, reason = record_cases(raw_samples(reader_dataset["tars"][0])[0])[case]
+    with pytest.raises(SampleError, match=reason):
+        decode_sample(raw, check=False)
+    with pytest.raises(SampleError, match=reason):
+        source = ShardClipSource(raw, check_crc=False)
+        source.iframes(range(len(source.iframe_index)))
+
+
+def test_iter_samples_hands_a_bad_record_to_the_handler(reader_dataset, tmp_path) -> None:
+    raws = raw_samples(reader_dataset["tars"][0])
+    with ShardFile(tmp_path / "train-000000.tar") as shard:
+        for i, raw in enumerate(raws):
+            shard.write(without(raw, "iframe_index") if i == 1 else raw)
+        shard.commit()
+    skips = SkipCounter()
+    keys = [s.key for s in iter_samples(str(shard.path), handler=skips)]
+    assert keys == [raws[0]["__key__"], raws[2]["__key__"]] and skips.skipped == 1
+    with pytest.raises(SampleError, match=f"{raws[1]['__key__']}.*incomplete record"):
+        list(iter_samples(str(shard.path)))

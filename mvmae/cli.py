@@ -55,6 +55,7 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from mvmae.extract.errors import VideoError
+        from mvmae.files import WriteError
         from mvmae.shards.job import JobError
         from mvmae.shards.sample import SampleError
         from mvmae.shards.stream import ShardError
@@ -66,7 +67,7 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (VideoError, JobError, VideoListError, ShardError, SampleError) as exc:
+        except (VideoError, JobError, VideoListError, ShardError, SampleError, WriteError) as exc:
             if debug:
                 raise
             _fail(str(exc))

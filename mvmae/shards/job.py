@@ -8,8 +8,9 @@ rest, so a job killed at any moment finishes with every good video exactly once.
 
 Videos are extracted in supervised worker processes (:mod:`mvmae.shards.workers`): a video that
 runs past the time limit or kills its worker is recorded as failed (``timeout``, ``crashed``) in
-``<split>-faults.json`` and in its shard's stats, and the job goes on. ``workers=0`` extracts in
-the calling process instead: no time limit, and a crash of the decoder ends the job.
+``<split>-faults.json`` and in its shard's stats, and the job goes on.
+``workers=0`` extracts in the calling process instead: no time limit, and a crash of the decoder
+ends the job.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from mvmae import __version__
 from mvmae.extract.decoder import ExtractConfig
 from mvmae.extract.errors import VideoError
 from mvmae.extract.video import iter_segments
+from mvmae.files import stale_temporaries
 from mvmae.shards.faults import FaultLog
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, encode_sample, update_record
 from mvmae.shards.videolist import VideoEntry, read_inputs
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
-    """The job cannot run as asked, or cannot write its output (names the path and the reason)."""
+    """The job cannot run as asked: the folder holds another job's shards (names the path)."""
 
 
 @dataclass
@@ -211,17 +211,17 @@ def _encoded_segments(entry: VideoEntry, config: JobConfig) -> list[tuple[dict, 
 def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = None) -> JobSummary:
     """Run (or resume) the job; ``progress(done_videos, total_videos)`` is called as videos finish.
 
-    Raises JobError when the output folder belongs to a different job or when the output cannot
-    be written (a full disk, a read-only or unwritable folder): the message names the path and
-    the reason; complete shards are kept, no partial one is left, and running the same job again
-    once the cause is gone finishes it. With ``workers >= 1`` the workers are spawned processes:
-    a script that calls this at import time needs the usual ``if __name__ == "__main__":`` guard.
+    Raises JobError when the output folder belongs to a different job, and WriteError when the
+    output cannot be written (a full disk, a read-only or unwritable folder): the message names
+    the path and the reason; complete shards are kept, no partial one is left, and running the
+    same job again once the cause is gone finishes it. With ``workers >= 1`` the workers are spawned processes: a script that calls
+    this at import time needs the usual ``if __name__ == "__main__":`` guard.
     """
     try:
         return _run(config, progress)
     except WriteError as exc:
-        raise JobError(f"{exc}; complete shards are kept, run the same command again once this "
-                       "is fixed") from exc
+        raise WriteError(exc.filename, exc, exc.what,
+                         then="run the same command again (complete shards are kept)") from exc
 
 
 def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobSummary:
@@ -237,7 +237,7 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
     summary.shards_skipped = len(tasks) - len(todo)
     total = sum(len(t.entries) for t in tasks)
     done = total - sum(len(t.entries) for t in todo)
-    _remove_stale_temporaries(out, config.split, todo)
+    _remove_stale_temporaries(out, todo)
     if progress:
         progress(done, total)
     faults = FaultLog(out / f"{config.split}-faults.json", job_id)
@@ -260,31 +260,22 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
     return summary
 
 
-def _remove_stale_temporaries(out: Path, split: str, redo: list[ShardTask]) -> None:
-    """Temporary files ``.<name>.tmp-<pid>`` left by killed runs: those of the shards to redo
-    (whatever their pid), and those of the job's own files whose process is gone."""
+def _remove_stale_temporaries(out: Path, redo: list[ShardTask]) -> None:
+    """Temporary files left by killed runs: those of the shards to redo (whoever wrote them),
+    and any that a dead process of this machine left. Those another machine may be writing stay."""
     shards = {f"{t.name}.{ext}" for t in redo for ext in ("tar", "json")}
-    own = {f"{split}-job.json", f"{split}-manifest.jsonl", f"{split}-faults.json", "classes.json"}
-    for tmp in out.glob(".*.tmp-*"):
-        match = re.fullmatch(r"\.(.+)\.tmp-(\d+)", tmp.name)
-        if match and (match[1] in shards or (match[1] in own and not _process_exists(int(match[2])))):
-            remove_quietly(tmp)  # on a read-only folder the job's first write reports it
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, another user's
-        return True
-    return True
+    for tmp in stale_temporaries(out, claimed=shards.__contains__):
+        remove_quietly(tmp)  # on a read-only folder the job's first write reports it
 
 
 def _claim_folder(config: JobConfig, job_id: str, classes: list[str]) -> None:
     """Record the job in OUT_DIR, refusing a folder that holds shards of another job."""
     out = config.out_dir
     job_path = out / f"{config.split}-job.json"
+    job = {"job": job_id, "mvmae_version": __version__, "format_version": FORMAT_VERSION,
+           "input": str(config.input), "split": config.split, "shard_size": config.shard_size,
+           "max_seconds": config.max_seconds, "num_parts": config.num_parts,
+           "extract": asdict(config.extract)}
     if job_path.exists():
         previous = json.loads(job_path.read_text())
         if previous.get("job") != job_id:
@@ -292,10 +283,6 @@ def _claim_folder(config: JobConfig, job_id: str, classes: list[str]) -> None:
                 f"{out}: holds '{config.split}' shards of a different job (other inputs, shard size "
                 f"or extraction options); use another folder or --split"
             )
-    job = {"job": job_id, "mvmae_version": __version__, "format_version": FORMAT_VERSION,
-           "input": str(config.input), "split": config.split, "shard_size": config.shard_size,
-           "max_seconds": config.max_seconds, "num_parts": config.num_parts,
-           "extract": asdict(config.extract)}
     atomic_write_json(job_path, job)
     atomic_write_json(out / "classes.json", classes)
 

@@ -28,6 +28,8 @@ except ImportError:  # ... or as the `tests` package
 from mvmae.shards.stream import ShardError, ShardReader
 
 CLI = [sys.executable, "-c", "from mvmae.cli import main; main()"]
+# An atomic write's temporary file: .<name>.tmp-<host>-<pid>-<tag>.
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})")
 
 # Good clips: (stem, class name, vx, vy); 48 frames 144x192, 25 fps, 2 B-frames, GOP 24.
 CLIPS = [("jump_a", "jump", 1, 0), ("jump_b", "jump", 2, 1), ("run_a", "run", -2, 1),
@@ -82,7 +84,7 @@ def check_visible(out: Path, split: str = "train") -> int:
     except FileNotFoundError:
         return 0
     for name in names:
-        assert allowed.fullmatch(name) or re.fullmatch(r"\..+\.tmp-\d+", name), name
+        assert allowed.fullmatch(name) or TEMPORARY.fullmatch(name), name
     tars = [out / n for n in names if n.endswith(".tar")]
     for tar in tars:
         try:
@@ -149,12 +151,12 @@ def process_group(pid: int) -> int | None:
 
 def worker_pids(out: Path, job: subprocess.Popen) -> list[int]:
     """Workers of ``job`` busy on a shard: the pids in the names of their temporary files
-    (``.<shard>.tar.tmp-<pid>``) that are alive in the job's process group."""
+    (``.<shard>.tar.tmp-<host>-<pid>-<tag>``) that are alive in the job's process group."""
     pids = set()
     for name in temporaries(out):
-        match = re.fullmatch(r"\..+\.tar\.tmp-(\d+)", name)
-        if match and process_group(int(match[1])) == job.pid:
-            pids.add(int(match[1]))
+        match = TEMPORARY.fullmatch(name)
+        if match and match["target"].endswith(".tar") and process_group(int(match["pid"])) == job.pid:
+            pids.add(int(match["pid"]))
     return sorted(pids)
 
 

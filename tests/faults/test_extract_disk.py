@@ -10,6 +10,7 @@ is gone, finishes the job with the samples of an uninterrupted run.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import time
@@ -98,12 +99,14 @@ def run_watched(args: list[str], out, **popen) -> tuple[int, str, str]:
     return job.returncode, stdout, stderr
 
 
-def assert_one_line_error(stderr: str, out, reason: str) -> str:
-    """The job's error: one 'error: <path in out>: cannot write: <reason>' line, no traceback."""
+def assert_one_line_error(stderr: str, out, reason: str, action: str) -> str:
+    """The job's error, no traceback: one line 'error: cannot write <path in out>: <reason>;
+    <action>, then run the same command again (complete shards are kept)'."""
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, stderr
-    assert errors[0].startswith(f"error: {out}{os.sep}") and f"cannot write: {reason}" in errors[0]
-    assert "run the same command again" in errors[0]
+    assert re.fullmatch(rf"error: cannot write {re.escape(f'{out}{os.sep}')}[^/]+: {re.escape(reason)}; "
+                        rf"{re.escape(action)}, then run the same command again \(complete shards are "
+                        r"kept\)", errors[0]), errors[0]
     assert "Traceback" not in stderr
     return errors[0]
 
@@ -123,7 +126,7 @@ def test_full_disk_then_rerun_after_space_is_freed(disk_inputs, tmpfs) -> None:
     out = disk.path / "shards"
     status, _, stderr = run_watched(job_args(disk_inputs, out, workers), out)
     assert status == 1
-    assert_one_line_error(stderr, out, "No space left on device (ENOSPC)")
+    assert_one_line_error(stderr, out, "No space left on device (ENOSPC)", "free space")
     assert temporaries(out) == []  # the shard that did not fit was removed
     assert check_visible(out) < NUM_SHARDS
     disk.remount("size=64m")
@@ -150,8 +153,9 @@ def test_file_size_limit_then_rerun_without_it(disk_inputs, tmp_path, workers) -
     status, _, stderr = run_watched(job_args(disk_inputs, out, workers), out,
                                     preexec_fn=_limit_file_size(limit))
     assert status == 1
-    line = assert_one_line_error(stderr, out, "File too large (EFBIG)")
-    assert ".tar: cannot write" in line
+    line = assert_one_line_error(stderr, out, "File too large (EFBIG)",
+                                 "raise the file-size limit (ulimit -f)")
+    assert ".tar: File too large" in line
     assert temporaries(out) == []
     assert check_visible(out) < NUM_SHARDS
     status, _, stderr = run_watched(job_args(disk_inputs, out, workers), out)
@@ -184,7 +188,7 @@ def test_read_only_output_folder_then_rerun_once_writable(disk_inputs, tmpfs, tm
     lock()
     status, _, stderr = run_watched(job_args(disk_inputs, out, 2), out)
     assert status == 1
-    assert_one_line_error(stderr, out, reason)
+    assert_one_line_error(stderr, out, reason, "make the folder writable")
     assert check_visible(out) == visible
     unlock()
     status, _, stderr = run_watched(job_args(disk_inputs, out, 2), out)

@@ -1,4 +1,4 @@
-"""Output files written atomically, and the temporary files of writes cut short.
+"""Output files written atomically, the temporary files of writes cut short, and file locks.
 
 Every stage writes through here (it imports no stage, so ``extract/`` may use it too). A file is
 written under a hidden temporary name in its own folder, ``.<name>.tmp-<host>-<pid>-<tag>``
@@ -15,6 +15,7 @@ the temporary file removed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -214,3 +215,77 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_open`); raises :class:`WriteError`."""
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+# --------------------------------------------------------------------------- locks
+
+
+class LockHeld(Exception):
+    """Another process holds the lock ``path``; ``holder`` is what it wrote there ('pid 812 on node07')."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path}: held by {holder}")
+        self.path, self.holder = path, holder
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path``, taken when made (the file created, 'pid <pid> on <host>'
+    written in it) and given up by ``release()`` or at the end of a ``with`` block (the file
+    removed); a killed holder's lock goes with its process. Raises :class:`LockHeld` when another
+    process (or another ``FileLock`` of this one) holds it, unless ``wait``; where the filesystem
+    cannot lock, warns and holds nothing."""
+
+    def __init__(self, path: str | Path, wait: bool = False) -> None:
+        self.path = Path(path)
+        self._fh = _acquire(self.path, wait)
+
+    def release(self) -> None:
+        if self._fh is not None:
+            remove_quietly(self.path)  # while still holding it: a waiter then finds its file gone
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "FileLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _acquire(path: Path, wait: bool) -> IO | None:
+    while True:
+        try:
+            fh = open(path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise WriteError(path, exc) from exc
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise LockHeld(path, holder) from None
+            log.warning("%s: cannot lock (%s); make sure no other process writes the same files",
+                        path, os_reason(exc))
+            return None
+        if _same_file(fh, path):
+            break
+        fh.close()  # its holder removed it while we waited for it: lock the one there now
+    try:
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()} on {_host()}\n")
+        fh.flush()
+    except OSError as exc:
+        fh.close()
+        raise WriteError(path, exc) from exc
+    return fh
+
+
+def _same_file(fh: IO, path: Path) -> bool:
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fh.fileno())
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)

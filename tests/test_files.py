@@ -1,5 +1,5 @@
-"""mvmae.files: the one write error, atomic writes under one temporary-name scheme, and the stale
-temporaries a run may remove."""
+"""mvmae.files: the one write error, atomic writes under one temporary-name scheme, the stale
+temporaries a run may remove, and file locks."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import torch
 
 from mvmae.extract.export import save_export
 from mvmae.extract.video import VideoFields
-from mvmae.files import WriteError, atomic_open, atomic_write_bytes, stale_temporaries, temporary_path
+from mvmae.files import (FileLock, LockHeld, WriteError, atomic_open, atomic_write_bytes,
+                         stale_temporaries, temporary_path)
 from mvmae.shards.writer import ShardFile
 from mvmae.train.checkpoint import _atomic_copy, save_checkpoint
 from mvmae.train.writes import OutputWriteError, writing
@@ -187,3 +188,18 @@ def test_stale_temporaries_are_those_nobody_can_be_writing(tmp_path) -> None:
     assert stale(pid=live) == {"live"} and stale(pid=dead) == {"dead"}  # a worker that exited
     assert stale_temporaries(tmp_path / "missing") == []
 
+
+def test_a_file_lock_is_held_once(tmp_path) -> None:
+    path = tmp_path / ".job.lock"
+    with FileLock(path):
+        assert path.read_text() == f"pid {os.getpid()} on {HOST}\n"
+        with pytest.raises(LockHeld) as info:
+            FileLock(path)
+        assert info.value.holder == f"pid {os.getpid()} on {HOST}"
+    assert not path.exists()  # gone with its release
+    path.write_text("pid 1 on a killed run\n")  # left by a holder killed -9: no lock any more
+    with FileLock(path, wait=True):
+        assert path.read_text() == f"pid {os.getpid()} on {HOST}\n"
+    with pytest.raises(WriteError) as info:
+        FileLock(tmp_path / "missing" / ".job.lock")
+    assert info.value.errno == errno.ENOENT

@@ -75,10 +75,10 @@ def _listed(video: Path, cls: str, folder: Path) -> str:
 
 def check_visible(out: Path, split: str = "train") -> int:
     """What OUT_DIR shows at any moment: complete shards (a stats file only beside its tar, and
-    agreeing with it), the job's own files and hidden temporary files, nothing partial.
+    agreeing with it), the job's own files, its locks and hidden temporary files, nothing partial.
     Returns the number of visible shards."""
-    allowed = re.compile(rf"{split}-\d{{6}}\.(tar|json)|{split}-(job|faults)\.json|"
-                         rf"{split}-manifest\.jsonl|classes\.json")
+    allowed = re.compile(rf"{split}-\d{{6}}\.(tar|json)|{split}-(job|faults(-\d+of\d+)?)\.json|"
+                         rf"{split}-manifest\.jsonl|classes\.json|\.{split}-(part-\d+of\d+|job)\.lock")
     try:
         names = [p.name for p in out.iterdir()]
     except FileNotFoundError:
@@ -102,7 +102,8 @@ def check_visible(out: Path, split: str = "train") -> int:
 
 
 def temporaries(out: Path) -> list[str]:
-    return sorted(p.name for p in out.glob(".*")) if out.exists() else []
+    """The temporary files in ``out`` (the hidden files but the locks of a running job)."""
+    return sorted(p.name for p in out.glob(".*") if p.suffix != ".lock") if out.exists() else []
 
 
 def start_job(*args: str, **popen) -> subprocess.Popen:
@@ -226,11 +227,15 @@ def no_core_dumps() -> None:
 
 
 def faults_of(out: Path, split: str = "train") -> dict:
-    """The videos of ``<split>-faults.json`` (key -> record), {} before there is one."""
-    try:
-        return json.loads((out / f"{split}-faults.json").read_text())["videos"]
-    except FileNotFoundError:
-        return {}
+    """The videos of ``<split>-faults.json`` and of the parts' ``<split>-faults-<i>of<N>.json``
+    (key -> record), {} before there is one."""
+    videos = {}
+    for path in sorted(out.glob(f"{split}-faults*.json")):
+        try:
+            videos.update(json.loads(path.read_text())["videos"])
+        except FileNotFoundError:
+            continue
+    return videos
 
 
 def wait_for(condition, limit_s: float = 120, what: str = "") -> None:

@@ -14,6 +14,7 @@ import re
 import resource
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,29 @@ class Tmpfs:
         self._mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs")
 
     def remount(self, options: str) -> None:
-        self._mount("-o", f"remount,{options}")
+        """Remount with ``options``; a read-only remount is refused while a file there is open
+        for writing: tried again for a while (the closes of just-killed processes), then the
+        error names the processes that still hold files there."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self._mount("-o", f"remount,{options}")
+            except OSError as exc:
+                if "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise OSError(f"{exc} (files open there: {self.holders() or 'none'})") from None
+                time.sleep(0.1)
+
+    def holders(self) -> list[str]:
+        """'pid: file' for every file under the mount point a process has open."""
+        found = []
+        for fd in Path("/proc").glob("[0-9]*/fd/*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith(f"{self.path}{os.sep}"):
+                found.append(f"{fd.parts[2]}: {target}")
+        return found
 
     def _mount(self, *args: str) -> None:
         result = subprocess.run(["mount", *args, str(self.path)], capture_output=True, text=True)

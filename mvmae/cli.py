@@ -55,6 +55,7 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from mvmae.extract.errors import VideoError
+        from mvmae.files import WriteError
         from mvmae.shards.job import JobError
         from mvmae.shards.sample import SampleError
         from mvmae.shards.stream import ShardError
@@ -66,7 +67,7 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (VideoError, JobError, VideoListError, ShardError, SampleError) as exc:
+        except (VideoError, JobError, VideoListError, ShardError, SampleError, WriteError) as exc:
             if debug:
                 raise
             _fail(str(exc))
@@ -312,7 +313,8 @@ def _parse_part(value: str) -> tuple[int, int]:
 @click.option("--shard-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Videos per shard.")
 @click.option("--part", "part", default="0/1", show_default=True,
-              help="Do part i of N (i/N): shard j belongs to part j % N; run N machines with i = 0..N-1.")
+              help="Do part i of N (i/N): shard j belongs to part j % N; run N machines with i = 0..N-1 "
+                   "(at once into one shared OUT_DIR if you like; a part already running there is refused).")
 @click.option("--max-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Cut longer videos into segments stored as samples <key>_<k> (0: never).")
 @click.option("--grid", type=click.Choice(["4", "8", "16"]), default="8", show_default=True,
@@ -344,7 +346,8 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
 
     Bad videos never stop the job: they are recorded with their reason, as are videos that hang
     the decoder (--video-timeout) or crash it (--retries); those are remembered in
-    <split>-faults.json so that a rerun does not try them again. Shards appear only when
+    <split>-faults.json (<split>-faults-<i>of<N>.json per --part) so that a rerun does not try
+    them again. Shards appear only when
     complete; re-running the same command after an interruption (even kill -9) finishes the job.
     A full disk or an unwritable OUT_DIR stops the job with a one-line error naming the file and
     the reason; no partial shard is left, and the same command finishes the job once fixed.

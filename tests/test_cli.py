@@ -1,16 +1,20 @@
-"""The ``mvmae`` command line: help, version, and ``extract video`` end to end on bikes.mp4."""
+"""The ``mvmae`` command line: help, version, ``extract video`` end to end on bikes.mp4, and how
+a write error is reported."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 
+import click
 import numpy as np
 import pytest
 
 import mvmae
-from mvmae.cli import main
+from mvmae.cli import handle_errors, main
 from mvmae.extract.export import SCHEMA_KEYS, load_export
+from mvmae.train.writes import OutputWriteError
 
 BIKES_TYPES = {"I": 6, "P": 69, "B": 175}
 BIKES_SIZE = (272, 640)
@@ -147,3 +151,40 @@ def test_iframe_size_never_upscales(cli_runner, edge_media, tmp_path) -> None:
                                       "--iframe-size", "500"])
     assert result.exit_code == 0, result.output
     assert load_export(out).iframes.shape == (1, 144, 192, 3)
+
+
+def _error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("command", ["check", "extract video"])
+def test_an_unwritable_output_is_one_line_naming_the_file(command, cli_runner, edge_media, tmp_path) -> None:
+    """A disk fault, not a bug: 'error: cannot write <path>: <reason> (<ERRNO>)', no class name."""
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{edge_media['pan']} jump\n")
+    missing = tmp_path / "no" / "such"
+    if command == "check":
+        target = missing / "r.jsonl"
+        args, expected = ["check", str(listing), "--report", str(target)], target
+    else:
+        (tmp_path / "no").write_text("a file where the folder should be")
+        target = missing / "x.npz"
+        args, expected = ["extract", "video", str(edge_media["pan"]), "--out", str(target)], missing
+    result = cli_runner.invoke(main, args)
+    assert result.exit_code == 1
+    reason = "No such file or directory (ENOENT)" if command == "check" else "Not a directory (ENOTDIR)"
+    assert _error_lines(result) == [f"error: cannot write {expected}: {reason}"], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_training_write_error_is_one_line_with_its_hint(cli_runner) -> None:
+    """What `mvmae train` prints for a checkpoint it cannot write: no class name before it."""
+    @click.command()
+    @handle_errors
+    def save() -> None:
+        raise OutputWriteError("/run/last.pt", OSError(errno.ENOSPC, "No space left on device"), "checkpoint")
+
+    result = cli_runner.invoke(save, [])
+    assert result.exit_code == 1
+    assert _error_lines(result) == ["error: cannot write checkpoint /run/last.pt: No space left on device "
+                                    "(ENOSPC); free space, then rerun with --resume"]

@@ -21,19 +21,20 @@ meta           str []                       JSON: method, codec, frames lost, wa
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from mvmae.extract.video import VideoFields
+from mvmae.files import atomic_open, ensure_folder
 
 SCHEMA_KEYS = ("mv", "valid", "frame_types", "iframes", "iframe_index", "grid", "fps", "size", "meta")
 
 
 def save_export(path: str | Path, fields: VideoFields, extra: dict | None = None) -> Path:
-    """Write ``fields`` (plus ``extra`` arrays, e.g. source and label) atomically to ``path``."""
+    """Write ``fields`` (plus ``extra`` arrays, e.g. source and label) atomically to ``path``;
+    raises :class:`mvmae.files.WriteError` naming ``path`` when it cannot be written."""
     path = Path(path)
     arrays = {
         "mv": fields.mv,
@@ -48,14 +49,9 @@ def save_export(path: str | Path, fields: VideoFields, extra: dict | None = None
     }
     for key, value in (extra or {}).items():
         arrays[key] = np.asarray(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    ensure_folder(path.parent)
+    with atomic_open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     return path
 
 

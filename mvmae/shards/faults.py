@@ -1,16 +1,21 @@
 """Videos that hung or killed an extraction worker, remembered across runs of a job.
 
-``<split>-faults.json`` in the output folder (written atomically by the job's parent process only)
-holds, per sample key, how often the video ran past the time limit and how often its worker died
-while extracting it. A rerun of the job, even after ``kill -9`` of the whole job, reads it back, so
-a video that hangs the decoder costs the time limit once, not once per run, and a video that
-crashes the decoder is given up after ``retries + 1`` deaths in all.
+``<split>-faults.json`` in the output folder (``<split>-faults-<i>of<N>.json`` for part ``i/N``
+of a job run with ``--part``; written atomically by the part's parent process only) holds, per
+sample key, how often the video ran past the time limit and how often its worker died while
+extracting it. A rerun of the job, even after ``kill -9`` of the whole job, reads it back, so a
+video that hangs the decoder costs the time limit once, not once per run, and a video that
+crashes the decoder is given up after ``retries + 1`` deaths in all. Each part writes its own
+file, so parts running at once in one folder do not overwrite each other's records; every part
+reads all of them (a rerun with another ``N`` finds the records of the earlier parts).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from pathlib import Path
 
 from mvmae.shards.videolist import VideoEntry
@@ -21,24 +26,46 @@ log = logging.getLogger(__name__)
 TIMEOUT, CRASHED = "timeout", "crashed"  # the failure codes of the manifest and stats files
 
 
+def fault_file_name(split: str, part_index: int = 0, num_parts: int = 1) -> str:
+    """The fault file of part ``part_index`` of ``num_parts``: 'train-faults.json' for a job in
+    one part, 'train-faults-2of4.json' for part 2/4."""
+    return f"{split}-faults.json" if num_parts == 1 else f"{split}-faults-{part_index}of{num_parts}.json"
+
+
 class FaultLog:
-    """Per-video worker faults of one job (``job_id``), kept in ``path``.
+    """Per-video worker faults of one job (``job_id``) in ``out_dir``: part ``part_index`` of
+    ``num_parts`` keeps its own in ``path`` (:func:`fault_file_name`), and reads every part's
+    file of ``split`` for :meth:`excluded`.
 
     A record: ``{"source", "shard", "timeouts": int, "limit_s": float, "deaths": int, "cause": str}``
     (``cause``: how the worker died the last time, e.g. "killed by SIGSEGV").
     """
 
-    def __init__(self, path: Path, job_id: str) -> None:
-        self.path, self.job_id = Path(path), job_id
-        self.videos: dict[str, dict] = {}
-        if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-            except (OSError, ValueError) as exc:
-                log.warning("%s: unreadable (%s); worker faults of earlier runs are forgotten", path, exc)
-                return
-            if saved.get("job") == job_id:
-                self.videos = saved.get("videos", {})
+    def __init__(self, out_dir: Path, split: str, job_id: str, part_index: int = 0,
+                 num_parts: int = 1) -> None:
+        self.path, self.job_id = Path(out_dir) / fault_file_name(split, part_index, num_parts), job_id
+        self.videos: dict[str, dict] = {}  # every part's records; a key seen twice: the later one
+        self._own: set[str] = set()  # the keys this part's file holds
+        pattern = re.compile(rf"{re.escape(split)}-faults(-\d+of\d+)?\.json")
+        try:
+            names = sorted(n for n in os.listdir(self.path.parent) if pattern.fullmatch(n))
+        except OSError:  # no folder yet: no faults yet
+            names = []
+        for name in names:
+            videos = self._read(self.path.parent / name)
+            if name == self.path.name:
+                self._own.update(videos)
+            for key, v in videos.items():
+                if key not in self.videos or _count(v) > _count(self.videos[key]):
+                    self.videos[key] = v
+
+    def _read(self, path: Path) -> dict[str, dict]:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); worker faults of earlier runs are forgotten", path, exc)
+            return {}
+        return saved.get("videos", {}) if saved.get("job") == self.job_id else {}
 
     def record_timeout(self, entry: VideoEntry, shard: str, limit_s: float) -> None:
         """``entry`` ran longer than ``limit_s`` seconds and its worker was killed."""
@@ -71,9 +98,17 @@ class FaultLog:
         return out
 
     def _record(self, entry: VideoEntry, shard: str) -> dict:
+        self._own.add(entry.key)
         return self.videos.setdefault(entry.key, {"source": entry.source, "shard": shard,
                                                   "timeouts": 0, "limit_s": 0.0, "deaths": 0,
                                                   "cause": ""})
 
     def _save(self) -> None:
-        atomic_write_json(self.path, {"job": self.job_id, "videos": self.videos})
+        atomic_write_json(self.path, {"job": self.job_id,
+                                      "videos": {k: self.videos[k] for k in sorted(self._own)}})
+
+
+def _count(record: dict) -> tuple[int, int]:
+    """How far a video's record has got: counts only grow, so of two records of one video (a
+    rerun with another number of parts) the one with more is the later."""
+    return record["timeouts"], record["deaths"]

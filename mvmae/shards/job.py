@@ -8,8 +8,15 @@ rest, so a job killed at any moment finishes with every good video exactly once.
 
 Videos are extracted in supervised worker processes (:mod:`mvmae.shards.workers`): a video that
 runs past the time limit or kills its worker is recorded as failed (``timeout``, ``crashed``) in
-``<split>-faults.json`` and in its shard's stats, and the job goes on. ``workers=0`` extracts in
-the calling process instead: no time limit, and a crash of the decoder ends the job.
+the part's fault file (:mod:`mvmae.shards.faults`) and in its shard's stats, and the job goes on.
+``workers=0`` extracts in the calling process instead: no time limit, and a crash of the decoder
+ends the job.
+
+The parts of a job may run at once into one folder (shared by their machines): a part holds the
+lock ``.<split>-part-<i>of<N>.lock`` while it runs (a second run of the same part is refused), and
+the files every part writes (``<split>-job.json``, the manifest) are written under the short-lived
+lock ``.<split>-job.lock``. A part removes only the temporary files nobody can be writing: those
+of its own shards and files, and those of dead processes of its own machine.
 """
 
 from __future__ import annotations
@@ -17,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -29,6 +34,7 @@ from mvmae import __version__
 from mvmae.extract.decoder import ExtractConfig
 from mvmae.extract.errors import VideoError
 from mvmae.extract.video import iter_segments
+from mvmae.files import FileLock, LockHeld, stale_temporaries
 from mvmae.shards.faults import FaultLog
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, encode_sample, update_record
 from mvmae.shards.videolist import VideoEntry, read_inputs
@@ -40,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
-    """The job cannot run as asked, or cannot write its output (names the path and the reason)."""
+    """The job cannot run as asked: another job's folder, this part running already (names the path)."""
 
 
 @dataclass
@@ -211,24 +217,36 @@ def _encoded_segments(entry: VideoEntry, config: JobConfig) -> list[tuple[dict, 
 def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = None) -> JobSummary:
     """Run (or resume) the job; ``progress(done_videos, total_videos)`` is called as videos finish.
 
-    Raises JobError when the output folder belongs to a different job or when the output cannot
-    be written (a full disk, a read-only or unwritable folder): the message names the path and
-    the reason; complete shards are kept, no partial one is left, and running the same job again
-    once the cause is gone finishes it. With ``workers >= 1`` the workers are spawned processes:
-    a script that calls this at import time needs the usual ``if __name__ == "__main__":`` guard.
+    Raises JobError when the output folder belongs to a different job or this part of the job
+    is running there already, and WriteError when the output cannot be written (a full disk, a
+    read-only or unwritable folder): the message names the path and the reason; complete shards
+    are kept, no partial one is left, and running the same job again once the cause is gone
+    finishes it. With ``workers >= 1`` the workers are spawned processes: a script that calls
+    this at import time needs the usual ``if __name__ == "__main__":`` guard.
     """
     try:
-        return _run(config, progress)
+        ensure_folder(config.out_dir)
+        with _part_lock(config):
+            return _run(config, progress)
     except WriteError as exc:
-        raise JobError(f"{exc}; complete shards are kept, run the same command again once this "
-                       "is fixed") from exc
+        raise WriteError(exc.filename, exc, exc.what,
+                         then="run the same command again (complete shards are kept)") from exc
+
+
+def _part_lock(config: JobConfig) -> FileLock:
+    """This part's lock, held for the run; JobError when another process holds it."""
+    path = config.out_dir / f".{config.split}-part-{config.part_index}of{config.num_parts}.lock"
+    try:
+        return FileLock(path)
+    except LockHeld as exc:
+        raise JobError(f"{config.out_dir}: part {config.part_index}/{config.num_parts} of this job "
+                       f"is running there already ({exc.holder}); wait for it to end or stop it") from None
 
 
 def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobSummary:
     t0 = time.monotonic()
     entries, classes = read_inputs(config.input)
     out = config.out_dir
-    ensure_folder(out)
     job_id = fingerprint(entries, config)
     _claim_folder(config, job_id, classes)
     tasks = [t for t in plan_shards(entries, config) if t.index % config.num_parts == config.part_index]
@@ -237,10 +255,10 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
     summary.shards_skipped = len(tasks) - len(todo)
     total = sum(len(t.entries) for t in tasks)
     done = total - sum(len(t.entries) for t in todo)
-    _remove_stale_temporaries(out, config.split, todo)
+    faults = FaultLog(out, config.split, job_id, config.part_index, config.num_parts)
+    _remove_stale_temporaries(out, tasks, faults)
     if progress:
         progress(done, total)
-    faults = FaultLog(out / f"{config.split}-faults.json", job_id)
     failed = _run_tasks(todo, config, job_id, faults, lambda n: progress and progress(n, total), done)
     summary.shards_written = len(todo) - len(failed)
     summary.shards_failed = [t.name for t in failed]
@@ -260,43 +278,38 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
     return summary
 
 
-def _remove_stale_temporaries(out: Path, split: str, redo: list[ShardTask]) -> None:
-    """Temporary files ``.<name>.tmp-<pid>`` left by killed runs: those of the shards to redo
-    (whatever their pid), and those of the job's own files whose process is gone."""
-    shards = {f"{t.name}.{ext}" for t in redo for ext in ("tar", "json")}
-    own = {f"{split}-job.json", f"{split}-manifest.jsonl", f"{split}-faults.json", "classes.json"}
-    for tmp in out.glob(".*.tmp-*"):
-        match = re.fullmatch(r"\.(.+)\.tmp-(\d+)", tmp.name)
-        if match and (match[1] in shards or (match[1] in own and not _process_exists(int(match[2])))):
-            remove_quietly(tmp)  # on a read-only folder the job's first write reports it
+def _remove_stale_temporaries(out: Path, tasks: list[ShardTask], faults: FaultLog) -> None:
+    """Temporary files left by killed runs: those of this part's shards and fault file (whoever
+    wrote them: the part's lock says no one else writes those), and any that a dead process of
+    this machine left. Those another machine may be writing stay."""
+    own = {f"{t.name}.{ext}" for t in tasks for ext in ("tar", "json")} | {faults.path.name}
+    for tmp in stale_temporaries(out, claimed=own.__contains__):
+        remove_quietly(tmp)  # on a read-only folder the job's first write reports it
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, another user's
-        return True
-    return True
+def _job_lock(out: Path, split: str) -> FileLock:
+    """The lock of the files every part of the job writes (held for a moment, waited for)."""
+    return FileLock(out / f".{split}-job.lock", wait=True)
 
 
 def _claim_folder(config: JobConfig, job_id: str, classes: list[str]) -> None:
     """Record the job in OUT_DIR, refusing a folder that holds shards of another job."""
     out = config.out_dir
     job_path = out / f"{config.split}-job.json"
-    if job_path.exists():
-        previous = json.loads(job_path.read_text())
-        if previous.get("job") != job_id:
-            raise JobError(
-                f"{out}: holds '{config.split}' shards of a different job (other inputs, shard size "
-                f"or extraction options); use another folder or --split"
-            )
     job = {"job": job_id, "mvmae_version": __version__, "format_version": FORMAT_VERSION,
            "input": str(config.input), "split": config.split, "shard_size": config.shard_size,
            "max_seconds": config.max_seconds, "num_parts": config.num_parts,
            "extract": asdict(config.extract)}
-    atomic_write_json(job_path, job)
+    with _job_lock(out, config.split):
+        if job_path.exists():
+            previous = json.loads(job_path.read_text())
+            if previous.get("job") != job_id:
+                raise JobError(
+                    f"{out}: holds '{config.split}' shards of a different job (other inputs, shard "
+                    f"size or extraction options); use another folder or --split"
+                )
+        _remove_claimed_temporaries(out, job_path.name)
+        atomic_write_json(job_path, job)
     atomic_write_json(out / "classes.json", classes)
 
 
@@ -326,11 +339,22 @@ def _run_tasks(todo: list[ShardTask], config: JobConfig, job_id: str, faults: Fa
 
 
 def write_manifest(out_dir: Path, split: str) -> Path:
-    """``<split>-manifest.jsonl``: every video of every complete shard in the folder, in order."""
-    lines = []
-    for stats_path in sorted(out_dir.glob(f"{split}-[0-9]*.json")):
-        if (out_dir / f"{stats_path.stem}.tar").exists():
-            lines.extend(json.dumps(v, sort_keys=True) for v in json.loads(stats_path.read_text())["videos"])
+    """``<split>-manifest.jsonl``: every video of every complete shard in the folder, in order.
+    Listed and written under the job's lock, so that of parts finishing at once the last to
+    write lists every shard completed before it."""
     path = out_dir / f"{split}-manifest.jsonl"
-    atomic_write_bytes(path, ("\n".join(lines) + "\n" if lines else "").encode())
+    with _job_lock(out_dir, split):
+        lines = []
+        for stats_path in sorted(out_dir.glob(f"{split}-[0-9]*.json")):
+            if (out_dir / f"{stats_path.stem}.tar").exists():
+                lines.extend(json.dumps(v, sort_keys=True) for v in json.loads(stats_path.read_text())["videos"])
+        _remove_claimed_temporaries(out_dir, path.name)
+        atomic_write_bytes(path, ("\n".join(lines) + "\n" if lines else "").encode())
     return path
+
+
+def _remove_claimed_temporaries(out_dir: Path, name: str) -> None:
+    """Under the job's lock: the temporary files of ``name``, a file only written under it, are
+    stale (and, as anywhere, those of dead processes of this machine)."""
+    for tmp in stale_temporaries(out_dir, claimed=lambda target: target == name):
+        remove_quietly(tmp)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from mvmae.shards.faults import FaultLog
-from mvmae.shards.writer import WriteError, remove_quietly
+from mvmae.shards.writer import WriteError, remove_quietly, stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,14 @@ class WorkerPool:
 
     def _receive(self, worker: _Worker) -> bool:
         """Read every message waiting on the worker's pipe; False once it is closed."""
-        try:
-            while worker.conn.poll():
+        while True:
+            try:
+                if not worker.conn.poll():
+                    return True
                 kind, value = worker.conn.recv()
-                self._on_message(worker, kind, value)
-        except (EOFError, OSError):
-            return False
-        return True
+            except (EOFError, OSError):  # the pipe only: a WriteError of a message goes on
+                return False
+            self._on_message(worker, kind, value)
 
     def _on_message(self, worker: _Worker, kind: str, value) -> None:
         now = time.monotonic()
@@ -227,8 +228,8 @@ def _exit_cause(exitcode: int | None) -> str:
 
 
 def _remove_temporaries(out_dir: Path, pid: int) -> None:
-    """The temporary files a (dead) worker was writing: ``.<name>.tmp-<pid>``."""
-    for tmp in Path(out_dir).glob(f".*.tmp-{pid}"):
+    """The temporary files a (dead) worker was writing (named with this machine and its pid)."""
+    for tmp in stale_temporaries(Path(out_dir), pid=pid):
         remove_quietly(tmp)
 
 

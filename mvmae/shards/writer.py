@@ -1,84 +1,28 @@
 """Writing shards atomically: a tar under a temporary name, renamed when complete.
 
-Every failure to write (a full disk, a read-only or unwritable folder, a file-size limit) comes out
-as one :class:`WriteError` naming the final path and the reason, with the temporary file removed.
+Built on :mod:`mvmae.files` (atomic writes, temporary names, :class:`WriteError`), whose names
+this module passes on to the later stages. Every failure to write a shard or a JSON file (a full
+disk, a read-only or unwritable folder, a file-size limit) comes out as one :class:`WriteError`
+naming the final path and the reason, with the temporary file removed.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
 import tarfile
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
 
+from mvmae.files import (WriteError, atomic_open, atomic_write_bytes, ensure_folder, remove_quietly,
+                         stale_temporaries, temporary_path)
 
-class WriteError(Exception):
-    """An output file cannot be written: ``<path>: cannot write: <reason> (<ERRNO>)``.
-
-    ``errno`` is the operating system's error number (ENOSPC, EROFS, EACCES, EFBIG, ...).
-    """
-
-    def __init__(self, path: str | Path, exc: OSError) -> None:
-        self.path, self.errno = str(path), exc.errno
-        self.reason = exc.strerror or str(exc) or type(exc).__name__
-        name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
-        super().__init__(f"{path}: cannot write: {self.reason}" + (f" ({name})" if name else ""))
-
-
-@contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside ``path`` (``.<name>.XXXXXXXX.tmp``) for writing; on a clean
-    exit it is fsynced and renamed to ``path``, on an error removed (``path`` untouched) and the
-    error re-raised. For files whose writer wants a stream (``torch.save``, csv, matplotlib)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from other users
-    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-    try:
-        with os.fdopen(fd, mode, **text) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def temporary_path(path: Path) -> Path:
-    """The hidden temporary name ``.<name>.tmp-<pid>`` a file is written under, in its folder."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def ensure_folder(path: Path) -> None:
-    """Create ``path`` (and parents) or raise a :class:`WriteError` saying why not."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WriteError(path, exc) from exc
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise WriteError(path, exc) from exc
-    finally:
-        remove_quietly(tmp)
+__all__ = ["ShardFile", "WriteError", "atomic_open", "atomic_write_bytes", "atomic_write_json",
+           "ensure_folder", "remove_quietly", "stale_temporaries", "temporary_path"]
 
 
 def atomic_write_json(path: Path, obj) -> None:
+    """``obj`` as indented, key-sorted JSON in ``path``, atomically; raises :class:`WriteError`."""
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
@@ -95,7 +39,7 @@ class ShardFile:
         self.path = Path(path)
         self.tmp = temporary_path(self.path)
         try:
-            self._fh = open(self.tmp, "wb")
+            self._fh = open(self.tmp, "xb")
         except OSError as exc:
             raise WriteError(self.path, exc) from exc
         self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
@@ -146,10 +90,3 @@ class ShardFile:
             pass
         remove_quietly(self.tmp)
 
-
-def remove_quietly(path: Path) -> None:
-    """Delete ``path`` if it is there and the folder lets us."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:  # the folder became unreadable or read-only: nothing more can be done here
-        pass

@@ -14,13 +14,14 @@ import math
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from mvmae.shards.writer import atomic_open
+from mvmae.shards.writer import atomic_open, remove_quietly, temporary_path
 from mvmae.train.writes import writing
 
 log = logging.getLogger(__name__)
@@ -83,20 +84,18 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
 def _atomic_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` atomically; a hard link when the filesystem allows (free,
     and safe because checkpoint files are only ever replaced, never modified in place)."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     with writing(dst, "checkpoint"):
+        tmp = temporary_path(dst)
         try:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    while chunk := fin.read(1 << 24):
-                        fout.write(chunk)
-                    fout.flush()
-                    os.fsync(fout.fileno())
+            os.link(src, tmp)
+        except OSError:  # no hard links here: copy the bytes
+            with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 24)
+            return
+        try:
             os.replace(tmp, dst)
         finally:
-            tmp.unlink(missing_ok=True)
+            remove_quietly(tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",

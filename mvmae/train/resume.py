@@ -16,10 +16,10 @@ import errno
 import fcntl
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from mvmae.files import stale_temporaries
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.logs import METRICS_FILE, truncate_records
 from mvmae.train.writes import writing
@@ -34,9 +34,6 @@ FREE_FIELDS = frozenset({"resume", "out", "workers", "log_every", "keep_last", "
 # Where the inputs are: a moved dataset keeps its content, so a change is only reported.
 PATH_FIELDS = frozenset({"train", "val", "codebook", "classes", "pretrained", "init",
                          "model.context_weights"})
-# Temporary names of the atomic writes: ``.NAME.XXXX.tmp`` (checkpoints), ``.NAME.PID.tmp``
-# (checkpoint copies), ``.NAME.tmp-PID`` (config.yaml, metrics.jsonl rewrites).
-_TEMPORARY = re.compile(r"^\..+\.(tmp|tmp-\d+)$")
 LOCK_NAME = ".lock"
 
 
@@ -162,9 +159,7 @@ def open_run_folder(manager: ckpt.CheckpointManager, resume: bool, current: Mapp
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     """Delete the temporary files of interrupted atomic writes in ``out_dir`` (never a final
     name). Only call it when no other process writes there (the main rank, at start)."""
-    if not out_dir.is_dir():
-        return []
-    stale = [p for p in out_dir.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+    stale = stale_temporaries(out_dir, claimed=lambda name: True)  # every name: the run holds the folder
     for path in stale:
         with writing(path, "temporary file"):
             path.unlink(missing_ok=True)

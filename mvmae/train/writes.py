@@ -9,33 +9,19 @@ torch reports a failed ``torch.save`` as a ``RuntimeError`` of its zip writer ("
 from __future__ import annotations
 
 import contextlib
-import errno
 from pathlib import Path
 from typing import Iterator
 
-_HINTS = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise the quota)",
-          errno.EFBIG: "raise the file-size limit (ulimit -f)", errno.EROFS: "make the folder writable",
-          errno.EACCES: "make the folder writable", errno.EPERM: "make the folder writable"}
+from mvmae.shards.writer import WriteError
 
 
-class OutputWriteError(OSError):
-    """A file of the run's output folder could not be written. ``errno`` is the cause's,
-    ``filename`` the file the run was writing (its final name, not the temporary one)."""
+class OutputWriteError(WriteError):
+    """A file of the run's output folder could not be written: a :class:`WriteError` whose
+    message ends with what to fix, 'then rerun with --resume'."""
 
-    def __init__(self, path: str | Path, what: str, cause: OSError) -> None:
-        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
-        self.what = what
-
-    @property
-    def reason(self) -> str:
-        """The cause in words and by errno name: 'No space left on device (ENOSPC)'."""
-        if not self.errno:
-            return str(self.strerror)
-        return f"{self.strerror} ({errno.errorcode.get(self.errno, self.errno)})"
-
-    def __str__(self) -> str:
-        hint = _HINTS.get(self.errno, "fix the cause")
-        return f"cannot write {self.what} {self.filename}: {self.reason}; {hint}, then rerun with --resume"
+    def __init__(self, path: str | Path, cause: OSError, what: str = "",
+                 then: str = "rerun with --resume") -> None:
+        super().__init__(path, cause, what, then)
 
 
 def os_error_in(exc: BaseException) -> OSError | None:
@@ -52,8 +38,9 @@ def os_error_in(exc: BaseException) -> OSError | None:
 
 @contextlib.contextmanager
 def writing(path: str | Path, what: str) -> Iterator[None]:
-    """Turn an I/O failure inside the block into ``OutputWriteError(path, what)``; other
-    exceptions (and an ``OutputWriteError`` from a nested block) pass unchanged."""
+    """Turn an I/O failure inside the block (a :class:`WriteError` of a write in it too) into
+    ``OutputWriteError`` naming ``path`` and ``what``; other exceptions (and an
+    ``OutputWriteError`` from a nested block) pass unchanged."""
     try:
         yield
     except OutputWriteError:
@@ -62,4 +49,4 @@ def writing(path: str | Path, what: str) -> Iterator[None]:
         cause = os_error_in(exc)
         if cause is None:
             raise
-        raise OutputWriteError(path, what, cause) from exc
+        raise OutputWriteError(path, cause, what) from exc

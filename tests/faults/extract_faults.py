@@ -28,6 +28,8 @@ except ImportError:  # ... or as the `tests` package
 from mvmae.shards.stream import ShardError, ShardReader
 
 CLI = [sys.executable, "-c", "from mvmae.cli import main; main()"]
+# An atomic write's temporary file: .<name>.tmp-<host>-<pid>-<tag>.
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})")
 
 # Good clips: (stem, class name, vx, vy); 48 frames 144x192, 25 fps, 2 B-frames, GOP 24.
 CLIPS = [("jump_a", "jump", 1, 0), ("jump_b", "jump", 2, 1), ("run_a", "run", -2, 1),
@@ -73,16 +75,16 @@ def _listed(video: Path, cls: str, folder: Path) -> str:
 
 def check_visible(out: Path, split: str = "train") -> int:
     """What OUT_DIR shows at any moment: complete shards (a stats file only beside its tar, and
-    agreeing with it), the job's own files and hidden temporary files, nothing partial.
+    agreeing with it), the job's own files, its locks and hidden temporary files, nothing partial.
     Returns the number of visible shards."""
-    allowed = re.compile(rf"{split}-\d{{6}}\.(tar|json)|{split}-(job|faults)\.json|"
-                         rf"{split}-manifest\.jsonl|classes\.json")
+    allowed = re.compile(rf"{split}-\d{{6}}\.(tar|json)|{split}-(job|faults(-\d+of\d+)?)\.json|"
+                         rf"{split}-manifest\.jsonl|classes\.json|\.{split}-(part-\d+of\d+|job)\.lock")
     try:
         names = [p.name for p in out.iterdir()]
     except FileNotFoundError:
         return 0
     for name in names:
-        assert allowed.fullmatch(name) or re.fullmatch(r"\..+\.tmp-\d+", name), name
+        assert allowed.fullmatch(name) or TEMPORARY.fullmatch(name), name
     tars = [out / n for n in names if n.endswith(".tar")]
     for tar in tars:
         try:
@@ -100,7 +102,8 @@ def check_visible(out: Path, split: str = "train") -> int:
 
 
 def temporaries(out: Path) -> list[str]:
-    return sorted(p.name for p in out.glob(".*")) if out.exists() else []
+    """The temporary files in ``out`` (the hidden files but the locks of a running job)."""
+    return sorted(p.name for p in out.glob(".*") if p.suffix != ".lock") if out.exists() else []
 
 
 def start_job(*args: str, **popen) -> subprocess.Popen:
@@ -149,12 +152,12 @@ def process_group(pid: int) -> int | None:
 
 def worker_pids(out: Path, job: subprocess.Popen) -> list[int]:
     """Workers of ``job`` busy on a shard: the pids in the names of their temporary files
-    (``.<shard>.tar.tmp-<pid>``) that are alive in the job's process group."""
+    (``.<shard>.tar.tmp-<host>-<pid>-<tag>``) that are alive in the job's process group."""
     pids = set()
     for name in temporaries(out):
-        match = re.fullmatch(r"\..+\.tar\.tmp-(\d+)", name)
-        if match and process_group(int(match[1])) == job.pid:
-            pids.add(int(match[1]))
+        match = TEMPORARY.fullmatch(name)
+        if match and match["target"].endswith(".tar") and process_group(int(match["pid"])) == job.pid:
+            pids.add(int(match["pid"]))
     return sorted(pids)
 
 
@@ -224,11 +227,15 @@ def no_core_dumps() -> None:
 
 
 def faults_of(out: Path, split: str = "train") -> dict:
-    """The videos of ``<split>-faults.json`` (key -> record), {} before there is one."""
-    try:
-        return json.loads((out / f"{split}-faults.json").read_text())["videos"]
-    except FileNotFoundError:
-        return {}
+    """The videos of ``<split>-faults.json`` and of the parts' ``<split>-faults-<i>of<N>.json``
+    (key -> record), {} before there is one."""
+    videos = {}
+    for path in sorted(out.glob(f"{split}-faults*.json")):
+        try:
+            videos.update(json.loads(path.read_text())["videos"])
+        except FileNotFoundError:
+            continue
+    return videos
 
 
 def wait_for(condition, limit_s: float = 120, what: str = "") -> None:

@@ -10,9 +10,11 @@ is gone, finishes the job with the samples of an uninterrupted run.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +52,29 @@ class Tmpfs:
         self._mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs")
 
     def remount(self, options: str) -> None:
-        self._mount("-o", f"remount,{options}")
+        """Remount with ``options``; a read-only remount is refused while a file there is open
+        for writing: tried again for a while (the closes of just-killed processes), then the
+        error names the processes that still hold files there."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self._mount("-o", f"remount,{options}")
+            except OSError as exc:
+                if "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise OSError(f"{exc} (files open there: {self.holders() or 'none'})") from None
+                time.sleep(0.1)
+
+    def holders(self) -> list[str]:
+        """'pid: file' for every file under the mount point a process has open."""
+        found = []
+        for fd in Path("/proc").glob("[0-9]*/fd/*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith(f"{self.path}{os.sep}"):
+                found.append(f"{fd.parts[2]}: {target}")
+        return found
 
     def _mount(self, *args: str) -> None:
         result = subprocess.run(["mount", *args, str(self.path)], capture_output=True, text=True)
@@ -98,12 +122,14 @@ def run_watched(args: list[str], out, **popen) -> tuple[int, str, str]:
     return job.returncode, stdout, stderr
 
 
-def assert_one_line_error(stderr: str, out, reason: str) -> str:
-    """The job's error: one 'error: <path in out>: cannot write: <reason>' line, no traceback."""
+def assert_one_line_error(stderr: str, out, reason: str, action: str) -> str:
+    """The job's error, no traceback: one line 'error: cannot write <path in out>: <reason>;
+    <action>, then run the same command again (complete shards are kept)'."""
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, stderr
-    assert errors[0].startswith(f"error: {out}{os.sep}") and f"cannot write: {reason}" in errors[0]
-    assert "run the same command again" in errors[0]
+    assert re.fullmatch(rf"error: cannot write {re.escape(f'{out}{os.sep}')}[^/]+: {re.escape(reason)}; "
+                        rf"{re.escape(action)}, then run the same command again \(complete shards are "
+                        r"kept\)", errors[0]), errors[0]
     assert "Traceback" not in stderr
     return errors[0]
 
@@ -123,7 +149,7 @@ def test_full_disk_then_rerun_after_space_is_freed(disk_inputs, tmpfs) -> None:
     out = disk.path / "shards"
     status, _, stderr = run_watched(job_args(disk_inputs, out, workers), out)
     assert status == 1
-    assert_one_line_error(stderr, out, "No space left on device (ENOSPC)")
+    assert_one_line_error(stderr, out, "No space left on device (ENOSPC)", "free space")
     assert temporaries(out) == []  # the shard that did not fit was removed
     assert check_visible(out) < NUM_SHARDS
     disk.remount("size=64m")
@@ -150,8 +176,9 @@ def test_file_size_limit_then_rerun_without_it(disk_inputs, tmp_path, workers) -
     status, _, stderr = run_watched(job_args(disk_inputs, out, workers), out,
                                     preexec_fn=_limit_file_size(limit))
     assert status == 1
-    line = assert_one_line_error(stderr, out, "File too large (EFBIG)")
-    assert ".tar: cannot write" in line
+    line = assert_one_line_error(stderr, out, "File too large (EFBIG)",
+                                 "raise the file-size limit (ulimit -f)")
+    assert ".tar: File too large" in line
     assert temporaries(out) == []
     assert check_visible(out) < NUM_SHARDS
     status, _, stderr = run_watched(job_args(disk_inputs, out, workers), out)
@@ -184,7 +211,7 @@ def test_read_only_output_folder_then_rerun_once_writable(disk_inputs, tmpfs, tm
     lock()
     status, _, stderr = run_watched(job_args(disk_inputs, out, 2), out)
     assert status == 1
-    assert_one_line_error(stderr, out, reason)
+    assert_one_line_error(stderr, out, reason, "make the folder writable")
     assert check_visible(out) == visible
     unlock()
     status, _, stderr = run_watched(job_args(disk_inputs, out, 2), out)

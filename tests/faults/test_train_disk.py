@@ -165,7 +165,7 @@ def assert_failed_cleanly(outcome, watch: FolderWatch, path: Path, what: str, er
     every checkpoint under a final name loads, and no temporary file is there."""
     assert outcome.returncode == 1 and not outcome.killed, outcome.output[-3000:]
     line = error_line(outcome.output)
-    assert line.startswith(f"error: OutputWriteError: cannot write {what} {path}: "), line
+    assert line.startswith(f"error: cannot write {what} {path}: "), line
     assert f"({errno_name}); " in line and line.endswith("then rerun with --resume"), line
     watch.check()
     assert not [n for n in os.listdir(path.parent) if TEMPORARY.match(n)]

@@ -50,7 +50,7 @@ RUN_TIMEOUT_S = 300
 
 _FINAL_CHECKPOINT = re.compile(r"^(last|best|epoch_\d{4})\.pt$")
 _OTHER_FINAL = {"config.yaml", "metrics.jsonl", "tensorboard", ".lock"}
-TEMPORARY = re.compile(r"^\..+\.(tmp|tmp-\d+)$")  # the atomic writes' temporary names
+TEMPORARY = re.compile(r"^\..+\.tmp-.+-\d+-[0-9a-f]{8}$")  # atomic writes': .<name>.tmp-<host>-<pid>-<tag>
 _TIMING_FIELDS = ("time", "tokens_per_s")  # differ from run to run by nature
 
 

@@ -29,6 +29,8 @@ CLASSES = ["jump", "run", "wave"]  # of the videos of the job_media fixture (con
 NUM_GOOD, NUM_BAD = 8, 6
 FAILURE_CODES = {"not_video": 3, "empty": 1, "missing": 1, "unsupported_codec": 1}
 CLI = [sys.executable, "-c", "from mvmae.cli import main; main()"]
+TEMPORARY = re.compile(r"\..+\.tmp-.+-\d+-[0-9a-f]{8}")  # .<name>.tmp-<host>-<pid>-<tag>
+LOCK = re.compile(r"\.train-(part-\d+of\d+|job)\.lock")  # a running part's, the job's files'
 
 
 def check_outcomes(out: Path, job_media: dict) -> None:
@@ -210,7 +212,7 @@ def check_visible(out: Path) -> int:
     allowed = re.compile(r"train-\d{6}\.(tar|json)|train-job\.json|train-manifest\.jsonl|classes\.json")
     names = [p.name for p in out.iterdir()] if out.exists() else []
     for name in names:
-        assert allowed.fullmatch(name) or re.fullmatch(r"\..+\.tmp-\d+", name), name
+        assert allowed.fullmatch(name) or TEMPORARY.fullmatch(name) or LOCK.fullmatch(name), name
     tars = [out / n for n in names if n.endswith(".tar")]
     for tar in tars:
         try:

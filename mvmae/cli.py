@@ -140,7 +140,9 @@ def probe(videos: tuple[Path, ...], as_json: bool) -> None:
                    f"  B-run      longest {r.longest_b_run}\n"
                    f"  references up to {r.max_num_ref_frames} per block (SPS)"
                    + (f"\n  damaged    {r.num_unparsed_packets} packets with unreadable headers"
-                      if r.num_unparsed_packets else ""))
+                      if r.num_unparsed_packets else "")
+                   + (f"\n  damaged    {r.container_error}: extraction keeps the frames before"
+                      if r.container_error else ""))
     if failed:
         sys.exit(1)
 
@@ -148,8 +150,8 @@ def probe(videos: tuple[Path, ...], as_json: bool) -> None:
 CHECK_CODES_HELP = """\b
 Problem codes (stable; in the report and the table). Errors make the exit status 1:
   missing                   no such file
-  unreadable                exists but cannot be read (permissions, a folder, I/O or demux error,
-                            or its probe killed the worker process)
+  unreadable                exists but cannot be read (permissions, a folder, an I/O error, or
+                            its probe killed the worker process)
   empty                     0 bytes
   not_video                 not a readable video container (text, noise, moov box lost)
   no_video_stream           the container holds no video stream (audio only, ...)
@@ -164,6 +166,8 @@ Problem codes (stable; in the report and the table). Errors make the exit status
 Warnings (the video extracts and trains; exit status 0 unless --strict):
   frames_declared_mismatch  container and bitstream disagree on the frame count (truncated?)
   damaged_packets           packets whose slice headers do not parse
+  container_damaged         the container cannot be read to its end: extract run keeps the frames
+                            before the damage
   variable_fps              frame intervals vary by more than 10% (fields are per frame step)
   all_intra                 no P- or B-frames: no motion vectors at all
   odd_size                  odd width or height (a 4:4:4 or monochrome stream)

@@ -24,6 +24,12 @@ class MissingFileError(VideoError):
     code = "missing"
 
 
+class UnreadableFileError(VideoError):
+    """The path exists but cannot be read: a folder, permissions, an I/O error."""
+
+    code = "unreadable"
+
+
 class EmptyFileError(VideoError):
     code = "empty"
 

@@ -37,8 +37,8 @@ ERROR, WARNING = "error", "warning"
 #: code -> (default severity, what it means). Codes are stable: scripts may match on them.
 CODES: dict[str, tuple[str, str]] = {
     "missing": (ERROR, "no such file"),
-    "unreadable": (ERROR, "exists but cannot be read (permissions, a folder, I/O or demux error, or "
-                          "its probe killed the worker process)"),
+    "unreadable": (ERROR, "exists but cannot be read (permissions, a folder, an I/O error, or its "
+                          "probe killed the worker process)"),
     "empty": (ERROR, "0 bytes"),
     "not_video": (ERROR, "not a readable video container (text, noise, moov box lost)"),
     "no_video_stream": (ERROR, "the container holds no video stream (audio only, ...)"),
@@ -52,6 +52,8 @@ CODES: dict[str, tuple[str, str]] = {
     "frames_declared_mismatch": (WARNING, "the container declares more or fewer frames than the "
                                           "bitstream holds (truncated or damaged)"),
     "damaged_packets": (WARNING, "packets whose slice headers do not parse"),
+    "container_damaged": (WARNING, "the container cannot be read to its end: extract run keeps the "
+                                   "frames before the damage"),
     "variable_fps": (WARNING, "frame intervals vary by more than 10%: fields are per frame step"),
     "all_intra": (WARNING, "no P- or B-frames: no motion vectors at all"),
     "odd_size": (WARNING, "odd width or height (a 4:4:4 or monochrome stream)"),

@@ -12,8 +12,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Callable
 
-import av
-
 from mvmae.extract.errors import VideoError
 from mvmae.extract.probe import probe_video
 
@@ -28,36 +26,27 @@ def inspect_file(path: str, hash_bytes: int) -> dict:
 
     ``{"size_bytes", "content_hash" ("<size>:<sha1>" of the first and last ``hash_bytes``; None
     when unreadable or empty), "error": [code, reason] or None, "stream": ProbeReport dict or None}``.
+    The probe says why a file cannot be used (missing, unreadable, empty, not a video, ...).
     """
     facts = {"size_bytes": None, "content_hash": None, "error": None, "stream": None}
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        facts["error"] = ["missing", "no such file"]
-        return facts
-    except OSError as exc:
-        facts["error"] = ["unreadable", exc.strerror or str(exc)]
-        return facts
-    if not stat.S_ISREG(info.st_mode):
-        facts["error"] = ["unreadable", "a folder, not a file" if stat.S_ISDIR(info.st_mode)
-                          else "not a regular file"]
-        return facts
-    facts["size_bytes"] = info.st_size
-    try:
-        if info.st_size:
-            facts["content_hash"] = _fingerprint(path, info.st_size, hash_bytes)
-    except OSError as exc:  # permissions, I/O errors
-        facts["error"] = ["unreadable", exc.strerror or str(exc)]
-        return facts
     try:
         report = probe_video(path).to_dict()
     except VideoError as exc:
         facts["error"] = [exc.code, exc.reason]
-    except av.error.FFmpegError as exc:  # demuxing failed part-way: FFmpeg's reason
-        facts["error"] = ["unreadable", f"demuxing failed ({exc})"]
     else:
         report.pop("path")
         facts["stream"] = report
+    try:
+        info = os.stat(path)
+    except OSError:  # the probe has said why
+        return facts
+    if stat.S_ISREG(info.st_mode):
+        facts["size_bytes"] = info.st_size
+        try:
+            if info.st_size:
+                facts["content_hash"] = _fingerprint(path, info.st_size, hash_bytes)
+        except OSError as exc:  # an I/O error the probe did not run into
+            facts["error"] = facts["error"] or ["unreadable", exc.strerror or str(exc)]
     return facts
 
 
@@ -141,6 +130,9 @@ def stream_problems(stream: dict, config: CheckConfig) -> list[tuple[str, str]]:
                                                   f"bitstream holds {n}"))
     if stream["num_unparsed_packets"]:
         found.append(("damaged_packets", f"{stream['num_unparsed_packets']} packets with unreadable headers"))
+    if stream["container_error"]:
+        found.append(("container_damaged", f"{stream['container_error']}: extract run keeps the "
+                                           f"{n} frames before"))
     interval = stream["frame_interval_ms"]
     if interval and interval[1] > _VFR_RATIO * interval[0]:
         found.append(("variable_fps", f"frame intervals {interval[0]:g} to {interval[1]:g} ms"))

@@ -44,6 +44,7 @@ class _Worker:
     video: int = 0  # index in task.entries of the video in progress
     since: float = 0.0  # time.monotonic() when the phase began
     timed_out: bool = False  # killed by the parent for running past the time limit
+    blame: tuple[str, int] = ("", 0)  # (phase, video) that ran past the limit, when timed_out
     retired: bool = False  # reported an error and is exiting: give it no more work
 
 
@@ -96,9 +97,12 @@ class WorkerPool:
             excluded = self.faults.excluded(task.entries, self.config.retries)
             try:
                 worker.conn.send((task, excluded))
-            except OSError:  # it died while idle: the next round notices and replaces it
-                self.queue.appendleft(task)
-                return
+            except OSError:
+                if idle:  # it died while idle: the next round notices and replaces it
+                    self.queue.appendleft(task)
+                    return
+                # a fresh worker that died starting up costs the task a try, as any worker lost
+                # outside a video: one that always dies is not replaced for ever
             worker.task, worker.phase, worker.since = task, "start", time.monotonic()
 
     def _start(self) -> _Worker:
@@ -165,8 +169,9 @@ class WorkerPool:
         if task is None:
             return
         cause = _exit_cause(worker.process.exitcode)
-        if worker.phase == "video":
-            entry = task.entries[worker.video]
+        phase, video = worker.blame if worker.timed_out else (worker.phase, worker.video)
+        if phase == "video":
+            entry = task.entries[video]
             if worker.timed_out:
                 log.warning("%s: still extracting after %g s (--video-timeout): worker killed, "
                             "video recorded 'timeout'", entry.path, self.config.video_timeout)
@@ -191,10 +196,19 @@ class WorkerPool:
             self.queue.appendleft(task)
 
     def _enforce_time_limit(self) -> None:
-        now = time.monotonic()
+        """Kill the workers whose phase has run past the limit, blaming that phase's video.
+
+        A message sent since the last wait (the worker moved on, or finished) is read first, so
+        that a parent held up past the limit does not kill a worker that kept up; the video is
+        captured before the kill, as messages still in the pipe afterwards are of later ones.
+        """
         for worker in self._timed():
-            if now - worker.since > self.config.video_timeout:
-                worker.timed_out = True
+            if time.monotonic() - worker.since <= self.config.video_timeout:
+                continue
+            if not self._receive(worker) or worker not in self._timed():
+                continue  # it exited (the next wait sees it) or is no longer on a timed phase
+            if time.monotonic() - worker.since > self.config.video_timeout:
+                worker.timed_out, worker.blame = True, (worker.phase, worker.video)
                 worker.process.kill()
 
     def _shutdown(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from mvmae import __version__
+from mvmae.console import LevelFormatter
 
 log = logging.getLogger("mvmae")
 
@@ -33,8 +34,12 @@ Export schema (one .npz per video; arrays):
 class _ClickHandler(logging.Handler):
     """Log records as 'level: message' lines on the current stderr (click's, under CliRunner)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(LevelFormatter())
+
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+        click.echo(self.format(record), err=True)
 
 
 def _configure_logging(level: int) -> None:

@@ -65,7 +65,7 @@ def test_a_late_progress_message_is_read_before_a_kill(tmp_path) -> None:
         elif n == 5 and not stalled:  # a's message: hold the parent up past b's limit
             stalled.append(True)
             (tmp_path / "go").touch()
-            b = next(w for w in pool.workers if w.task is not None and w.task.name == "b")
+            b = next(w for w in pool.supervisor.workers if w.item is not None and w.item.name == "b")
             deadline = time.monotonic() + WAIT_S
             while not b.conn.poll():  # b's "video 1" is in the pipe, not read yet
                 assert time.monotonic() < deadline, "b never moved on"

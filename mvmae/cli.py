@@ -162,6 +162,8 @@ Problem codes (stable; in the report and the table). Errors make the exit status
   no_video_stream           the container holds no video stream (audio only, ...)
   unsupported_codec         not H.264 (the message names the codec)
   no_frames                 the container opens but holds no H.264 picture
+  timeout                   its probe ran past --timeout and was killed (extraction would likely
+                            hang on it too)
   too_short                 fewer frames than the clip span (its clips would loop frames)
   duplicate_path            the same file listed again (paths resolved)
   duplicate_content         the same bytes as an earlier entry (size + SHA-1 of first/last MiB)
@@ -197,7 +199,12 @@ Warnings (the video extracts and trains; exit status 0 unless --strict):
 @click.option("--min-class-videos", type=click.IntRange(min=0), default=0,
               help="Classes with fewer usable videos are class_small [default: a tenth of the median, at least 2].")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Probing processes (1: in this process; more also survive a crashing file).")
+              help="Probing processes (1: in this process; more are supervised: a file that "
+                   "crashes or hangs its process costs that file only, see --timeout).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, metavar="SECONDS",
+              help="Time one file's probe may take with --workers 2 or more; past it the process "
+                   "is killed and the file reported 'timeout'.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the machine-readable report: .jsonl (a record per video, then the summary) or .json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
@@ -208,8 +215,9 @@ Warnings (the video extracts and trains; exit status 0 unless --strict):
               help="Example paths per problem in the table.")
 @handle_errors
 def check_cmd(input_path: Path, classes: Path | None, clip_frames: int, stride: int, min_frames: int,
-              max_seconds: float, min_class_videos: int, workers: int, report_path: Path | None,
-              as_json: bool, allow: tuple[str, ...], strict: bool, examples: int) -> None:
+              max_seconds: float, min_class_videos: int, workers: int, timeout: float,
+              report_path: Path | None, as_json: bool, allow: tuple[str, ...], strict: bool,
+              examples: int) -> None:
     """Pre-flight check of a whole dataset before a long job: exit status 0 when it is fit.
 
     LIST is what `mvmae extract run` takes (a 'path label' list file or a folder of class
@@ -226,6 +234,7 @@ def check_cmd(input_path: Path, classes: Path | None, clip_frames: int, stride: 
     try:
         config = CheckConfig(input=input_path, classes=classes, clip_frames=clip_frames, stride=stride,
                              min_frames=min_frames, max_seconds=max_seconds, workers=workers,
+                             timeout=timeout,
                              min_class_videos=min_class_videos, allow=allow, strict=strict,
                              max_examples=examples)
     except ValueError as exc:

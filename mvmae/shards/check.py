@@ -44,6 +44,8 @@ CODES: dict[str, tuple[str, str]] = {
     "no_video_stream": (ERROR, "the container holds no video stream (audio only, ...)"),
     "unsupported_codec": (ERROR, "the video is not H.264 (the message names the codec)"),
     "no_frames": (ERROR, "the container opens but holds no H.264 picture"),
+    "timeout": (ERROR, "its probe ran past --timeout and was killed (extraction would likely hang "
+                       "on it too)"),
     "too_short": (ERROR, "fewer frames than the clip span: its clips would loop frames"),
     "duplicate_path": (ERROR, "the same file is listed again (paths resolved)"),
     "duplicate_content": (ERROR, "the same bytes as an earlier entry under another path"),
@@ -73,7 +75,9 @@ class CheckConfig:
     the reader will cut (``ClipConfig`` defaults); a video needs ``(clip_frames - 1) * stride + 1``
     frames, or ``min_frames`` when given (> 0). max_seconds: ``extract run``'s segment length.
     min_class_videos: a class with fewer usable videos is ``class_small`` (0: a tenth of the
-    median class size, at least 2). hash_bytes: bytes hashed at each end of a file.
+    median class size, at least 2). workers: probing processes (1: in this process). timeout:
+    seconds one file's probe may take in a worker process (then it is killed: code ``timeout``).
+    hash_bytes: bytes hashed at each end of a file.
     allow: error codes reported as warnings; strict: every warning is an error.
     max_examples: example paths per code in the summary.
     """
@@ -86,6 +90,7 @@ class CheckConfig:
     max_seconds: float = JobConfig.max_seconds
     min_class_videos: int = 0
     workers: int = 1
+    timeout: float = 300.0
     hash_bytes: int = 1 << 20
     allow: tuple[str, ...] = ()
     strict: bool = False
@@ -98,6 +103,8 @@ class CheckConfig:
         for name in ("clip_frames", "stride", "workers", "hash_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0 s, got {self.timeout}")
         for name in ("min_frames", "max_seconds", "min_class_videos", "max_examples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -207,7 +214,7 @@ def duplicate_problems(entries: list[VideoEntry], facts: list[dict]) -> dict[int
     first_hash: dict[str, int] = {}
     found = {}
     for i, (e, f) in enumerate(zip(entries, facts)):
-        resolved = str(e.path.resolve())
+        resolved = f["resolved"]
         if resolved in first_path:
             j = first_path[resolved]
             found[i] = ("duplicate_path", f"the same file as {entries[j].source} (listed earlier)", j)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from mvmae.extract.errors import VideoError
 from mvmae.extract.probe import probe_video
+from mvmae.extract.video import segment_frames
 from mvmae.shards.workers import Lost, Supervisor, Work
 
 if TYPE_CHECKING:
@@ -193,7 +194,5 @@ def stream_problems(stream: dict, config: CheckConfig) -> list[tuple[str, str]]:
 
 def _num_segments(stream: dict, max_seconds: float) -> int:
     """Samples ``extract run`` makes of the video (as :func:`mvmae.extract.video.iter_segments`)."""
-    if not max_seconds:
-        return 1
-    max_frames = max(1, math.ceil(max_seconds * (stream["fps"] or 30.0)))
-    return max(1, math.ceil(stream["num_frames"] / max_frames))
+    max_frames = segment_frames(max_seconds, stream["fps"])
+    return max(1, math.ceil(stream["num_frames"] / max_frames)) if max_frames else 1

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -152,57 +153,58 @@ def probe(videos: tuple[Path, ...], as_json: bool) -> None:
         sys.exit(1)
 
 
-CHECK_CODES_HELP = """\b
-Problem codes (stable; in the report and the table). Errors make the exit status 1:
-  missing                   no such file
-  unreadable                exists but cannot be read (permissions, a folder, an I/O error, or
-                            its probe killed the worker process)
-  empty                     0 bytes
-  not_video                 not a readable video container (text, noise, moov box lost)
-  no_video_stream           the container holds no video stream (audio only, ...)
-  unsupported_codec         not H.264 (the message names the codec)
-  no_frames                 the container opens but holds no H.264 picture
-  timeout                   its probe ran past --timeout and was killed (extraction would likely
-                            hang on it too)
-  too_short                 fewer frames than the clip span (its clips would loop frames)
-  duplicate_path            the same file listed again (paths resolved)
-  duplicate_content         the same bytes as an earlier entry (size + SHA-1 of first/last MiB)
-  label_unknown             the label is not in --classes
-  label_index_mismatch      extract run would number a class differently from --classes
-\b
-Warnings (the video extracts and trains; exit status 0 unless --strict):
-  frames_declared_mismatch  container and bitstream disagree on the frame count (truncated?)
-  damaged_packets           packets whose slice headers do not parse
-  container_damaged         the container cannot be read to its end: extract run keeps the frames
-                            before the damage
-  variable_fps              frame intervals vary by more than 10% (fields are per frame step)
-  all_intra                 no P- or B-frames: no motion vectors at all
-  odd_size                  odd width or height (a 4:4:4 or monochrome stream)
-  long_video                longer than --max-seconds: extract run makes several samples of it
-  class_missing             a class of the class list has no video in this list
-  class_small               a class has fewer usable videos than --min-class-videos"""
+def _check_codes_help() -> str:
+    """The epilog of ``mvmae check --help``: every problem code by severity, from check_codes."""
+    from mvmae.shards.check_codes import CODES, ERROR, WARNING
+
+    parts = []
+    for severity, title in [(ERROR, "Problem codes (stable; in the report and the table). Errors make "
+                                    "the exit status 1:"),
+                            (WARNING, "Warnings (the video extracts and trains; exit status 0 unless "
+                                      "--strict):")]:
+        lines = ["\b", title]
+        for code, (default, meaning) in CODES.items():
+            if default == severity:
+                lines += textwrap.wrap(meaning, 96, initial_indent=f"  {code:<25} ",
+                                       subsequent_indent=" " * 28)
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
-@main.command("check", epilog=CHECK_CODES_HELP)
+class _CheckDefault(click.Option):
+    """A ``mvmae check`` option whose default is CheckConfig's ``field`` (imported only when the
+    command runs or shows its help, so that other commands start fast)."""
+
+    def __init__(self, *args, field: str | None = None, **kwargs) -> None:
+        super().__init__(*args, show_default=True, **kwargs)
+        self.field = field or self.name
+
+    def get_default(self, ctx: click.Context, call: bool = True):
+        from mvmae.shards.check import CheckConfig
+
+        return getattr(CheckConfig, self.field)
+
+
+@main.command("check", epilog=_check_codes_help())
 @click.argument("input_path", metavar="LIST", type=click.Path(path_type=Path))
 @click.option("--classes", "classes", type=click.Path(path_type=Path, dir_okay=False),
               help="Existing class list (classes.json of a previous job, or one name per line): "
                    "labels outside it are errors.")
-@click.option("--clip-frames", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--clip-frames", cls=_CheckDefault, type=click.IntRange(min=1),
               help="Frames per training clip (the reader's default).")
-@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--stride", cls=_CheckDefault, type=click.IntRange(min=1),
               help="Display frames between clip frames.")
 @click.option("--min-frames", type=click.IntRange(min=0), default=0,
               help="Frames a video needs [default: (clip-frames - 1) * stride + 1].")
-@click.option("--max-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--max-seconds", cls=_CheckDefault, type=click.FloatRange(min=0),
               help="extract run's --max-seconds: longer videos are reported as long_video (0: never).")
 @click.option("--min-class-videos", type=click.IntRange(min=0), default=0,
               help="Classes with fewer usable videos are class_small [default: a tenth of the median, at least 2].")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", cls=_CheckDefault, type=click.IntRange(min=1),
               help="Probing processes (1: in this process; more are supervised: a file that "
                    "crashes or hangs its process costs that file only, see --timeout).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
-              show_default=True, metavar="SECONDS",
+@click.option("--timeout", cls=_CheckDefault, type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS",
               help="Time one file's probe may take with --workers 2 or more; past it the process "
                    "is killed and the file reported 'timeout'.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -211,7 +213,7 @@ Warnings (the video extracts and trains; exit status 0 unless --strict):
 @click.option("--allow", "allow", multiple=True, metavar="CODE",
               help="Report this error code as a warning (repeatable), e.g. --allow duplicate_content.")
 @click.option("--strict", is_flag=True, help="Every warning is an error.")
-@click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
+@click.option("--examples", cls=_CheckDefault, field="max_examples", type=click.IntRange(min=0),
               help="Example paths per problem in the table.")
 @handle_errors
 def check_cmd(input_path: Path, classes: Path | None, clip_frames: int, stride: int, min_frames: int,

@@ -273,20 +273,15 @@ def _video_record(i: int, entry: VideoEntry, fact: dict, name: str | None, index
 
 def _summary(videos: list[dict], dataset: list[tuple[str, str, str]], counts: dict[str, list[int]],
              config: CheckConfig, seconds: float) -> dict:
-    problems: dict[str, dict] = {}
-    for record in videos:
-        for p in record["problems"]:
-            entry = problems.setdefault(p["code"], {"severity": p["severity"], "count": 0, "examples": []})
-            entry["count"] += 1
-            if len(entry["examples"]) < config.max_examples:
-                entry["examples"].append(record["source"])
     class_findings = [{"code": code, "severity": config.severity(code), "class": name, "message": message}
                       for code, name, message in dataset]
-    for finding in class_findings:
+    found = [(p, record["source"]) for record in videos for p in record["problems"]]
+    problems: dict[str, dict] = {}
+    for finding, example in found + [(f, f["class"]) for f in class_findings]:
         entry = problems.setdefault(finding["code"], {"severity": finding["severity"], "count": 0, "examples": []})
         entry["count"] += 1
         if len(entry["examples"]) < config.max_examples:
-            entry["examples"].append(finding["class"])
+            entry["examples"].append(example)
     order = sorted(problems, key=lambda c: (problems[c]["severity"] != ERROR, -problems[c]["count"], c))
     status = Counter(r["status"] for r in videos)
     return {"type": "summary", "format": REPORT_FORMAT, "version": REPORT_VERSION,

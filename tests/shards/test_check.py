@@ -498,9 +498,10 @@ def test_cli_usage_errors(check_media, cli_runner, tmp_path) -> None:
 def test_help_documents_every_code_and_the_defaults(cli_runner) -> None:
     text = cli_runner.invoke(main, ["check", "--help"]).stdout
     errors_part, warnings_part = text.split("Warnings (")
-    for code, (severity, _) in CODES.items():
+    for code, (severity, meaning) in CODES.items():
         part = errors_part if severity == ERROR else warnings_part
         assert re.search(rf"^\s+{code}\s", part, re.MULTILINE), code
+        assert f"{code} {meaning}" in " ".join(part.split()), code  # the table's words, not a copy
     defaults = CheckConfig(input=Path("x"))
     for option, value in [("--clip-frames", defaults.clip_frames), ("--stride", defaults.stride),
                           ("--max-seconds", defaults.max_seconds), ("--workers", defaults.workers),

@@ -20,7 +20,7 @@ import av
 from mvmae.extract import errors, h264
 
 # errno values of av.open that mean the file cannot be read, not that it is not a video.
-_UNREADABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.EISDIR}
+_UNREADABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR}
 
 
 @dataclass
@@ -39,7 +39,7 @@ class StreamInfo:
 
 def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open ``path`` and return its container and first video stream, or raise a VideoError:
-    missing, unreadable (a folder, permissions, I/O), empty, not_video, no_video_stream or
+    missing, unreadable (a folder, permissions), empty, not_video, no_video_stream or
     unsupported_codec."""
     p = Path(path)
     _check_file(p)

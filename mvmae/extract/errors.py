@@ -25,7 +25,7 @@ class MissingFileError(VideoError):
 
 
 class UnreadableFileError(VideoError):
-    """The path exists but cannot be read: a folder, permissions, an I/O error."""
+    """The path exists but cannot be read: a folder, a FIFO or device, permissions."""
 
     code = "unreadable"
 

@@ -1,7 +1,8 @@
 """``mvmae probe``: what a video's H.264 stream is made of, read from the bitstream without decoding.
 
-Demuxing and reading a few header bytes per packet runs at tens of thousands of frames per second,
-so a whole dataset can be checked before a long extraction job.
+Demuxing the whole file and reading a few header bytes per packet runs at about 100-300 MB of file
+per second here (95,000 frames/s on bikes.mp4, 640x272; 11,000 on 720p), so a whole dataset can be
+checked before a long extraction job.
 """
 
 from __future__ import annotations

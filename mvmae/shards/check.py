@@ -1,8 +1,9 @@
 """``mvmae check``: a pre-flight over a whole dataset list before a long extraction job.
 
 Every listed video is stat-ed, fingerprinted (size + SHA-1 of its first and last MiB) and probed
-from the bitstream (:func:`mvmae.extract.probe.probe_video`: headers and slice types, no
-decoding, a few ms per video), in parallel processes if asked. The listing as a whole
+from the bitstream (:func:`mvmae.extract.probe.probe_video`: the whole file demuxed, headers and
+slice types read, no decoding: 100-300 MB/s, 3 ms for a 10 s 640x272 clip), in supervised
+processes if asked (:func:`mvmae.shards.check_files.inspect_all`). The listing as a whole
 is then checked for duplicates, labels outside the class list and thin classes. Each problem has a
 stable code (:data:`CODES`) and a severity:
 

@@ -60,19 +60,17 @@ class Work:
     """What the user of a :class:`Supervisor` decides; each method has a default. The item is
     the one given to :meth:`Supervisor.submit`; these run in the parent process."""
 
-    def payload(self, item) -> object:
-        """What to send the worker for ``item`` (computed when a worker takes it)."""
+    def payload(self, item) -> object:  # what the worker gets for item, when it takes it
         return item
 
-    def on_phase(self, item, phase: str, index: int) -> None:
-        """The worker began phase ``phase`` (its ``index``-th) of ``item``."""
+    def on_phase(self, item, phase: str, index: int) -> None:  # a phase of item began
+        pass
 
-    def on_message(self, item, kind: str, value) -> None:
-        """Any other message the worker sent (may raise to stop everything)."""
+    def on_message(self, item, kind: str, value) -> None:  # any other kind (may raise: stops all)
         raise ValueError(f"unexpected worker message {kind!r}")
 
-    def on_done(self, item, value) -> None:
-        """The work function returned ``value`` for ``item``."""
+    def on_done(self, item, value) -> None:  # the work function returned value
+        pass
 
     def on_error(self, item, phase: str, index: int, message: str) -> None:
         """The work function raised (``message``: type and text); the worker exits."""
@@ -80,8 +78,8 @@ class Work:
     def on_lost(self, item, lost: Lost) -> None:
         """The worker died or was killed with ``item`` in hand (submit it again if it should)."""
 
-    def on_exit(self, pid: int) -> None:
-        """A worker process ended (whatever it was doing): remove what it leaves behind."""
+    def on_exit(self, pid: int) -> None:  # a worker process ended: remove what it left behind
+        pass
 
 
 @dataclass
@@ -114,10 +112,7 @@ class Supervisor:
         self.queue: deque = deque()
 
     def submit(self, item, front: bool = False) -> None:
-        if front:
-            self.queue.appendleft(item)
-        else:
-            self.queue.append(item)
+        (self.queue.appendleft if front else self.queue.append)(item)
 
     def run(self) -> None:
         """Run until every submitted item is done or lost; all workers stopped on return, also
@@ -250,12 +245,12 @@ class Supervisor:
 
 
 def _exit_cause(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exit status {exitcode}"
+    if exitcode is None or exitcode >= 0:
+        return f"exit status {exitcode}"
+    try:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    except ValueError:
+        return f"killed by signal {-exitcode}"
 
 
 def _worker_main(conn: Connection, work_fn: Callable, parent_pid: int, log_level: int) -> None:

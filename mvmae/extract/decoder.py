@@ -23,7 +23,8 @@ import av
 import numpy as np
 from av.sidedata.sidedata import SideDataContainer
 
-from mvmae.extract import errors, h264
+from mvmae.extract import h264
+from mvmae.extract.container import PacketReader, StreamInfo, nal_framing, open_video, stream_info
 from mvmae.extract.mvfield import Blocks, grid_shape, rasterize
 from mvmae.extract.resolve import Reference, resolve_velocity
 
@@ -69,20 +70,6 @@ class ExtractConfig:
 
 
 @dataclass
-class StreamInfo:
-    """Facts about a video stream known right after opening it."""
-
-    container: str
-    codec: str
-    profile: str
-    size: tuple[int, int]  # (H, W) px of the decoded pictures
-    fps: float
-    num_frames_declared: int  # from the container; 0 when it does not say
-    duration_s: float
-    max_num_ref_frames: int  # from the SPS (0 when unknown)
-
-
-@dataclass
 class FrameField:
     """One display frame. mv: float32 (2, h, w) px per frame (0 where invalid); valid: bool (h, w)."""
 
@@ -125,38 +112,6 @@ class _Pending:
     iframe: np.ndarray | None
 
 
-def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open ``path`` and return its container and first video stream, or raise a VideoError."""
-    p = Path(path)
-    if not p.is_file():
-        raise errors.MissingFileError(p, "no such file")
-    if p.stat().st_size == 0:
-        raise errors.EmptyFileError(p, "empty file (0 bytes)")
-    try:
-        container = av.open(str(p), metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
-        raise errors.NotAVideoError(p, f"not a readable video container ({_ffmpeg_reason(exc)})")
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-        container.close()
-        raise errors.NoVideoStreamError(p, f"no video stream (found: {', '.join(kinds)})")
-    stream = container.streams.video[0]
-    if stream.codec_context is None:  # FFmpeg has no decoder for the stream's codec tag
-        container.close()
-        raise errors.UnsupportedCodecError(p, "video codec unknown to FFmpeg (an exotic codec tag, "
-                                              "or a damaged header); mvmae reads H.264 only")
-    codec = stream.codec_context.name
-    if codec != "h264":
-        long_name = stream.codec_context.codec.long_name
-        container.close()
-        raise errors.UnsupportedCodecError(p, f"codec is {codec} ({long_name}); mvmae reads H.264 only")
-    return container, stream
-
-
-def _ffmpeg_reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc).split(":")[0]
-
-
 class VideoDecoder:
     """Iterate a video's :class:`FrameField` items in display order (use as a context manager)."""
 
@@ -165,9 +120,9 @@ class VideoDecoder:
         self.config = config or ExtractConfig()
         self.container, self.stream = open_video(self.path)
         self.stats = DecodeStats()
-        self._length_size, sps = _avcc_or_annexb(self.stream)
+        self._length_size, sps = nal_framing(self.stream)
         self._sps = h264.first_sps(sps)
-        self.info = self._stream_info()
+        self.info: StreamInfo = stream_info(self.container, self.stream, self._sps)
         self.stats.num_declared = self.info.num_frames_declared
         self._configure_decoder()
 
@@ -179,22 +134,6 @@ class VideoDecoder:
 
     def close(self) -> None:
         self.container.close()
-
-    def _stream_info(self) -> StreamInfo:
-        s, cc = self.stream, self.stream.codec_context
-        rate = s.average_rate or s.guessed_rate or 0
-        duration = float(s.duration * s.time_base) if s.duration else (self.container.duration or 0) / 1e6
-        profile = self._sps.profile_name if self._sps else (cc.profile or "unknown")
-        return StreamInfo(
-            container=self.container.format.name,
-            codec=cc.name,
-            profile=profile,
-            size=(cc.height, cc.width),
-            fps=float(rate),
-            num_frames_declared=int(s.frames or 0),
-            duration_s=duration,
-            max_num_ref_frames=self._sps.max_num_ref_frames if self._sps else 0,
-        )
 
     def _configure_decoder(self) -> None:
         cc = self.stream.codec_context
@@ -213,21 +152,12 @@ class VideoDecoder:
         return _FrameStream(self).run()
 
 
-def _avcc_or_annexb(stream) -> tuple[int | None, list[bytes]]:
-    extradata = bytes(stream.codec_context.extradata or b"")
-    if extradata[:1] == b"\x01":
-        return h264.parse_avcc(extradata)
-    sps = [n for n in h264.iter_nals(extradata, None) if n[0] & 0x1F == h264.NAL_SPS]
-    return None, sps
-
-
 class _FrameStream:
     """The decoding loop: demux, model the DPB from the bitstream, resolve, rasterise, emit."""
 
     def __init__(self, dec: VideoDecoder) -> None:
         self.dec = dec
         self.cfg = dec.config
-        self.size = dec.info.size
         self.max_refs = h264.num_candidate_refs(dec._sps)
         self.by_pts: dict[int, tuple[int, h264.PictureInfo | None]] = {}  # not yet emitted
         self.num_demuxed = 0  # pictures demuxed: the next one gets this decode index
@@ -243,41 +173,37 @@ class _FrameStream:
         self.num_emitted = 0
         self.max_pending = self.max_refs + 32  # safety valve for broken streams
         self.num_other_size = 0  # frames dropped because their size is not the stream's
-        self.num_decoded = 0  # frames out of the decoder, dropped ones included
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) px of the stream's pictures (the first decoded picture's, see _adopt_size)."""
+        return self.dec.info.size
+
+    @property
+    def num_decoded(self) -> int:
+        """Frames out of the decoder so far, those dropped for their size included."""
+        return self.dec.stats.num_frames + self.num_other_size
 
     def run(self) -> Iterator[FrameField]:
         stats, decode_index = self.dec.stats, 0
-        for packet in self._packets():
-            if packet is not None and packet.size:
+        packets = PacketReader(self.dec.container, self.dec.stream)
+        for packet in packets:
+            if packet.size:
                 self._register(packet, decode_index)
                 stats.num_packets += 1
             frames = self._decode(packet, decode_index)
-            if packet is not None and packet.size:
-                decode_index += 1
+            decode_index += bool(packet.size)
             for frame in frames:
+                yield from self._on_frame(frame)
+        if packets.error:  # the container broke: flush, keep what decoded, the rest is lost
+            stats.warnings.append(packets.error)
+            for frame in self._decode(None, decode_index):
                 yield from self._on_frame(frame)
         while self.pending:
             yield self._emit(self.pending.popleft())
         if self.num_other_size:
             stats.warnings.append(f"{self.num_other_size} frames dropped: their size differs from "
                                   f"the stream's {self.size[0]}x{self.size[1]} (a mid-stream change)")
-
-    def _packets(self) -> Iterator:
-        """The stream's packets (the last one, empty, flushes the decoder). Where the container
-        cannot be read further (a damaged index or sample size), the packets end there with a
-        warning and a flush (None): what decoded is kept, the rest counts as lost."""
-        demux = self.dec.container.demux(self.dec.stream)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                return
-            except av.error.FFmpegError as exc:
-                self.dec.stats.warnings.append(f"container unreadable after {self.num_demuxed} "
-                                               f"packets ({_ffmpeg_reason(exc)})")
-                yield None
-                return
-            yield packet
 
     def _decode(self, packet, decode_index: int) -> list:
         """Frames the decoder gives back for ``packet`` (None: flush); a rejected packet is
@@ -314,7 +240,6 @@ class _FrameStream:
         stats = self.dec.stats
         if self.num_decoded == 0 and (frame.height, frame.width) != self.size:
             self._adopt_size(frame)
-        self.num_decoded += 1
         if (frame.height, frame.width) != self.size:  # the kernels index every luma alike
             self.num_other_size += 1
             pts = frame.pts if frame.pts is not None else self.num_emitted
@@ -355,7 +280,7 @@ class _FrameStream:
         size = (frame.height, frame.width)
         self.dec.stats.warnings.append(f"the container says {self.size[0]}x{self.size[1]} px, the "
                                        f"pictures are {size[0]}x{size[1]}: using the pictures' size")
-        self.size = self.dec.info.size = size
+        self.dec.info.size = size
 
     def _window(self, decode_index: int) -> list[int]:
         """Decode indices of the candidate references when ``decode_index`` is decoded.

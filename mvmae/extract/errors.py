@@ -24,6 +24,12 @@ class MissingFileError(VideoError):
     code = "missing"
 
 
+class UnreadableFileError(VideoError):
+    """The path exists but cannot be read: a folder, a FIFO or device, permissions."""
+
+    code = "unreadable"
+
+
 class EmptyFileError(VideoError):
     code = "empty"
 

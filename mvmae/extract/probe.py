@@ -1,7 +1,8 @@
 """``mvmae probe``: what a video's H.264 stream is made of, read from the bitstream without decoding.
 
-Demuxing and reading a few header bytes per packet runs at tens of thousands of frames per second,
-so a whole dataset can be checked before a long extraction job.
+Demuxing the whole file and reading a few header bytes per packet runs at about 100-300 MB of file
+per second here (95,000 frames/s on bikes.mp4, 640x272; 11,000 on 720p), so a whole dataset can be
+checked before a long extraction job.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mvmae.extract import h264
+from mvmae.extract.container import PacketReader, nal_framing, open_video, stream_info
 from mvmae.extract.errors import NoFramesError
-from mvmae.extract.decoder import _avcc_or_annexb, open_video
 
 
 @dataclass
@@ -40,46 +41,41 @@ class ProbeReport:
     num_frames_declared: int = 0  # the container's frame count (0: the container does not say)
     frame_interval_ms: list[float] = field(default_factory=list)  # [min, max] between packet
     # timestamps in display order; [] with fewer than 2 timestamped packets
+    container_error: str = ""  # where and why the container stopped being readable ("": read to its end)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def probe_video(path: str | Path) -> ProbeReport:
-    """Read ``path``'s container and H.264 headers; raise a VideoError if it is not H.264 video."""
+    """Read ``path``'s container and H.264 headers; raise a VideoError if it is not H.264 video.
+
+    Where the container cannot be read to its end, the report covers the packets before the
+    damage (what extraction decodes) and ``container_error`` says where and why.
+    """
     container, stream = open_video(path)
     try:
-        length_size, sps_list = _avcc_or_annexb(stream)
-        pictures, unparsed, in_band, timestamps = _read_pictures(container, stream, length_size)
-        sps_list = sps_list or in_band
-        rate = stream.average_rate or stream.guessed_rate or 0
-        if stream.duration:
-            duration = float(stream.duration * stream.time_base)
-        else:
-            duration = (container.duration or 0) / 1e6
-        container_name = container.format.name
-        declared = int(stream.frames or 0)
+        length_size, sps_list = nal_framing(stream)
+        packets = PacketReader(container, stream)
+        pictures, unparsed, in_band, timestamps = _read_pictures(packets, length_size)
+        sps = h264.first_sps(sps_list) or h264.first_sps(in_band)
+        info = stream_info(container, stream, sps)
         intervals = _interval_range_ms(timestamps, stream.time_base)
     finally:
         container.close()
     if not pictures:
-        raise NoFramesError(path, f"no H.264 pictures in the stream ({unparsed} damaged packets)"
-                            if unparsed else "no H.264 pictures in the stream (truncated?)")
-    try:
-        sps = h264.parse_sps(sps_list[0]) if sps_list else None
-    except h264.BitstreamError:
-        sps = None
-    types = "".join(info.picture_type for _, info in sorted(pictures, key=lambda p: p[0]))
-    cc = stream.codec_context
+        why = (f"{unparsed} damaged packets" if unparsed else packets.error or "truncated?")
+        raise NoFramesError(path, f"no H.264 pictures in the stream ({why})")
+    types = "".join(pic.picture_type for _, pic in sorted(pictures, key=lambda p: p[0]))
     return ProbeReport(
         path=str(path),
-        container=container_name,
-        codec=cc.name,
-        profile=sps.profile_name if sps else (cc.profile or "unknown"),
+        container=info.container,
+        codec=info.codec,
+        profile=info.profile,
         level=sps.level_idc / 10 if sps else 0.0,
-        height=cc.height,
-        width=cc.width,
-        fps=round(float(rate), 3),
+        height=info.size[0],
+        width=info.size[1],
+        fps=round(info.fps, 3),
         num_frames=len(types),
         num_i=types.count("I"),
         num_p=types.count("P"),
@@ -87,20 +83,21 @@ def probe_video(path: str | Path) -> ProbeReport:
         num_reference_b=sum(i.picture_type == "B" and i.is_reference for _, i in pictures),
         gop_lengths=_gop_lengths(types),
         longest_b_run=max((len(r) for r in types.replace("I", " ").replace("P", " ").split()), default=0),
-        max_num_ref_frames=sps.max_num_ref_frames if sps else 0,
-        duration_s=round(duration, 3),
+        max_num_ref_frames=info.max_num_ref_frames,
+        duration_s=round(info.duration_s, 3),
         num_unparsed_packets=unparsed,
-        num_frames_declared=declared,
+        num_frames_declared=info.num_frames_declared,
         frame_interval_ms=intervals,
+        container_error=packets.error,
     )
 
 
-def _read_pictures(container, stream, length_size: int | None) -> tuple[list, int, list[bytes], list[int]]:
+def _read_pictures(packets: PacketReader, length_size: int | None) -> tuple[list, int, list[bytes], list[int]]:
     """Demux the stream: (pts or decode order, PictureInfo) per picture, the number of packets
     whose headers do not parse, SPS NALs found in band, and every packet's pts (time_base units)."""
     pictures, in_band_sps, timestamps = [], [], []
     unparsed = 0
-    for k, packet in enumerate(container.demux(stream)):
+    for k, packet in enumerate(packets):
         if not packet.size:
             continue
         if packet.pts is not None:

@@ -78,6 +78,14 @@ def extract_video(path: str | Path, config: ExtractConfig | None = None) -> Vide
     return next(iter_segments(path, config, max_frames=0))
 
 
+def segment_frames(max_seconds: float, fps: float) -> int:
+    """Frames per segment when videos are cut every ``max_seconds`` (0: never cut, returns 0)
+    at ``fps`` frames per second (30 when the stream does not say)."""
+    if not max_seconds:
+        return 0
+    return max(1, math.ceil(max_seconds * (fps or 30.0)))
+
+
 def iter_segments(
     path: str | Path, config: ExtractConfig | None = None, max_frames: int = 0,
     max_seconds: float = 0.0,
@@ -95,7 +103,7 @@ def iter_segments(
     config = config or ExtractConfig()
     with VideoDecoder(path, config) as dec:
         if max_seconds and not max_frames:
-            max_frames = max(1, math.ceil(max_seconds * (dec.info.fps or 30.0)))
+            max_frames = segment_frames(max_seconds, dec.info.fps)
         # The buffer grows as needed: a damaged header may declare billions of frames.
         declared = min(dec.info.num_frames_declared or 64, _MAX_INITIAL_FRAMES)
         capacity = min(declared, max_frames) if max_frames else declared

@@ -3,61 +3,54 @@ fingerprint and bitstream probe, in parallel processes, and the problems a probe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-import multiprocessing
 import os
 import stat
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
 from typing import TYPE_CHECKING, Callable
-
-import av
 
 from mvmae.extract.errors import VideoError
 from mvmae.extract.probe import probe_video
+from mvmae.extract.video import segment_frames
+from mvmae.shards.workers import Lost, Supervisor, Work
 
 if TYPE_CHECKING:
     from mvmae.shards.check import CheckConfig
 
 _VFR_RATIO = 1.1  # max / min packet interval above which the frame rate counts as variable
+_START_TRIES = 2  # workers lost before probing a batch's first file: then its files are unreadable
 
 
 def inspect_file(path: str, hash_bytes: int) -> dict:
     """Facts about one file, without decoding (runs in worker processes).
 
     ``{"size_bytes", "content_hash" ("<size>:<sha1>" of the first and last ``hash_bytes``; None
-    when unreadable or empty), "error": [code, reason] or None, "stream": ProbeReport dict or None}``.
+    when unreadable or empty), "resolved": the path with links resolved, "error": [code, reason]
+    or None, "stream": ProbeReport dict or None}``. The probe says why a file cannot be used
+    (missing, unreadable, empty, not a video, ...).
     """
-    facts = {"size_bytes": None, "content_hash": None, "error": None, "stream": None}
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        facts["error"] = ["missing", "no such file"]
-        return facts
-    except OSError as exc:
-        facts["error"] = ["unreadable", exc.strerror or str(exc)]
-        return facts
-    if not stat.S_ISREG(info.st_mode):
-        facts["error"] = ["unreadable", "a folder, not a file" if stat.S_ISDIR(info.st_mode)
-                          else "not a regular file"]
-        return facts
-    facts["size_bytes"] = info.st_size
-    try:
-        if info.st_size:
-            facts["content_hash"] = _fingerprint(path, info.st_size, hash_bytes)
-    except OSError as exc:  # permissions, I/O errors
-        facts["error"] = ["unreadable", exc.strerror or str(exc)]
-        return facts
+    facts = {"size_bytes": None, "content_hash": None, "resolved": os.path.realpath(path),
+             "error": None, "stream": None}
     try:
         report = probe_video(path).to_dict()
     except VideoError as exc:
         facts["error"] = [exc.code, exc.reason]
-    except av.error.FFmpegError as exc:  # demuxing failed part-way: FFmpeg's reason
-        facts["error"] = ["unreadable", f"demuxing failed ({exc})"]
     else:
         report.pop("path")
         facts["stream"] = report
+    try:
+        info = os.stat(path)
+    except OSError:  # the probe has said why
+        return facts
+    if stat.S_ISREG(info.st_mode):
+        facts["size_bytes"] = info.st_size
+        try:
+            if info.st_size:
+                facts["content_hash"] = _fingerprint(path, info.st_size, hash_bytes)
+        except OSError as exc:  # an I/O error the probe did not run into
+            facts["error"] = facts["error"] or ["unreadable", exc.strerror or str(exc)]
     return facts
 
 
@@ -75,10 +68,11 @@ def inspect_all(paths: list[str], config: CheckConfig,
                 progress: Callable[[int, int], None] | None) -> list[dict]:
     """:func:`inspect_file` of every path, in order, over ``config.workers`` processes.
 
-    A worker that dies (an FFmpeg crash, the OOM killer) loses no other file: the files of the
-    broken pool are probed again one at a time in a fresh single-worker pool, and a file whose
-    probe kills that worker too is recorded as ``unreadable``. With one worker, files are probed in
-    this process (fastest; nothing isolates a crash).
+    With one worker, files are probed in this process (fastest; no time limit, and nothing
+    isolates a crash). With more, batches of files go to supervised processes
+    (:class:`mvmae.shards.workers.Supervisor`): a worker that dies on a file (an FFmpeg crash, the
+    OOM killer) or probes it for longer than ``config.timeout`` costs that file only, recorded
+    ``unreadable`` with the reason or ``timeout``; the rest of its batch goes to another worker.
     """
     results: list[dict] = [{}] * len(paths)
     num_done = 0
@@ -93,38 +87,78 @@ def inspect_all(paths: list[str], config: CheckConfig,
     if config.workers == 1 or len(paths) < 2:
         for i, path in enumerate(paths):
             store(i, inspect_file(path, config.hash_bytes))
-        return results
-    workers = min(config.workers, len(paths))
-    chunk = max(1, min(32, len(paths) // (workers * 8)))
-    lost = _pool_round(paths, list(range(len(paths))), config.hash_bytes, workers, chunk, store)
-    while lost:  # one worker, one file at a time, in order: the first lost file killed it
-        lost = _pool_round(paths, lost, config.hash_bytes, 1, 1, store)
-        if lost:
-            store(lost.pop(0), {"size_bytes": None, "content_hash": None, "stream": None,
-                                "error": ["unreadable", "the probing process died on this file "
-                                                        "(an FFmpeg crash, or out of memory)"]})
+    else:
+        _Probes(paths, config, store).run()
     return results
 
 
-def _pool_round(paths: list[str], todo: list[int], hash_bytes: int, workers: int, chunk: int,
-                store: Callable[[int, dict], None]) -> list[int]:
-    """Probe ``paths[i]`` for i in ``todo`` in batches of ``chunk``; the indices a dead worker lost."""
-    batches = [todo[k:k + chunk] for k in range(0, len(todo), chunk)]
-    lost: list[int] = []
-    # spawn, as extract run: a forked child would inherit the parent's PyAV objects and threads
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_inspect_batch, [paths[i] for i in batch], hash_bytes) for batch in batches]
-        for batch, future in zip(batches, futures):
-            try:
-                for i, facts in zip(batch, future.result()):
-                    store(i, facts)
-            except BrokenProcessPool:
-                lost.extend(batch)
-    return lost
+class _Probes(Work):
+    """``mvmae check``'s rules for its supervised probing processes (see :func:`inspect_all`)."""
+
+    def __init__(self, paths: list[str], config: CheckConfig, store: Callable[[int, dict], None]) -> None:
+        self.paths, self.config, self._store = paths, config, store
+        self.stored: set[int] = set()
+        self.start_losses: Counter = Counter()  # first file of a batch -> workers lost starting on it
+        workers = min(config.workers, len(paths))
+        self.chunk = max(1, min(32, len(paths) // (workers * 8)))
+        self.supervisor = Supervisor(functools.partial(_probe_batch, config.hash_bytes), self, workers,
+                                     config.timeout, ("file",))
+
+    def run(self) -> None:
+        for k in range(0, len(self.paths), self.chunk):
+            self.supervisor.submit(tuple(range(k, min(k + self.chunk, len(self.paths)))))
+        self.supervisor.run()
+
+    def payload(self, batch: tuple[int, ...]) -> list[str]:
+        return [self.paths[i] for i in batch]
+
+    def on_message(self, batch: tuple[int, ...], kind: str, value) -> None:
+        if kind != "facts":
+            super().on_message(batch, kind, value)
+        k, facts = value
+        self.store(batch[k], facts)
+
+    def on_error(self, batch: tuple[int, ...], phase: str, index: int, message: str) -> None:
+        raise RuntimeError(f"{self.paths[batch[index]]}: probing it raised {message}")
+
+    def on_lost(self, batch: tuple[int, ...], lost: Lost) -> None:
+        left = [i for i in batch if i not in self.stored]
+        if lost.phase == "file":
+            i = batch[lost.index]
+            if i in left:  # (not when it finished just as it was killed)
+                left.remove(i)
+                self.store(i, _failed_facts(self.paths[i], *self._blame(lost)))
+        elif left:
+            self.start_losses[left[0]] += 1
+            if self.start_losses[left[0]] >= _START_TRIES:
+                why = (f"the probing process died {_START_TRIES} times before probing it "
+                       f"(last: {lost.cause})")
+                for i in left:
+                    self.store(i, _failed_facts(self.paths[i], "unreadable", why))
+                return
+        if left:
+            self.supervisor.submit(tuple(left), front=True)
+
+    def _blame(self, lost: Lost) -> tuple[str, str]:
+        if lost.timed_out:
+            return "timeout", f"still probing after {self.config.timeout:g} s (--timeout): its process was killed"
+        return "unreadable", f"the probing process died on this file ({lost.cause}: an FFmpeg crash, or out of memory)"
+
+    def store(self, i: int, facts: dict) -> None:
+        self.stored.add(i)
+        self._store(i, facts)
 
 
-def _inspect_batch(paths: list[str], hash_bytes: int) -> list[dict]:
-    return [inspect_file(path, hash_bytes) for path in paths]
+def _probe_batch(hash_bytes: int, paths: list[str], send: Callable) -> None:
+    """In a worker: the facts of each file, sent as soon as it is probed."""
+    for k, path in enumerate(paths):
+        send("phase", ("file", k))
+        send("facts", (k, inspect_file(path, hash_bytes)))
+
+
+def _failed_facts(path: str, code: str, reason: str) -> dict:
+    return {"size_bytes": None, "content_hash": None, "resolved": os.path.realpath(path),
+            "error": [code, reason], "stream": None}
 
 
 def stream_problems(stream: dict, config: CheckConfig) -> list[tuple[str, str]]:
@@ -141,6 +175,9 @@ def stream_problems(stream: dict, config: CheckConfig) -> list[tuple[str, str]]:
                                                   f"bitstream holds {n}"))
     if stream["num_unparsed_packets"]:
         found.append(("damaged_packets", f"{stream['num_unparsed_packets']} packets with unreadable headers"))
+    if stream["container_error"]:
+        found.append(("container_damaged", f"{stream['container_error']}: extract run keeps the "
+                                           f"{n} frames before"))
     interval = stream["frame_interval_ms"]
     if interval and interval[1] > _VFR_RATIO * interval[0]:
         found.append(("variable_fps", f"frame intervals {interval[0]:g} to {interval[1]:g} ms"))
@@ -157,7 +194,5 @@ def stream_problems(stream: dict, config: CheckConfig) -> list[tuple[str, str]]:
 
 def _num_segments(stream: dict, max_seconds: float) -> int:
     """Samples ``extract run`` makes of the video (as :func:`mvmae.extract.video.iter_segments`)."""
-    if not max_seconds:
-        return 1
-    max_frames = max(1, math.ceil(max_seconds * (stream["fps"] or 30.0)))
-    return max(1, math.ceil(stream["num_frames"] / max_frames))
+    max_frames = segment_frames(max_seconds, stream["fps"])
+    return max(1, math.ceil(stream["num_frames"] / max_frames)) if max_frames else 1

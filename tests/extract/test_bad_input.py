@@ -7,11 +7,15 @@ result is degenerate and the lost frames counted in ``meta``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,6 +154,48 @@ def _run_mvmae(*args: str) -> subprocess.CompletedProcess:
     """The CLI in a real process (real stderr, real logging setup)."""
     return subprocess.run([sys.executable, "-c", "from mvmae.cli import main; main()", *args],
                           capture_output=True, text=True, timeout=60)
+
+
+def test_folder_is_unreadable_not_missing(tmp_path) -> None:
+    folder = tmp_path / "clip.mp4"
+    folder.mkdir()
+    for read in (probe_video, extract_video):
+        with pytest.raises(errors.UnreadableFileError) as info:
+            read(folder)
+        assert info.value.code == "unreadable" and "a folder" in info.value.reason, read
+
+
+@contextlib.contextmanager
+def _as_nobody():
+    """Run the block as user nobody when the tests run as root (whom file permissions do not stop)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_permission_denied_is_unreadable(cli_runner, edge_media) -> None:
+    """A file this user may not open: code 'unreadable' with the system's reason, not 'not_video'."""
+    folder = Path(tempfile.mkdtemp(prefix="mvmae-perm-"))  # not under tmp_path: nobody may enter that
+    try:
+        folder.chmod(0o755)
+        path = Path(shutil.copyfile(edge_media["pan"], folder / "locked.mp4"))
+        path.chmod(0)
+        with _as_nobody():
+            with pytest.raises(errors.UnreadableFileError) as info:
+                probe_video(path)
+            result = cli_runner.invoke(main, ["probe", "--json", str(path)])
+    finally:
+        shutil.rmtree(folder)
+    assert info.value.code == "unreadable" and "permission denied" in info.value.reason.lower()
+    assert result.exit_code == 1
+    row = json.loads(result.stdout)
+    assert (row["path"], row["code"]) == (str(path), "unreadable")
+    assert "permission denied" in row["error"].lower()
 
 
 def test_debug_prints_traceback_in_a_real_process(edge_media, tmp_path) -> None:

@@ -25,8 +25,11 @@ except ImportError:  # ... or as the `tests` package
 
 from extract_faults import faults_of, outputs, run_cli, start_job
 from job_outputs import read_manifest
+from mvmae.cli import main
 from mvmae.extract import errors
+from mvmae.extract.probe import probe_video
 from mvmae.extract.video import extract_video
+from mvmae.shards.check import CheckConfig, check_dataset
 
 NUM_MUTANTS = 240
 KNOWN_CODES = {"empty", "not_video", "no_video_stream", "unsupported_codec", "no_frames"}
@@ -202,7 +205,7 @@ def found_by_fuzzing(tmp_path_factory) -> dict:
     faststart = media.make_pan_clip(d / "pan_faststart.mp4", vx=-2, vy=2, num_frames=30,
                                     faststart=True, gop=12)
     small = media.make_pan_clip(d / "small.mp4", vx=2, vy=1, num_frames=30, size=(96, 128))
-    files = {}
+    files = {"pan": pan}
     for name, src, damage in [("huge_last_sample", pan, _huge_last_sample),
                               ("short_sps", pan, _short_sps),
                               ("flipped_sps", faststart, _flipped_sps)]:
@@ -221,6 +224,30 @@ def test_demux_error_mid_stream_keeps_what_decoded(found_by_fuzzing) -> None:
     fields = extract_video(found_by_fuzzing["huge_last_sample"])
     assert fields.num_frames == 39 and fields.meta["frames_lost"] == 1
     assert any("container unreadable after 39 packets" in w for w in fields.meta["warnings"])
+
+
+def test_demux_error_mid_stream_probe_reads_what_extraction_keeps(found_by_fuzzing, cli_runner) -> None:
+    """probe stops where extraction stops, with the same reason, and goes on to the next file."""
+    huge, pan = found_by_fuzzing["huge_last_sample"], found_by_fuzzing["pan"]
+    report = probe_video(huge)
+    assert (report.num_frames, report.num_frames_declared) == (39, 40)
+    assert report.container_error.startswith("container unreadable after 39 packets (")
+    result = cli_runner.invoke(main, ["probe", str(huge), str(pan)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == str(huge) and f"\n{pan}\n" in result.stdout
+    assert "container unreadable after 39 packets" in result.stdout and result.stderr == ""
+
+
+def test_demux_error_mid_stream_is_a_check_warning(found_by_fuzzing, tmp_path) -> None:
+    """The video extracts (39 of 40 frames), so check reports a warning, not an error."""
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{found_by_fuzzing['huge_last_sample']} pan\n{found_by_fuzzing['pan']} pan\n")
+    report = check_dataset(CheckConfig(input=listing, min_class_videos=1))
+    damaged, good = report.videos
+    assert damaged["status"] == "warning" and good["status"] == "ok" and report.passed
+    # the lost last packet is a B-frame shown mid-GOP: its slot is an 80 ms gap between frames
+    assert damaged["codes"] == ["frames_declared_mismatch", "container_damaged", "variable_fps"]
+    assert "container unreadable after 39 packets" in damaged["problems"][1]["message"]
 
 
 def test_unparsable_sps_is_a_typed_error(found_by_fuzzing) -> None:

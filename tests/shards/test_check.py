@@ -276,49 +276,85 @@ def remux_repeated(src: Path, dst: Path, times: int) -> Path:
     return dst
 
 
-def _kill_probers_of(path: Path, times: int, killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL (as the OOM killer would) each worker process seen with ``path`` open, ``times``
-    times: what a file whose probe crashes FFmpeg does to the worker probing it."""
+def _signal_probers_of(path: Path, sig: int, hit: list[int], stop: threading.Event) -> None:
+    """Send ``sig`` once to the first worker process seen with ``path`` open: SIGKILL is what a
+    file whose probe crashes FFmpeg (or the OOM killer) does to it, SIGSTOP what a hang looks
+    like from outside."""
     target = str(path.resolve())
-    while len(killed) < times and not stop.is_set():
+    while not hit and not stop.is_set():
         for child in multiprocessing.active_children():
             try:
                 fds = os.listdir(f"/proc/{child.pid}/fd")
                 held = any(os.readlink(f"/proc/{child.pid}/fd/{fd}") == target for fd in fds)
             except OSError:  # the process or one of its descriptors went away meanwhile
                 continue
-            if held and child.pid not in killed:
-                os.kill(child.pid, signal.SIGKILL)
-                killed.append(child.pid)
+            if held:
+                os.kill(child.pid, sig)
+                hit.append(child.pid)
+                break
         time.sleep(0.002)
 
 
-def test_a_dead_worker_loses_no_other_file(check_media, tmp_path) -> None:
-    """The worker probing one file is killed in the parallel pool, then again in the
-    one-at-a-time retry: every other file is reported as in a run without kills; that one is
-    'unreadable', with the reason."""
-    slow = remux_repeated(check_media["good_c"], tmp_path / "long.mp4", 1500)
-    files = {**check_media, "long": slow}
-    cases = [c for c in CASES if c[0] in ("good_a", "good_b", "good_d", "truncated", "odd_size")]
-    listing = write_list(tmp_path / "list.txt", files, cases[:2] + [("long", "run", [], [])] + cases[2:])
+@pytest.fixture(scope="module")
+def batched_list(check_media, tmp_path_factory) -> tuple[Path, Path]:
+    """40 distinct paths (hard links to a few cases), so that 2 workers get batches of 2 files,
+    with a slow file (30000 frames: its probe takes a while) first in the second batch."""
+    d = tmp_path_factory.mktemp("batched")
+    slow = remux_repeated(check_media["good_c"], d / "long.mp4", 1500)
+    names = ["good_a", "good_b", "good_d", "truncated", "odd_size"]
+    files, cases = {"long": slow}, []
+    for k in range(39):
+        name = names[k % len(names)]
+        files[f"{name}_{k}"] = d / f"{name}_{k}.mp4"
+        os.link(check_media[name], files[f"{name}_{k}"])
+        cases.append((f"{name}_{k}", "run"))
+    listing = write_list(d / "list.txt", files, cases[:2] + [("long", "run")] + cases[2:])
+    return listing, slow
+
+
+def _check_signalling_the_slow_file(batched_list, sig: int) -> tuple[dict, dict, Path]:
+    """The report of a 2-worker run whose slow file's worker gets ``sig``, of a run in one
+    process, and the slow file; checks that exactly one worker got it and was reaped."""
+    listing, slow = batched_list
     expected = check_dataset(CheckConfig(input=listing))
-    killed: list[int] = []
+    hit: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_probers_of, args=(slow, 2, killed, stop), daemon=True)
-    killer.start()
+    signaller = threading.Thread(target=_signal_probers_of, args=(slow, sig, hit, stop), daemon=True)
+    signaller.start()
     try:
-        report = check_dataset(CheckConfig(input=listing, workers=2))
+        report = check_dataset(CheckConfig(input=listing, workers=2, timeout=3.0))
     finally:
         stop.set()
-        killer.join()
-    assert len(killed) == 2
+        signaller.join()
+    assert len(hit) == 1 and not Path(f"/proc/{hit[0]}").exists()  # killed and reaped
     assert [v["path"] for v in report.videos] == [v["path"] for v in expected.videos]
+    return report, expected, slow
+
+
+def _only_the_slow_file_differs(report, expected, slow: Path, code: str, message: str) -> None:
     for got, want in zip(report.videos, expected.videos):
         if got["path"] == str(slow):
-            assert got["codes"] == ["unreadable"]
-            assert "probing process died" in got["problems"][0]["message"]
+            assert got["codes"] == [code] and code not in want["codes"]
+            assert message in got["problems"][0]["message"]
         else:
             assert got == want
+
+
+def test_a_dead_worker_loses_no_other_file(batched_list) -> None:
+    """The worker probing one file is killed (as an FFmpeg crash or the OOM killer would): that
+    file is 'unreadable' with the reason; every other one, the next file of its batch included,
+    is reported as in a run in one process."""
+    report, expected, slow = _check_signalling_the_slow_file(batched_list, signal.SIGKILL)
+    _only_the_slow_file_differs(report, expected, slow, "unreadable",
+                                "probing process died on this file (killed by SIGKILL")
+
+
+def test_a_hung_worker_loses_no_other_file(batched_list) -> None:
+    """The worker probing one file freezes (SIGSTOP: a hang, seen from outside): --timeout
+    later it is killed and that file reported 'timeout'; every other file as in one process."""
+    report, expected, slow = _check_signalling_the_slow_file(batched_list, signal.SIGSTOP)
+    _only_the_slow_file_differs(report, expected, slow, "timeout",
+                                "still probing after 3 s (--timeout): its process was killed")
 
 
 def test_progress_counts_each_file_once(check_list) -> None:
@@ -462,9 +498,10 @@ def test_cli_usage_errors(check_media, cli_runner, tmp_path) -> None:
 def test_help_documents_every_code_and_the_defaults(cli_runner) -> None:
     text = cli_runner.invoke(main, ["check", "--help"]).stdout
     errors_part, warnings_part = text.split("Warnings (")
-    for code, (severity, _) in CODES.items():
+    for code, (severity, meaning) in CODES.items():
         part = errors_part if severity == ERROR else warnings_part
         assert re.search(rf"^\s+{code}\s", part, re.MULTILINE), code
+        assert f"{code} {meaning}" in " ".join(part.split()), code  # the table's words, not a copy
     defaults = CheckConfig(input=Path("x"))
     for option, value in [("--clip-frames", defaults.clip_frames), ("--stride", defaults.stride),
                           ("--max-seconds", defaults.max_seconds), ("--workers", defaults.workers),

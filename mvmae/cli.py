@@ -201,9 +201,9 @@ class _CheckDefault(click.Option):
               help="extract run's --max-seconds: longer videos are reported as long_video (0: never).")
 @click.option("--min-class-videos", type=click.IntRange(min=0), default=0,
               help="Classes with fewer usable videos are class_small [default: a tenth of the median, at least 2].")
-@click.option("--workers", cls=_CheckDefault, type=click.IntRange(min=1),
-              help="Probing processes (1: in this process; more are supervised: a file that "
-                   "crashes or hangs its process costs that file only, see --timeout).")
+@click.option("--workers", cls=_CheckDefault, type=click.IntRange(min=0),
+              help="Probing processes, supervised: a file that crashes or hangs its process "
+                   "costs that file only, see --timeout (0: probe in this process, unprotected).")
 @click.option("--timeout", cls=_CheckDefault, type=click.FloatRange(min=0, min_open=True),
               metavar="SECONDS",
               help="Time one file's probe may take with --workers 2 or more; past it the process "

@@ -46,8 +46,10 @@ class CheckConfig:
     the reader will cut (``ClipConfig`` defaults); a video needs ``(clip_frames - 1) * stride + 1``
     frames, or ``min_frames`` when given (> 0). max_seconds: ``extract run``'s segment length.
     min_class_videos: a class with fewer usable videos is ``class_small`` (0: a tenth of the
-    median class size, at least 2). workers: probing processes (1: in this process). timeout:
-    seconds one file's probe may take in a worker process (then it is killed: code ``timeout``).
+    median class size, at least 2). workers: supervised probing processes (0: probe in this
+    process, with no time limit and nothing isolating a crash, as ``extract run --workers 0``).
+    timeout: seconds one file's probe may take in a worker process (then it is killed: code
+    ``timeout``).
     hash_bytes: bytes hashed at each end of a file.
     allow: error codes reported as warnings; strict: every warning is an error.
     max_examples: example paths per code in the summary.
@@ -71,9 +73,11 @@ class CheckConfig:
         self.input = Path(self.input)
         self.classes = Path(self.classes) if self.classes is not None else None
         self.allow = tuple(self.allow)
-        for name in ("clip_frames", "stride", "workers", "hash_bytes"):
+        for name in ("clip_frames", "stride", "hash_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.timeout <= 0:
             raise ValueError(f"timeout must be > 0 s, got {self.timeout}")
         for name in ("min_frames", "max_seconds", "min_class_videos", "max_examples"):

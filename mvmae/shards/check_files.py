@@ -68,8 +68,8 @@ def inspect_all(paths: list[str], config: CheckConfig,
                 progress: Callable[[int, int], None] | None) -> list[dict]:
     """:func:`inspect_file` of every path, in order, over ``config.workers`` processes.
 
-    With one worker, files are probed in this process (fastest; no time limit, and nothing
-    isolates a crash). With more, batches of files go to supervised processes
+    With ``workers`` 0, files are probed in this process (no time limit, and nothing isolates a
+    crash). Otherwise batches of files go to supervised processes
     (:class:`mvmae.shards.workers.Supervisor`): a worker that dies on a file (an FFmpeg crash, the
     OOM killer) or probes it for longer than ``config.timeout`` costs that file only, recorded
     ``unreadable`` with the reason or ``timeout``; the rest of its batch goes to another worker.
@@ -84,7 +84,7 @@ def inspect_all(paths: list[str], config: CheckConfig,
         if progress:
             progress(num_done, len(paths))
 
-    if config.workers == 1 or len(paths) < 2:
+    if config.workers == 0 or not paths:
         for i, path in enumerate(paths):
             store(i, inspect_file(path, config.hash_bytes))
     else:

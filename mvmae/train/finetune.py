@@ -197,7 +197,7 @@ class Finetuner:
         self.amp = cfg.amp and self.device.type == "cuda"
         self.manager = ckpt.CheckpointManager(self.out, cfg.keep_last, cfg.best_metric, "max")
         # Checked before anything is written, tidied before the logger appends.
-        state, self._lock = open_run_folder(self.manager, cfg.resume, config_to_dict(cfg), self.device,
+        state, self._lock = open_run_folder(self.manager, cfg.resume, cfg, self.device,
                                             self.dist.is_main)
         self.logger = MetricLogger(self.out, is_main=self.dist.is_main,
                                    purge_step=state[ckpt.STEP] + 1 if state else 0)

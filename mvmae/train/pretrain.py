@@ -149,7 +149,7 @@ class Pretrainer:
         self.manager = ckpt.CheckpointManager(self.out, keep_last_n=cfg.keep_last, best_metric="loss",
                                               mode="min")
         # Checked before anything is written, tidied before the logger appends.
-        state, self._lock = open_run_folder(self.manager, cfg.resume, config_to_dict(cfg), self.device,
+        state, self._lock = open_run_folder(self.manager, cfg.resume, cfg, self.device,
                                             self.dist.is_main)
         self.logger = MetricLogger(self.out, is_main=self.dist.is_main,
                                    purge_step=state[ckpt.STEP] + 1 if state else 0)

@@ -12,6 +12,7 @@ to write again (epochs after the checkpoint, a line torn by a kill).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -21,16 +22,27 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mvmae.train import checkpoint as ckpt
+from mvmae.train.config import plain_data
 from mvmae.train.logs import METRICS_FILE, truncate_records
 from mvmae.train.writes import writing
 
 log = logging.getLogger(__name__)
 
-# Fields a resumed run may change: where and how fast it runs, and how patiently it reads its
-# shards (a run that stalled may come back with longer timeouts), not what it computes. A name
-# also frees the fields nested under it.
-FREE_FIELDS = frozenset({"resume", "out", "workers", "log_every", "keep_last", "val_batch_size",
+# Fields a resumed run may change: where it runs and how patiently it reads its shards (a run
+# that stalled may come back with longer timeouts), how often it logs and what it keeps, not what
+# it computes. A name also frees the fields nested under it, except those in BOUND_FIELDS.
+FREE_FIELDS = frozenset({"resume", "out", "log_every", "keep_last", "val_batch_size",
                          "compile", "deterministic", "read", "loader_timeout_s"})
+# Free only for runs that draw their shards with replacement (steps_per_epoch > 0): over one pass
+# of the shards, each DataLoader worker reads its own share of them, so their number decides the
+# batches of an epoch (how many, and in which order).
+RESAMPLED_FREE_FIELDS = frozenset({"workers"})
+# Nested under a free name, but they change which samples train: a shard read without checking
+# the CRCs delivers a damaged member that a check would have skipped.
+BOUND_FIELDS = frozenset({"read.check_crc"})
+_WHY_BOUND = {"workers": "each DataLoader worker reads its own share of the shards, so their number "
+                         "decides an epoch's batches",
+              "read.check_crc": "it decides which damaged samples are skipped"}
 # Where the inputs are: a moved dataset keeps its content, so a change is only reported.
 PATH_FIELDS = frozenset({"train", "val", "codebook", "classes", "pretrained", "init",
                          "model.context_weights"})
@@ -44,51 +56,64 @@ class ResumeError(ValueError):
     """The run cannot start or resume in its output folder as asked (names the checkpoint)."""
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+def _field_pairs(saved: Mapping[str, Any], current: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """(saved, current) value of every field of config dataclass ``current`` that ``saved`` (its
+    ``config_to_dict`` in a checkpoint) has too, by dotted name: a nested config dataclass field
+    by field, any other value whole (a dict of options, a list). A field on one side only (added
+    or removed by another mvmae version) is left out."""
+    pairs: dict[str, tuple[Any, Any]] = {}
+    for field in dataclasses.fields(current):
+        if field.name not in saved:
+            continue
+        key, value = f"{prefix}{field.name}", getattr(current, field.name)
+        if dataclasses.is_dataclass(value) and isinstance(saved[field.name], Mapping):
+            pairs.update(_field_pairs(saved[field.name], value, f"{key}."))
         else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+            pairs[key] = (saved[field.name], plain_data(value))
+    return pairs
 
 
-def _is_free(key: str) -> bool:
-    return any(key == name or key.startswith(f"{name}.") for name in FREE_FIELDS)
+def _is_free(key: str, resampled: bool) -> bool:
+    if key in BOUND_FIELDS:
+        return False
+    names = FREE_FIELDS | RESAMPLED_FREE_FIELDS if resampled else FREE_FIELDS
+    return any(key == name or key.startswith(f"{name}.") for name in names)
 
 
-def check_resume_config(state: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
+def check_resume_config(state: Mapping[str, Any], current: Any, path: Path) -> None:
     """Refuse (``ResumeError``) to continue checkpoint ``state`` with configuration ``current``
-    (``config_to_dict`` of the new run) when a field that shapes training differs: model, data
-    augmentation, optimizer, schedule, seed. ``epochs`` may grow only once the saved run has
-    finished (an extension, which replans the LR schedule); moved inputs are logged. Fields on
-    one side only (added or removed by another mvmae version) are not compared."""
-    saved, now = _flatten(state.get(ckpt.CONFIG) or {}), _flatten(current)
-    changed = {k: (saved[k], now[k]) for k in sorted(saved.keys() & now.keys())
-               if not _is_free(k) and saved[k] != now[k]}
+    (the new run's config dataclass) when a field that shapes training differs: model, data
+    augmentation, optimizer, schedule, seed, and the data order (``workers`` unless the shards
+    are resampled, ``read.check_crc``). ``epochs`` may grow once the saved run has finished (an
+    extension, which replans the LR schedule); moved inputs are logged."""
+    saved = state.get(ckpt.CONFIG) or {}
+    resampled = bool(saved.get("steps_per_epoch"))
+    changed = {k: pair for k, pair in sorted(_field_pairs(saved, current).items())
+               if not _is_free(k, resampled) and pair[0] != pair[1]}
     for key in PATH_FIELDS & changed.keys():
         old, new = changed.pop(key)
         log.warning(f"{path}: resuming with {key} {new!r} instead of {old!r} "
                     f"(assumed to hold the same data)")
     if "epochs" in changed:
         old, new = changed["epochs"]
-        if state[ckpt.EPOCH] == old - 1:  # the saved run finished: this extends it
+        if state[ckpt.EPOCH] == old - 1 and new > old:  # the saved run finished: this extends it
             changed.pop("epochs")
             log.warning(f"{path}: extending a finished {old}-epoch run to {new} epochs; the learning-rate "
                         f"schedule is replanned over {new} epochs from here")
     if changed:
         diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        why = "".join(f"; {k}: {_WHY_BOUND[k]}" for k in changed if k in _WHY_BOUND)
         raise ResumeError(f"{path}: cannot resume with a different configuration ({diff}): a resumed run "
-                          f"continues the saved schedule; rerun with the saved values (see config.yaml "
-                          f"beside it) or start a new run in another --out")
+                          f"continues the saved schedule{why}; rerun with the saved values (--config "
+                          f"config.yaml beside it) or start a new run in another --out")
 
 
-def load_resume_state(manager: ckpt.CheckpointManager, resume: bool, current: Mapping[str, Any],
+def load_resume_state(manager: ckpt.CheckpointManager, resume: bool, current: Any,
                       device: Any = "cpu") -> dict[str, Any] | None:
-    """The checkpoint to continue (``last.pt``, its config checked against ``current``), or None
-    to start afresh: not resuming, or resuming where no checkpoint was written yet (a run killed
-    before its first save). Raises ``ResumeError`` when not resuming over an existing ``last.pt``."""
+    """The checkpoint to continue (``last.pt``, its config checked against ``current``, the new
+    run's config dataclass), or None to start afresh: not resuming, or resuming where no
+    checkpoint was written yet (a run killed before its first save). Raises ``ResumeError`` when
+    not resuming over an existing ``last.pt``."""
     path = manager.last_path
     if not resume:
         if path.exists():
@@ -141,7 +166,7 @@ def lock_folder(out_dir: Path):
     return fh
 
 
-def open_run_folder(manager: ckpt.CheckpointManager, resume: bool, current: Mapping[str, Any],
+def open_run_folder(manager: ckpt.CheckpointManager, resume: bool, current: Any,
                     device: Any, is_main: bool):
     """Everything a trainer does with its folder before training: ``load_resume_state`` (every
     rank), then on the main rank ``lock_folder`` and ``prepare_folder``. Returns (the state to

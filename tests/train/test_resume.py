@@ -5,6 +5,7 @@ run, and a real failed write (a file-size limit on this process makes it fail wi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -12,25 +13,53 @@ import resource
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
+from mvmae.shards.reader import ReadConfig
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
+from mvmae.train.config import config_to_dict
 from mvmae.train.resume import (
     ResumeError, check_resume_config, load_resume_state, lock_folder, prepare_folder,
     remove_stale_temporaries)
 from mvmae.train.writes import OutputWriteError, os_error_in, writing
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = {"lr": 3e-4, "epochs": 4, "workers": 2, "out": "runs/a", "resume": False,
-          "train": ["a-{0..3}.tar"], "model": {"dim": 32, "depth": 2}}
 
 
-def _state(epoch: int, config: dict = CONFIG) -> dict:
-    return {ckpt.EPOCH: epoch, ckpt.CONFIG: config, ckpt.MODEL: {"w": torch.full((2,), float(epoch))}}
+@dataclass
+class Model:
+    dim: int = 32
+    depth: int = 2
+
+
+@dataclass
+class Run:
+    """A run config as the trainers' are: nested config dataclasses, a free-form dict of options."""
+
+    lr: float = 3e-4
+    epochs: int = 4
+    workers: int = 2
+    steps_per_epoch: int = 0
+    out: str = "runs/a"
+    resume: bool = False
+    train: list[str] = field(default_factory=lambda: ["a-{0..3}.tar"])
+    model: Model = field(default_factory=Model)
+    masking_options: dict = field(default_factory=dict)
+    read: ReadConfig = field(default_factory=ReadConfig)
+    loader_timeout_s: float = 0.0
+
+
+CONFIG = Run()
+
+
+def _state(epoch: int, config: Run | dict = CONFIG) -> dict:
+    saved = config_to_dict(config) if isinstance(config, Run) else config
+    return {ckpt.EPOCH: epoch, ckpt.CONFIG: saved, ckpt.MODEL: {"w": torch.full((2,), float(epoch))}}
 
 
 @contextlib.contextmanager
@@ -47,30 +76,60 @@ def file_size_limit(num_bytes: int):
 
 
 def test_same_config_and_free_fields_resume(tmp_path):
-    saved = {**CONFIG, "read": {"stall_s": 60.0, "retries": 3}, "loader_timeout_s": 0.0}
-    moved = {**saved, "workers": 0, "out": "elsewhere/a", "resume": True,
-             "read": {"stall_s": 300.0, "retries": 5}, "loader_timeout_s": 600.0}
+    saved = dataclasses.replace(CONFIG, read=ReadConfig(stall_s=60.0, retries=3))
+    moved = dataclasses.replace(saved, out="elsewhere/a", resume=True, loader_timeout_s=600.0,
+                                read=ReadConfig(stall_s=300.0, retries=5))
     check_resume_config(_state(1, saved), moved, tmp_path / "last.pt")
 
 
 @pytest.mark.parametrize("change,expected", [
     ({"lr": 1e-3}, "lr 0.0003 -> 0.001"),
-    ({"model": {"dim": 64, "depth": 2}}, "model.dim 32 -> 64"),
+    ({"model": Model(dim=64)}, "model.dim 32 -> 64"),
     ({"epochs": 6}, "epochs 4 -> 6"),  # the saved run (epoch 1 of 4) is not finished
+    ({"masking_options": {"mode": "inside"}}, "masking_options {} -> {'mode': 'inside'}"),
+    ({"read": ReadConfig(check_crc=False)}, "read.check_crc True -> False"),
+    ({"workers": 0}, "workers 2 -> 0"),  # one pass over the shards: each worker reads its share
 ])
 def test_changed_config_is_refused(tmp_path, change, expected):
     refused = r"last.pt: cannot resume with a different configuration \("
     with pytest.raises(ResumeError, match=refused) as info:
-        check_resume_config(_state(1), {**CONFIG, **change}, tmp_path / "last.pt")
+        check_resume_config(_state(1), dataclasses.replace(CONFIG, **change), tmp_path / "last.pt")
     assert expected in str(info.value) and "--out" in str(info.value)
+
+
+def test_options_dict_is_compared_whole(tmp_path):
+    """A free-form dict of options is one value: options added, removed or changed are refused
+    (a key on one side only is not 'another mvmae version's field')."""
+    inside = dataclasses.replace(CONFIG, masking_options={"mode": "inside", "ratio": 0.75})
+    for saved, now in ((inside, CONFIG), (inside, dataclasses.replace(inside, masking_options={"mode": "inside"}))):
+        with pytest.raises(ResumeError, match=r"masking_options \{'mode': 'inside', 'ratio': 0.75\} -> "):
+            check_resume_config(_state(1, saved), now, tmp_path / "last.pt")
+    check_resume_config(_state(1, inside), dataclasses.replace(inside), tmp_path / "last.pt")
+
+
+def test_workers_may_change_only_where_shards_are_resampled(tmp_path):
+    """With ``steps_per_epoch`` the shards are drawn with replacement and an epoch has that many
+    steps whatever the workers; over one pass each worker reads its own share (the message
+    says so)."""
+    resampled = dataclasses.replace(CONFIG, steps_per_epoch=5)
+    check_resume_config(_state(1, resampled), dataclasses.replace(resampled, workers=8), tmp_path / "last.pt")
+    with pytest.raises(ResumeError, match="workers: each DataLoader worker reads its own share of the shards"):
+        check_resume_config(_state(1), dataclasses.replace(CONFIG, workers=8), tmp_path / "last.pt")
 
 
 def test_a_finished_run_may_be_extended_and_inputs_moved(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mvmae.train.resume"):
-        check_resume_config(_state(3), {**CONFIG, "epochs": 6, "train": ["b-{0..3}.tar"]},
+        check_resume_config(_state(3), dataclasses.replace(CONFIG, epochs=6, train=["b-{0..3}.tar"]),
                             tmp_path / "last.pt")
     assert "extending a finished 4-epoch run to 6 epochs" in caplog.text
     assert "resuming with train ['b-{0..3}.tar'] instead of ['a-{0..3}.tar']" in caplog.text
+
+
+def test_a_finished_run_is_not_shrunk(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="mvmae.train.resume"), pytest.raises(
+            ResumeError, match=r"epochs 4 -> 2"):
+        check_resume_config(_state(3), dataclasses.replace(CONFIG, epochs=2), tmp_path / "last.pt")
+    assert "extending" not in caplog.text
 
 
 def test_resume_state_without_and_with_a_checkpoint(tmp_path):
@@ -188,6 +247,9 @@ def test_a_failed_metrics_write_names_the_file_and_the_resume_drops_its_torn_lin
 
 
 def test_fields_of_another_version_are_not_compared(tmp_path):
-    """A checkpoint saved before a field existed (or after one was removed) still resumes."""
-    older = {k: v for k, v in CONFIG.items() if k != "epochs"}
-    check_resume_config(_state(1, older), {**CONFIG, "new_field": {"timeout_s": 30}}, tmp_path / "last.pt")
+    """A checkpoint saved before a field existed (or after one was removed), at the top level or
+    in a nested config, still resumes."""
+    older = config_to_dict(CONFIG)
+    del older["epochs"], older["model"]["depth"]
+    older["removed_field"] = {"timeout_s": 30}
+    check_resume_config(_state(1, older), CONFIG, tmp_path / "last.pt")

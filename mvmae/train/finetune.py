@@ -30,7 +30,7 @@ from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict, save_resolved_config
 from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, in_lockstep, init_distributed, wrap_ddp
 from mvmae.train.logs import MetricLogger
-from mvmae.train.model import ClassifierConfig, MVMAEClassifier, top_blocks
+from mvmae.train.model import ClassifierConfig, MVMAEClassifier, classifier_clip, top_blocks
 from mvmae.train.resume import ResumeError, check_steps_per_epoch, open_run_folder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
 from mvmae.train.tokenizer import TokenSpec
@@ -217,12 +217,11 @@ class Finetuner:
         return ModelEmaV3(self.raw_model, decay=self.cfg.ema)
 
     def _clip(self, mode: str) -> ClipConfig:
-        """Clips of num_segments x segment frames with one I-frame per segment (none for
-        ``inputs='mv'``: the Context encoder is absent, no JPEG is decoded)."""
-        s, segments = self.spec, self.cfg.model.num_segments
-        return ClipConfig(num_frames=s.num_frames * segments, stride=s.stride, mode=mode,
-                          num_iframes=0 if self.cfg.model.inputs == "mv" else segments, mv_size=s.mv_size, iframe_size=s.iframe_size,
-                          flip_prob=self.cfg.flip_prob, crop_area=self.cfg.crop_area)
+        """The reader's clips (``model.classifier_clip``), augmented in ``train`` mode."""
+        if mode != "train":
+            return classifier_clip(self.cfg.model, self.spec, mode)
+        return classifier_clip(self.cfg.model, self.spec, mode, flip_prob=self.cfg.flip_prob,
+                               crop_area=self.cfg.crop_area)
 
     def _train_loader(self, epoch: int):
         pipe = build_train_pipeline(self.cfg.train, self._clip("train"), self.cfg.batch_size,

@@ -1,22 +1,21 @@
 """Starting a run in its output folder: fresh, or resumed from ``last.pt``, after whatever a
 killed or failed run left there.
 
-Read before anything is written (every rank): ``load_resume_state`` refuses to start afresh over
-an earlier run's ``last.pt`` (that would silently restart its schedule), and refuses to resume it
-with a configuration that changes its course (``check_resume_config``). Then the main rank locks
-the folder against a second run writing there at the same time (``lock_folder``: a kill releases
-the lock) and tidies it (``prepare_folder``): temporary files of interrupted writes go, the
-copies of the last save are completed, and ``metrics.jsonl`` loses the records the run is about
-to write again (epochs after the checkpoint, a line torn by a kill).
+Read and checked before anything is written (every rank): ``load_resume_state`` refuses to start
+afresh over an earlier run's ``last.pt`` (that would silently restart its schedule), and refuses
+to resume it with a configuration that changes its course (``check_resume_config``) or with other
+inputs than it was trained with (``check_resume_inputs``: the class list, the codebook). Once the
+steps of an epoch are counted, ``check_steps_per_epoch`` refuses shards that give another number.
+Only then does the main rank, holding the folder's lock (``run_folder``), tidy the folder
+(``prepare_folder``): temporary files of interrupted writes go, the copies of the last save are
+completed, and ``metrics.jsonl`` loses the records the run is about to write again (epochs after
+the checkpoint, a line torn by a kill).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -108,12 +107,24 @@ def check_resume_config(state: Mapping[str, Any], current: Any, path: Path) -> N
                           f"config.yaml beside it) or start a new run in another --out")
 
 
-def load_resume_state(manager: ckpt.CheckpointManager, resume: bool, current: Any,
-                      device: Any = "cpu") -> dict[str, Any] | None:
-    """The checkpoint to continue (``last.pt``, its config checked against ``current``, the new
-    run's config dataclass), or None to start afresh: not resuming, or resuming where no
+def check_resume_inputs(state: Mapping[str, Any], inputs: Mapping[str, Any], path: Path) -> None:
+    """Refuse (``ResumeError``) to continue checkpoint ``state`` when what its run was trained
+    with, as recorded under ``EXTRA`` (the class list, the codebook's content), differs from
+    ``inputs`` of the new run. Only the content counts: a moved codebook or class list with the
+    same content resumes. Keys the checkpoint lacks (an older mvmae) are not compared."""
+    saved = state.get(ckpt.EXTRA) or {}
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in inputs.items() if k in saved and saved[k] != v]
+    if changed:
+        raise ResumeError(f"{path}: cannot resume with other inputs ({', '.join(changed)}): the saved run "
+                          f"was trained with those; start a new run in another --out")
+
+
+def load_resume_state(manager: ckpt.CheckpointManager, resume: bool, current: Any, device: Any = "cpu",
+                      inputs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The checkpoint to continue (``last.pt``, checked against the new run's config dataclass
+    ``current`` and its ``inputs``), or None to start afresh: not resuming, or resuming where no
     checkpoint was written yet (a run killed before its first save). Raises ``ResumeError`` when
-    not resuming over an existing ``last.pt``."""
+    not resuming over an existing ``last.pt``. Writes nothing."""
     path = manager.last_path
     if not resume:
         if path.exists():
@@ -125,6 +136,7 @@ def load_resume_state(manager: ckpt.CheckpointManager, resume: bool, current: An
         return None
     state = ckpt.load_checkpoint(path, map_location=device)
     check_resume_config(state, current, path)
+    check_resume_inputs(state, inputs or {}, path)
     return state
 
 
@@ -135,53 +147,6 @@ def check_steps_per_epoch(state: Mapping[str, Any], steps_per_epoch: int, path: 
     if saved is not None and saved != steps_per_epoch:
         raise ResumeError(f"{path}: the saved run had {saved} steps per epoch, the shards now give "
                           f"{steps_per_epoch}: resuming would shift the schedule; start a new run")
-
-
-def lock_folder(out_dir: Path):
-    """Create ``out_dir`` and hold an exclusive ``flock`` on ``out_dir/.lock`` for as long as the
-    returned file stays open (the process's death releases it, so a killed run leaves no stale
-    lock); None when this very process holds it already (a trainer built again in a notebook
-    after a failed one) or the filesystem cannot lock. Raises ``ResumeError`` when another
-    process holds it: two runs writing one folder would interleave checkpoints and records."""
-    path = out_dir / LOCK_NAME
-    with writing(out_dir, "output folder"):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        fh.seek(0)
-        holder = fh.read().strip() or "?"
-        fh.close()
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            log.warning(f"{path}: cannot lock ({exc.strerror}); make sure no other run writes in {out_dir}")
-        elif holder != str(os.getpid()):
-            raise ResumeError(f"{out_dir}: another run (pid {holder}) is writing there; stop it first, "
-                              f"or choose another --out") from exc
-        return None
-    with writing(path, "lock file"):
-        fh.truncate(0)
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-    return fh
-
-
-def open_run_folder(manager: ckpt.CheckpointManager, resume: bool, current: Any,
-                    device: Any, is_main: bool):
-    """Everything a trainer does with its folder before training: ``load_resume_state`` (every
-    rank), then on the main rank ``lock_folder`` and ``prepare_folder``. Returns (the state to
-    resume or None, the lock to close when the run ends or None)."""
-    state = load_resume_state(manager, resume, current, device)
-    if not is_main:
-        return state, None
-    lock = lock_folder(manager.out_dir)
-    try:
-        prepare_folder(manager, state)
-    except BaseException:
-        if lock is not None:
-            lock.close()
-        raise
-    return state, lock
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:

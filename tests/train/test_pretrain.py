@@ -89,7 +89,8 @@ def test_each_masking_end_to_end(pretrain, synth_shards, synth_codebook, tmp_pat
     state = ckpt.load_checkpoint(out / "last.pt")
     assert state[ckpt.EPOCH] == 1 and state[ckpt.STEP] == 2 * spe
     book = Codebook.load(synth_codebook)
-    assert state[ckpt.EXTRA] == {"kind": "pretrain", "token_spec": book.token_spec, "codebook_size": book.size}
+    assert state[ckpt.EXTRA] == {"kind": "pretrain", "token_spec": book.token_spec, "codebook_size": book.size,
+                                 "codebook_sha256": book.digest()}
     assert state[ckpt.CONFIG]["masking"] == masking
     model = build_model(PretrainConfig(**state[ckpt.CONFIG]), TokenSpec(**book.token_spec), book.size)
     model.load_state_dict(state[ckpt.MODEL])  # the saved config rebuilds the saved model
@@ -261,6 +262,50 @@ def test_resume_on_shards_with_other_steps_per_epoch_is_refused(pretrain, synth_
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: ResumeError: {out / 'last.pt'}: the saved run had 3 steps per epoch, the shards now "
         f"give 2: resuming would shift the schedule; start a new run")
+
+
+def test_resume_with_another_codebook_is_refused_a_moved_one_resumes(pretrain, synth_codebook, tmp_path):
+    """The codebook's codes are the targets: a resume with other codes (one centroid moved) is
+    refused before the folder is touched; the same codebook under another path resumes, the
+    move reported."""
+    out = tmp_path / "run"
+    flags = ["--masking", "random", "--epochs", "1", "--warmup-epochs", "0"]
+    ok(pretrain(out, *flags))
+    book = Codebook.load(synth_codebook)
+    book.centroids[1] += 0.5
+    other = book.save(tmp_path / "other.npz")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    refused = pretrain(out, *flags, "--codebook", str(other), "--resume")
+    assert refused.exit_code == 1
+    digest = Codebook.load(synth_codebook).digest()
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: ResumeError: {out / 'last.pt'}: cannot resume with other inputs (codebook_sha256 "
+        f"{digest!r} -> {book.digest()!r}): the saved run was trained with those; start a new run in "
+        f"another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
+    moved = tmp_path / "moved" / "codebook.npz"
+    moved.parent.mkdir()
+    moved.write_bytes(synth_codebook.read_bytes())
+    resumed = pretrain(out, "--masking", "random", "--epochs", "2", "--warmup-epochs", "0",
+                       "--codebook", str(moved), "--resume", verbose=True)
+    ok(resumed)
+    assert f"resuming with codebook '{moved}' instead of '{synth_codebook}'" in resumed.stderr
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1]
+
+
+def test_resume_from_the_saved_config(pretrain, tmp_path, cli_runner):
+    """``--config OUT/config.yaml --resume`` continues a run with its own resolved config (here
+    extended by one epoch), whatever the flags and YAML that first started it."""
+    from mvmae.cli import main
+
+    out = tmp_path / "run"
+    ok(pretrain(out, "--masking", "tube", "--epochs", "1", "--warmup-epochs", "0"))
+    resumed = cli_runner.invoke(main, ["-v", "pretrain", "--config", str(out / "config.yaml"), "--epochs", "2",
+                                       "--resume"])
+    ok(resumed)
+    assert f"resumed from {out / 'last.pt'}: epoch 1" in resumed.stderr
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1]
+    assert ckpt.load_checkpoint(out / "last.pt")[ckpt.CONFIG]["masking"] == "tube"
 
 
 # --- other modes and failures -------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Starting and resuming a run in its folder (``mvmae.train.resume``) and the write errors that
-name the file (``mvmae.train.writes``): config checks, the folder lock, leftovers of a killed
-run, and a real failed write (a file-size limit on this process makes it fail with EFBIG)."""
+"""Starting and resuming a run in its folder (``mvmae.train.resume``, ``mvmae.train.run_folder``)
+and the write errors that name the file (``mvmae.train.writes``): config and input checks, the
+folder lock, leftovers of a killed run, and a real failed write (a file-size limit on this
+process makes it fail with EFBIG)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from mvmae.train import checkpoint as ckpt
 from mvmae.train.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
 from mvmae.train.config import config_to_dict
 from mvmae.train.resume import (
-    ResumeError, check_resume_config, load_resume_state, lock_folder, prepare_folder,
+    ResumeError, check_resume_config, check_resume_inputs, load_resume_state, prepare_folder,
     remove_stale_temporaries)
+from mvmae.train.run_folder import lock_folder
 from mvmae.train.writes import OutputWriteError, os_error_in, writing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,6 +62,15 @@ CONFIG = Run()
 def _state(epoch: int, config: Run | dict = CONFIG) -> dict:
     saved = config_to_dict(config) if isinstance(config, Run) else config
     return {ckpt.EPOCH: epoch, ckpt.CONFIG: saved, ckpt.MODEL: {"w": torch.full((2,), float(epoch))}}
+
+
+def other_process_locks(out: Path) -> subprocess.CompletedProcess:
+    """Another process tries ``lock_folder(out)`` (exit status 1 and the ResumeError when refused)."""
+    script = ("import sys; from pathlib import Path; from mvmae.train.run_folder import lock_folder\n"
+              "lock_folder(Path(sys.argv[1])).close()")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 @contextlib.contextmanager
@@ -132,6 +143,19 @@ def test_a_finished_run_is_not_shrunk(tmp_path, caplog):
     assert "extending" not in caplog.text
 
 
+def test_other_inputs_are_refused_by_content(tmp_path):
+    """The class list (or codebook digest) a run trained with is recorded in its checkpoint:
+    other content is refused, the same content resumes; an older checkpoint without the record
+    is not compared."""
+    state = {**_state(1), ckpt.EXTRA: {"kind": "classifier", "classes": ["left", "right"]}}
+    check_resume_inputs(state, {"classes": ["left", "right"], "codebook_sha256": "ab"}, tmp_path / "last.pt")
+    with pytest.raises(ResumeError) as info:
+        check_resume_inputs(state, {"classes": ["left", "up"]}, tmp_path / "last.pt")
+    assert str(info.value) == (f"{tmp_path / 'last.pt'}: cannot resume with other inputs (classes ['left', "
+                               f"'right'] -> ['left', 'up']): the saved run was trained with those; start a "
+                               f"new run in another --out")
+
+
 def test_resume_state_without_and_with_a_checkpoint(tmp_path):
     manager = CheckpointManager(tmp_path / "run")
     assert load_resume_state(manager, resume=False, current=CONFIG) is None
@@ -143,24 +167,49 @@ def test_resume_state_without_and_with_a_checkpoint(tmp_path):
 
 
 def test_a_second_writer_is_refused_until_the_first_is_gone(tmp_path):
-    """Another process may not lock a locked folder; this one may build a trainer again (a
-    notebook after a failure); closing the lock (what a kill does too) frees it."""
+    """Another process may not lock a locked folder, nor a second run in this process (a trainer
+    built again in a notebook while the first still holds it: the refusal leaves the lock held);
+    closing the lock (what a kill does too) frees it."""
     out = tmp_path / "run"
-    script = ("import sys; from pathlib import Path; from mvmae.train.resume import lock_folder\n"
-              "lock_folder(Path(sys.argv[1])).close()")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-
-    def other_process():
-        return subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True,
-                              text=True, timeout=120)
-
     first = lock_folder(out)
-    refused = other_process()
+    refused = other_process_locks(out)
     assert refused.returncode == 1
     assert f"ResumeError: {out}: another run (pid {os.getpid()}) is writing there" in refused.stderr
-    assert lock_folder(out) is None  # held by this process already
+    with pytest.raises(ResumeError, match=f"{out}: a run of this process is writing there already"):
+        lock_folder(out)
+    assert other_process_locks(out).returncode == 1  # still held
     first.close()
-    assert other_process().returncode == 0
+    assert other_process_locks(out).returncode == 0
+    lock_folder(out).close()
+
+
+def test_a_forked_child_does_not_hold_the_lock(tmp_path):
+    """A run's DataLoader workers are forked with the lock file open. A run killed while one of
+    them lingers leaves the folder free: the lock was the killed process's own."""
+    out = tmp_path / "run"
+    script = ("import os, sys, time; from pathlib import Path; from mvmae.train.run_folder import lock_folder\n"
+              "lock = lock_folder(Path(sys.argv[1]))\n"
+              "child = os.fork()\n"
+              "if child == 0:\n    time.sleep(300)\n    os._exit(0)\n"
+              "print(child, flush=True)\n"
+              "time.sleep(300)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        child = int(holder.stdout.readline())
+        refused = other_process_locks(out)
+        assert refused.returncode == 1 and f"another run (pid {holder.pid})" in refused.stderr
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the forked child still runs, with the lock file open
+        assert other_process_locks(out).returncode == 0, other_process_locks(out).stderr
+    finally:
+        holder.kill()
+        holder.wait()
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 def test_leftovers_of_a_killed_run_are_tidied(tmp_path):

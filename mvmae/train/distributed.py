@@ -90,6 +90,16 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return reduced / dist.get_world_size()
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all processes, as a new tensor (the input is untouched); the
+    tensor itself in a single process. Every rank must call it (a collective)."""
+    if not _active():
+        return tensor
+    reduced = tensor.detach().clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced
+
+
 def barrier() -> None:
     """Wait for every process (no-op in a single process)."""
     if _active():

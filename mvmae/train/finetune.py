@@ -31,7 +31,7 @@ from mvmae.train.run_folder import RunFolder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
 from mvmae.train.tokenizer import TokenSpec
 from mvmae.train.trainer import (
-    ShardReading, continue_from, epoch_batches, load_weights, seed_everything, steps_per_epoch)
+    ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class Finetuner:
             raise ValueError(f"epoch {epoch}: no batch could be read from {cfg.train}")
         mean = all_reduce_mean(sums / n)
         return {"loss": float(mean[0]), "acc": float(mean[1]), "lr": self.optimizer.param_groups[0]["lr"],
-                **skips.metrics()}
+                **skip_metrics(skips)}
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:

@@ -29,7 +29,7 @@ from mvmae.train.run_folder import RunFolder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
 from mvmae.train.tokenizer import TokenSpec, tokenize
 from mvmae.train.trainer import (
-    ShardReading, continue_from, epoch_batches, load_weights, seed_everything, steps_per_epoch)
+    ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
 
 log = logging.getLogger(__name__)
 
@@ -225,5 +225,5 @@ class Pretrainer:
         name = "masked_mse" if cfg.predict == "vectors" else "masked_acc"
         metrics = {"loss": float(mean[0]), name: float(mean[1]),
                    "tokens_per_s": num_tokens / max(time.monotonic() - t0, 1e-9)}
-        self.logger.log({**metrics, **skips.metrics()}, step=self.step, epoch=epoch, split="epoch")
+        self.logger.log({**metrics, **skip_metrics(skips)}, step=self.step, epoch=epoch, split="epoch")
         return metrics

@@ -1,6 +1,6 @@
 """What the two trainers (``pretrain.Pretrainer``, ``finetune.Finetuner``) share besides their
 folder (``run_folder``): the shard-reading fields of their configs, seeding, an epoch's batches
-and their count, and continuing from a checkpoint.
+and their count, the skip counts of an epoch over all ranks, and continuing from a checkpoint.
 
 The functions take the run's config duck-typed (``TrainingData``): both configs have the fields.
 """
@@ -19,7 +19,7 @@ import torch
 from mvmae.shards.clips import ClipConfig
 from mvmae.shards.reader import ReadConfig, SkipCounter, build_train_pipeline, make_loader
 from mvmae.train import checkpoint as ckpt
-from mvmae.train.distributed import DistInfo, in_lockstep
+from mvmae.train.distributed import DistInfo, all_reduce_sum, in_lockstep
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,15 @@ def steps_per_epoch(cfg: TrainingData, clip: ClipConfig, dist: DistInfo, **pipel
         raise ValueError(f"{num_batches} full batch(es) of {cfg.batch_size} clips per epoch in "
                          f"{cfg.train}: fewer than accum_steps={cfg.accum_steps}")
     return num_batches // cfg.accum_steps
+
+
+def skip_metrics(skips: SkipCounter) -> dict[str, int]:
+    """An epoch's skipped samples and shards and its shard re-reads, summed over all ranks (each
+    rank reads its own shards), under the names they are logged with. Every rank must call it
+    (a collective)."""
+    counts = skips.metrics()
+    totals = all_reduce_sum(torch.tensor(list(counts.values()), dtype=torch.int64))
+    return dict(zip(counts, map(int, totals.tolist())))
 
 
 def load_weights(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -349,14 +349,19 @@ def test_fewer_batches_than_accum_steps_is_refused(pretrain, synth_shards, tmp_p
 
 @pytest.mark.slow
 def test_torchrun_two_processes(synth_shards, synth_codebook, run_yaml, tmp_path):
-    """A real 2-process torchrun (gloo, CPU). The 3 train shards split 2 + 1 over the ranks:
-    both stop when rank 1 runs out (1 batch), instead of rank 0 waiting for it forever."""
+    """A real 2-process torchrun (gloo, CPU). The 3 train shards and an empty file after them
+    split 2 + 2 over the ranks (seed 0 puts the empty one on rank 1, with one good shard): both
+    stop when rank 1 runs out (1 batch), instead of rank 0 waiting for it forever, and the
+    epoch's record counts the shard that rank 1 skipped (the counts of both ranks, summed)."""
     out = tmp_path / "run"
+    empty = tmp_path / "empty-000000.tar"
+    empty.write_bytes(b"")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "mvmae.cli", "pretrain", "--config", str(run_yaml), "--train", synth_shards["train"],
-           "--codebook", str(synth_codebook), "--out", str(out), "--epochs", "1", "--warmup-epochs", "0"]
+           "--train", str(empty), "--codebook", str(synth_codebook), "--out", str(out), "--epochs", "1",
+           "--warmup-epochs", "0"]
     result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("pretraining done") == 2  # both ranks finished
@@ -365,6 +370,7 @@ def test_torchrun_two_processes(synth_shards, synth_codebook, run_yaml, tmp_path
         "best.pt", "config.yaml", "epoch_0000.pt", "last.pt", "metrics.jsonl"]
     (record,) = read_metrics(out)
     assert record["epoch"] == 0 and math.isfinite(record["loss"])
+    assert (record["num_shards_skipped"], record["num_samples_skipped"]) == (1, 0)
     state = ckpt.load_checkpoint(out / "last.pt")
     assert state[ckpt.EPOCH] == 0 and state[ckpt.STEP] == 1
     assert not any(k.startswith("module.") for k in state[ckpt.MODEL])  # saved unwrapped from DDP

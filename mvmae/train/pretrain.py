@@ -213,12 +213,14 @@ class Pretrainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                # Recorded at the step it completes, every log_every-th of the epoch: each step
+                # once (a resumed run's TensorBoard hides the steps after its checkpoint's).
+                if (i // cfg.accum_steps) % cfg.log_every == 0:
+                    self.logger.log({"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]},
+                                    step=self.step, epoch=epoch)
             sums += torch.stack([loss.detach().float().cpu(), quality.float().cpu()])
             num_batches += 1
             num_tokens += batch["mv"].shape[0] * self.spec.grid.num_tokens
-            if self.step and i % (cfg.log_every * cfg.accum_steps) == 0:
-                self.logger.log({"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]},
-                                step=self.step, epoch=epoch)
         if num_batches == 0:
             raise ValueError(f"epoch {epoch}: no batch could be read from {cfg.train}")
         mean = all_reduce_mean(sums / num_batches)

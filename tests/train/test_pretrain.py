@@ -202,6 +202,9 @@ def test_interrupted_run_resumes_exactly(pretrain, uninterrupted, synth_shards, 
     ok(pretrain(out, *flags, "--resume"))
     expected, got = read_metrics(reference), read_metrics(out)
     assert [r["epoch"] for r in got] == [0, 1, 2] and [r["step"] for r in got] == [r["step"] for r in expected]
+    # A record per optimizer step, at the step it completes: none twice, also across the resume.
+    steps = list(range(1, 3 * (synth_shards["num_train"] // BATCH // accum_steps) + 1))
+    assert [r["step"] for r in read_metrics(reference, "train")] == [r["step"] for r in read_metrics(out, "train")] == steps
     assert got[-1]["loss"] == pytest.approx(expected[-1]["loss"], rel=1e-4)
     assert got[-1]["masked_acc"] == pytest.approx(expected[-1]["masked_acc"], rel=1e-4)
     # On CPU the runs are in fact bitwise identical.

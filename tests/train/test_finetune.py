@@ -486,6 +486,18 @@ def test_resume_with_other_classes_is_refused_before_the_folder_is_touched(synth
     lock_folder(out).close()
 
 
+def test_resume_from_the_saved_config(synth_shards, yaml_of, train_cli, tmp_path):
+    """``--config OUT/config.yaml --resume`` continues a run with its own resolved config (the
+    class count and token spec it resolved included), here extended by one epoch."""
+    out = tmp_path / "run"
+    ok(train_cli(out, "--config", yaml_of("saved", {**FAST, "epochs": 1, "phase1_epochs": 0}),
+                 *data_flags(synth_shards)))
+    resumed = train_cli(out, "--config", out / "config.yaml", "--epochs", "2", "--resume")
+    ok(resumed)
+    assert f"resumed from {out / 'last.pt'}: epoch 1 (phase 2)" in resumed.stderr
+    assert [r["epoch"] for r in records(out, "val")] == [0, 1]
+
+
 # --- torchrun -----------------------------------------------------------------------------------
 
 

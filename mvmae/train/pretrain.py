@@ -133,7 +133,8 @@ class Pretrainer:
         self.device = self.dist.device
         self.manager = ckpt.CheckpointManager(self.out, keep_last_n=cfg.keep_last, best_metric="loss",
                                               mode="min")
-        self.folder = RunFolder(self.manager, cfg, self.dist, inputs=self._inputs())
+        self.inputs = self._inputs()
+        self.folder = RunFolder(self.manager, cfg, self.dist, inputs=self.inputs)
         with self.folder.setting_up():  # a failure from here on releases the folder
             model = build_model(cfg, self.spec, self.book.size).to(self.device)
             self.model = wrap_ddp(model, self.dist)
@@ -187,7 +188,7 @@ class Pretrainer:
                 ckpt.OPTIMIZER: self.optimizer.state_dict(), ckpt.STEP: self.step,
                 ckpt.STEPS_PER_EPOCH: self.steps_per_epoch,
                 ckpt.RNG: ckpt.capture_rng_state(), ckpt.CONFIG: config_to_dict(self.cfg),
-                ckpt.EXTRA: {"kind": "pretrain", **self._inputs()}}
+                ckpt.EXTRA: {"kind": "pretrain", **self.inputs}}
 
     def train_epoch(self, epoch: int) -> dict:
         cfg, total_steps = self.cfg, self.cfg.epochs * self.steps_per_epoch

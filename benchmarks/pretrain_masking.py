@@ -176,7 +176,7 @@ def measure_throughput(args: argparse.Namespace, data: dict, codebook: Path, wor
         cfg = run_config(args, data, codebook, masking, 0, work / f"throughput-{masking}")
         cfg.steps_per_epoch = 1  # skips the counting pass over the shards
         trainers[masking] = trainer = Pretrainer(cfg)
-        trainer.logger.close()
+        trainer.close()  # built for its model, optimizer and masking, never run
     first = next(iter(trainers.values()))
     pipeline = build_train_pipeline(data["urls"]["train"], first.spec.clip_config("train"), args.batch_size)
     batch = next(iter(make_loader(pipeline, 0)))

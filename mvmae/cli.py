@@ -672,7 +672,8 @@ def _overrides(**values) -> dict:
 @click.option("--seed", type=int, help="Seed of data order, masks and init [default: 0].")
 @click.option("--out", "out", help="Output folder: checkpoints, config.yaml, metrics.jsonl, tensorboard/.")
 @click.option("--resume", is_flag=True, default=None,
-              help="Continue from OUT/last.pt, same config (from the start if there is none yet).")
+              help="Continue from OUT/last.pt (from the start if there is none yet) with the same config: "
+                   "--config OUT/config.yaml --resume.")
 @handle_errors
 def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: str | None, **flags) -> None:
     """Masked motion pretraining of the Motion encoder on shards.
@@ -706,7 +707,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--pretrained", help="Motion encoder checkpoint from `mvmae pretrain` (else from scratch).")
 @click.option("--init", "init", help="Start from a classifier checkpoint's weights (nothing else).")
 @click.option("--resume", is_flag=True, default=None,
-              help="Continue from OUT/last.pt (any phase), same config (from the start if there is none yet).")
+              help="Continue from OUT/last.pt, any phase (from the start if there is none yet), with the same "
+                   "config and classes: --config OUT/config.yaml --resume.")
 @click.option("--inputs", type=click.Choice(["mv", "iframe", "both"]), help="Paths to use [default: both].")
 @click.option("--context-model", help="timm backbone for I-frames [default: vit_base_patch16_224].")
 @click.option("--context-weights", help="Local weights file for the context backbone (nothing is downloaded).")

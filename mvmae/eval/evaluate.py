@@ -18,9 +18,9 @@ from tqdm import tqdm
 from mvmae.eval.metrics import classification_metrics, confusion_matrix
 from mvmae.eval.report import prediction_records, write_report
 from mvmae.eval.views import ViewAggregator
-from mvmae.shards.clips import ClipConfig
 from mvmae.shards.reader import build_eval_pipeline, make_loader
 from mvmae.train.finetune import load_classifier
+from mvmae.train.model import classifier_clip
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,6 @@ class EvalConfig:
             raise ValueError(f"clips must be >= 1 and crops in 1..{len(CROPS)}")
 
 
-def _clip_config(spec, segments: int, clips: int, crop: str, with_iframes: bool = True) -> ClipConfig:
-    return ClipConfig(num_frames=spec.num_frames * segments, stride=spec.stride,
-                      mode="multi" if clips > 1 else "center", num_clips=clips,
-                      num_iframes=segments if with_iframes else 0,
-                      mv_size=spec.mv_size, iframe_size=spec.iframe_size, eval_crop=crop)
-
-
 @torch.no_grad()
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluation and write the report into ``cfg.out``; returns metrics.json's content:
@@ -58,11 +51,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
     model, classes, train_cfg = load_classifier(cfg.ckpt, device)
-    num_classes, segments = len(classes), train_cfg.model.num_segments
+    num_classes = len(classes)
     single = ViewAggregator(num_classes)
     multi = ViewAggregator(num_classes)
     for crop in CROPS[: cfg.crops]:
-        clip = _clip_config(train_cfg.tokens, segments, cfg.clips, crop, train_cfg.model.inputs != "mv")
+        clip = classifier_clip(train_cfg.model, train_cfg.tokens, "multi" if cfg.clips > 1 else "center",
+                               num_clips=cfg.clips, eval_crop=crop)
         loader = make_loader(build_eval_pipeline(cfg.data, clip, cfg.batch_size), cfg.workers)
         for batch in tqdm(loader, desc=f"eval ({crop} crop)", unit="batch", leave=False):
             logits = model(*(batch[k].to(device) for k in ("mv", "valid", "iframes"))).float().cpu()

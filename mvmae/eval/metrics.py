@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mvmae.train.distributed import collective_device
+
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("top1", "top5", "macro_f1", "macro_precision", "macro_recall", "mean_class_acc")
@@ -163,17 +165,10 @@ def _dist_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _collective_device() -> torch.device:
-    """nccl only moves CUDA tensors; gloo moves CPU tensors."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def all_gather_rows(array: np.ndarray) -> list[np.ndarray]:
     """Every rank's ``array`` (N_r, ...) in rank order; ranks may hold different N_r (rows are
     padded to the largest N_r for the collective, then trimmed). Every rank must call it."""
-    device = _collective_device()
+    device = collective_device()
     size = torch.tensor([len(array)], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)

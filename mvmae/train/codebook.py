@@ -10,6 +10,7 @@ codebook: single (dx, dy) vectors (a token is represented by its mean vector).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -96,6 +97,16 @@ class Codebook:
             "static_ratio": float(p[0]),
             "quantization_error": float(err.mean()),
         }
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of what decides the tokens' codes: the centroids, the token type, the
+        static threshold, the token dim and spec; not how the codes were fitted, nor where the
+        file lies."""
+        meta = {"token": self.config.token, "static_threshold": self.config.static_threshold,
+                "token_dim": self.token_dim, "token_spec": self.token_spec}
+        h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(self.centroids, np.float32).tobytes())
+        return h.hexdigest()
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -209,18 +209,23 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None,
     return _build(cls, layers)
 
 
+def plain_data(value: Any) -> Any:
+    """``value`` as plain YAML/JSON-safe data: dataclasses as dicts, tuples as lists, paths as
+    strings (what a config looks like once saved and read back)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def config_to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass as plain YAML/JSON-safe data (tuples as lists, paths as strings)."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
-    return plain(dataclasses.asdict(obj))
+    return plain_data(dataclasses.asdict(obj))
 
 
 def save_resolved_config(obj: Any, path: str | Path) -> Path:

@@ -80,14 +80,30 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of ``tensor`` over all processes, as a new tensor (the input is untouched);
-    the tensor itself in a single process. Every rank must call it (a collective)."""
+def collective_device() -> torch.device:
+    """Where the process group's collectives take their tensors: nccl only moves CUDA tensors
+    (this process's device), gloo CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all processes, as a new tensor on the input's device (the input
+    is untouched); the tensor itself in a single process. Every rank must call it (a collective)."""
     if not _active():
         return tensor
-    reduced = tensor.detach().clone()
+    reduced = tensor.detach().to(collective_device(), copy=True)
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced / dist.get_world_size()
+    return reduced.to(tensor.device)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all processes, as a new tensor on the input's device (the input
+    is untouched); the tensor itself in a single process. Every rank must call it (a collective)."""
+    if not _active():
+        return tensor
+    return all_reduce_sum(tensor) / dist.get_world_size()
 
 
 def barrier() -> None:

@@ -13,42 +13,37 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from mvmae.shards.clips import ClipConfig
-from mvmae.shards.reader import ReadConfig, build_eval_pipeline, build_train_pipeline, expand_urls, make_loader
+from mvmae.shards.reader import build_eval_pipeline, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
-from mvmae.train.config import config_to_dict, save_resolved_config
-from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, in_lockstep, init_distributed, wrap_ddp
-from mvmae.train.logs import MetricLogger
-from mvmae.train.model import ClassifierConfig, MVMAEClassifier, top_blocks
-from mvmae.train.resume import ResumeError, check_steps_per_epoch, open_run_folder
+from mvmae.train.config import config_to_dict
+from mvmae.train.distributed import all_reduce_mean, init_distributed, wrap_ddp
+from mvmae.train.model import ClassifierConfig, MVMAEClassifier, classifier_clip, top_blocks
+from mvmae.train.run_folder import RunFolder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
 from mvmae.train.tokenizer import TokenSpec
-from mvmae.train.writes import writing
+from mvmae.train.trainer import (
+    ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(ShardReading):
     """One fine-tuning run. train/val: shard URLs; classes: classes.json (default: beside the
     first local train shard); pretrained: Motion encoder pretraining checkpoint (its token spec
     wins over the token fields here); init: weights-only start from a classifier checkpoint.
     flip_prob, crop_area: train augmentation; a horizontal flip negates dx, so set flip_prob=0
-    when classes differ by left/right direction (``mvmae synth`` classes do). read: how shards
-    are read (timeouts, retries; YAML ``read: {stall_s: 30}``); loader_timeout_s > 0: a
-    DataLoader worker that delivers no batch for that long fails the run (0: no limit; the shard
-    reads themselves are bounded by ``read``)."""
+    when classes differ by left/right direction (``mvmae synth`` classes do). read,
+    loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
 
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
@@ -83,14 +78,9 @@ class FinetuneConfig:
     best_metric: str = "macro_f1"
     flip_prob: float = 0.5
     crop_area: tuple[float, float] = (0.35, 1.0)
-    read: ReadConfig = field(default_factory=ReadConfig)
-    loader_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.read, dict):  # built from a saved config (YAML, a checkpoint) directly
-            self.read = ReadConfig(**self.read)
-        if self.loader_timeout_s < 0:
-            raise ValueError(f"loader_timeout_s must be >= 0, got {self.loader_timeout_s}")
+        super().__post_init__()
         if not 0 <= self.phase1_epochs <= self.epochs:
             raise ValueError(f"phase1_epochs must be in [0, epochs], got {self.phase1_epochs}")
         if self.encoder_lr_scale <= 0 or self.lr <= 0:
@@ -151,15 +141,6 @@ def load_pretrained_motion(path: str) -> tuple[dict, TokenSpec]:
     return weights, TokenSpec(**extra["token_spec"])
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-
-
 class Finetuner:
     """A fine-tuning run: model, optimizer, EMA, loaders, checkpoints, logs.
 
@@ -182,6 +163,23 @@ class Finetuner:
         if cfg.pretrained:
             motion_weights, cfg.tokens = load_pretrained_motion(cfg.pretrained)
         self.spec = cfg.tokens
+        self.manager = ckpt.CheckpointManager(self.out, cfg.keep_last, cfg.best_metric, "max")
+        self.folder = RunFolder(self.manager, cfg, self.dist, inputs={"classes": self.classes})
+        with self.folder.setting_up():  # a failure from here on releases the folder
+            self._build(motion_weights)
+            self.steps_per_epoch = steps_per_epoch(cfg, self._clip("train"), self.dist)
+            state = self.folder.state
+            if state is not None:
+                self._load(state)
+            self.logger = self.folder.start(self.steps_per_epoch)
+            self.epoch, self.step = continue_from(state)
+        if state is not None:
+            log.info(f"resumed from {self.manager.last_path}: epoch {self.epoch} (phase "
+                     f"{cfg.phase(self.epoch)}), step {self.step}")
+
+    def _build(self, motion_weights: dict | None) -> None:
+        """Model (Motion encoder from ``pretrained``, weights from ``init``), optimizer, EMA."""
+        cfg = self.cfg
         model = MVMAEClassifier(cfg.model, self.spec)
         if motion_weights is not None and hasattr(model, "motion_encoder"):
             model.motion_encoder.load_state_dict(motion_weights)
@@ -195,19 +193,6 @@ class Finetuner:
         self.model = wrap_ddp(torch.compile(model) if cfg.compile else model, self.dist,
                               find_unused_parameters=True)
         self.amp = cfg.amp and self.device.type == "cuda"
-        self.manager = ckpt.CheckpointManager(self.out, cfg.keep_last, cfg.best_metric, "max")
-        # Checked before anything is written, tidied before the logger appends.
-        state, self._lock = open_run_folder(self.manager, cfg.resume, config_to_dict(cfg), self.device,
-                                            self.dist.is_main)
-        self.logger = MetricLogger(self.out, is_main=self.dist.is_main,
-                                   purge_step=state[ckpt.STEP] + 1 if state else 0)
-        self.epoch, self.step = 0, 0
-        self.steps_per_epoch = cfg.steps_per_epoch or self._count_steps()
-        if state is not None:
-            self._resume(state)
-        if self.dist.is_main:
-            with writing(self.out / "config.yaml", "resolved config"):
-                save_resolved_config(cfg, self.out / "config.yaml")
 
     def _make_ema(self):
         if not self.cfg.ema:
@@ -217,32 +202,11 @@ class Finetuner:
         return ModelEmaV3(self.raw_model, decay=self.cfg.ema)
 
     def _clip(self, mode: str) -> ClipConfig:
-        """Clips of num_segments x segment frames with one I-frame per segment (none for
-        ``inputs='mv'``: the Context encoder is absent, no JPEG is decoded)."""
-        s, segments = self.spec, self.cfg.model.num_segments
-        return ClipConfig(num_frames=s.num_frames * segments, stride=s.stride, mode=mode,
-                          num_iframes=0 if self.cfg.model.inputs == "mv" else segments, mv_size=s.mv_size, iframe_size=s.iframe_size,
-                          flip_prob=self.cfg.flip_prob, crop_area=self.cfg.crop_area)
-
-    def _train_loader(self, epoch: int):
-        pipe = build_train_pipeline(self.cfg.train, self._clip("train"), self.cfg.batch_size,
-                                    seed=self.cfg.seed, epoch=epoch, resampled=bool(self.cfg.steps_per_epoch),
-                                    read=self.cfg.read)
-        self.skips = pipe.skips  # this epoch's skipped samples and shards, logged with its metrics
-        loader = make_loader(pipe, self.cfg.workers, pin_memory=self.device.type == "cuda",
-                             timeout_s=self.cfg.loader_timeout_s)
-        return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
-
-    def _batches(self, epoch: int):
-        """The epoch's batches, all ranks stopping together (``distributed.in_lockstep``)."""
-        return in_lockstep(self._train_loader(epoch), self.dist)
-
-    def _count_steps(self) -> int:
-        batches = sum(1 for _ in self._batches(0))
-        if batches < self.cfg.accum_steps:
-            raise ValueError(f"{batches} full batch(es) of {self.cfg.batch_size} clips per epoch in "
-                             f"{self.cfg.train}: fewer than accum_steps={self.cfg.accum_steps}")
-        return batches // self.cfg.accum_steps
+        """The reader's clips (``model.classifier_clip``), augmented in ``train`` mode."""
+        if mode != "train":
+            return classifier_clip(self.cfg.model, self.spec, mode)
+        return classifier_clip(self.cfg.model, self.spec, mode, flip_prob=self.cfg.flip_prob,
+                               crop_area=self.cfg.crop_area)
 
     def _state(self, phase: int, trainable: list[str]) -> dict:
         return {ckpt.MODEL: self.raw_model.state_dict(), ckpt.OPTIMIZER: self.optimizer.state_dict(),
@@ -252,49 +216,34 @@ class Finetuner:
                 ckpt.EXTRA: {"kind": "classifier", "classes": self.classes,
                              "ema": self.ema.module.state_dict() if self.ema else None}}
 
-    def _resume(self, state: dict) -> None:
-        check_steps_per_epoch(state, self.steps_per_epoch, self.manager.last_path)
-        saved_classes = (state.get(ckpt.EXTRA) or {}).get("classes")
-        if saved_classes is not None and saved_classes != self.classes:
-            raise ResumeError(f"{self.manager.last_path}: the saved run has classes {saved_classes}, "
-                              f"this one {self.classes}: start a new run")
-        self.raw_model.load_state_dict(state[ckpt.MODEL])
-        self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
+    def _load(self, state: dict) -> None:
+        """Weights, optimizer, EMA and the phase's trainable parameters of checkpoint ``state``."""
+        load_weights(state, self.raw_model, self.optimizer)
         if self.ema is not None and state[ckpt.EXTRA].get("ema"):
             self.ema.module.load_state_dict(state[ckpt.EXTRA]["ema"])
-        self.manager.restore(state)
-        saved_epoch = state[ckpt.EPOCH]
         if set_phase(self.raw_model, state[ckpt.PHASE], self.cfg.unfreeze_blocks) != state[ckpt.TRAINABLE]:
             raise ValueError(f"{self.manager.last_path}: its trainable parameters do not match phase "
                              f"{state[ckpt.PHASE]} of this configuration (unfreeze_blocks changed?)")
-        self.epoch, self.step = saved_epoch + 1, state[ckpt.STEP]
-        ckpt.restore_rng_state(state[ckpt.RNG])
-        log.info(f"resumed from {self.manager.last_path}: epoch {self.epoch} (phase "
-                 f"{self.cfg.phase(self.epoch)}), step {self.step}")
+
+    def close(self) -> None:
+        """Release the folder without running (``run()`` does it when it ends)."""
+        self.folder.close()
 
     def run(self) -> dict:
         metrics: dict = {}
-        try:
-            with self.logger:
-                for epoch in range(self.epoch, self.cfg.epochs):
-                    phase = self.cfg.phase(epoch)
-                    self.raw_model.train()
-                    trainable = set_phase(self.raw_model, phase, self.cfg.unfreeze_blocks)
-                    train = self.train_epoch(epoch, phase)
-                    metrics = self.validate(epoch) if self.cfg.val else {}
-                    self.logger.log(train, step=self.step, epoch=epoch, phase=phase, split="train")
-                    if metrics:
-                        self.logger.log(metrics, step=self.step, epoch=epoch, phase=phase, split="val")
-                    if self.dist.is_main:
-                        self.manager.save(self._state(phase, trainable), epoch,
-                                          metrics if self.cfg.best_metric in metrics else None)
-            # Leave the process group only once rank 0 has written its last checkpoint: a rank that
-            # exits first can abort in the gloo teardown, and torchrun then kills rank 0 mid-save.
-            barrier()
-            cleanup()
-        finally:  # also when training fails, so a trainer built again here may lock it
-            if self._lock is not None:
-                self._lock.close()
+        with self.folder.training():
+            for epoch in range(self.epoch, self.cfg.epochs):
+                phase = self.cfg.phase(epoch)
+                self.raw_model.train()
+                trainable = set_phase(self.raw_model, phase, self.cfg.unfreeze_blocks)
+                train = self.train_epoch(epoch, phase)
+                metrics = self.validate(epoch) if self.cfg.val else {}
+                self.logger.log(train, step=self.step, epoch=epoch, phase=phase, split="train")
+                if metrics:
+                    self.logger.log(metrics, step=self.step, epoch=epoch, phase=phase, split="val")
+                if self.dist.is_main:
+                    self.manager.save(self._state(phase, trainable), epoch,
+                                      metrics if self.cfg.best_metric in metrics else None)
         return metrics
 
     def train_epoch(self, epoch: int, phase: int) -> dict:
@@ -304,7 +253,8 @@ class Finetuner:
         # A last unfinished accumulation of the previous epoch is not in the checkpoint: drop it,
         # so a resumed run and an uninterrupted one take the same steps.
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(self._batches(epoch), total=self.steps_per_epoch * cfg.accum_steps, leave=False,
+        batches, skips = epoch_batches(cfg, self._clip("train"), epoch, self.dist)
+        bar = tqdm(batches, total=self.steps_per_epoch * cfg.accum_steps, leave=False,
                    desc=f"epoch {epoch} (phase {phase})", disable=not self.dist.is_main, unit="batch")
         for i, batch in enumerate(bar):
             if i % cfg.accum_steps == 0:
@@ -331,7 +281,7 @@ class Finetuner:
             raise ValueError(f"epoch {epoch}: no batch could be read from {cfg.train}")
         mean = all_reduce_mean(sums / n)
         return {"loss": float(mean[0]), "acc": float(mean[1]), "lr": self.optimizer.param_groups[0]["lr"],
-                **self.skips.metrics()}
+                **skip_metrics(skips)}
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:

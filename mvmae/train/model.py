@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mvmae.shards.clips import ClipConfig
 from mvmae.train.motion_encoder import MotionEncoder, motion_encoder_config
 from mvmae.train.tokenizer import TokenSpec, tokenize
 
@@ -64,6 +65,17 @@ class ClassifierConfig:
             raise ValueError("num_classes must be >= 2 and num_segments >= 1")
         if self.dim % self.temporal_heads:
             raise ValueError(f"dim {self.dim} must be divisible by temporal_heads {self.temporal_heads}")
+
+
+def classifier_clip(model: ClassifierConfig, spec: TokenSpec, mode: str, **options) -> ClipConfig:
+    """The reader's clips for a classifier of ``model`` over tokens ``spec``: ``num_segments``
+    segments of ``spec.num_frames`` frames and one I-frame per segment, none for ``inputs='mv'``
+    (no Context encoder: no JPEG is decoded). ``mode``: train, center or multi; ``options``: more
+    ``ClipConfig`` fields (augmentation, ``num_clips``, ``eval_crop``)."""
+    segments = model.num_segments
+    return ClipConfig(num_frames=spec.num_frames * segments, stride=spec.stride, mode=mode,
+                      num_iframes=0 if model.inputs == "mv" else segments, mv_size=spec.mv_size,
+                      iframe_size=spec.iframe_size, **options)
 
 
 class DPTAM(nn.Module):

@@ -11,27 +11,25 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mvmae.shards.reader import ReadConfig, build_train_pipeline, make_loader
+from mvmae.shards.clips import ClipConfig
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.codebook import Codebook
-from mvmae.train.config import config_to_dict, save_resolved_config
-from mvmae.train.distributed import all_reduce_mean, barrier, cleanup, in_lockstep, init_distributed, unwrap_model, wrap_ddp
-from mvmae.train.logs import MetricLogger
+from mvmae.train.config import config_to_dict
+from mvmae.train.distributed import all_reduce_mean, init_distributed, unwrap_model, wrap_ddp
 from mvmae.train.masking import build_masking
 from mvmae.train.motion_encoder import MaskedMotionModel, MotionDecoderConfig, motion_encoder_config
-from mvmae.train.resume import check_steps_per_epoch, open_run_folder
+from mvmae.train.run_folder import RunFolder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
 from mvmae.train.tokenizer import TokenSpec, tokenize
-from mvmae.train.writes import writing
+from mvmae.train.trainer import (
+    ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +37,12 @@ MASKINGS = ("random", "tube", "mgm", "mofo", "videoms")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ShardReading):
     """One pretraining run. train: shard URLs/brace patterns; codebook: from ``mvmae codebook``
     (its token spec defines the tokens); masking: random | tube | mgm | mofo | videoms, with
     ``masking_options`` passed to the strategy; model_size: micro | tiny | small | base.
     epochs and warmup_epochs count passes over the shards (or ``steps_per_epoch`` batches).
-    read: how shards are read (timeouts, retries; YAML ``read: {stall_s: 30}``);
-    loader_timeout_s > 0: a DataLoader worker that delivers no batch for that long fails the run
-    (0: no limit; the shard reads themselves are bounded by ``read``)."""
+    read, loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
 
     train: list[str] = field(default_factory=list)
     codebook: str = ""
@@ -76,14 +72,9 @@ class PretrainConfig:
     keep_last: int = 3
     log_every: int = 10
     resume: bool = False
-    read: ReadConfig = field(default_factory=ReadConfig)
-    loader_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.read, dict):  # built from a saved config (YAML, a checkpoint) directly
-            self.read = ReadConfig(**self.read)
-        if self.loader_timeout_s < 0:
-            raise ValueError(f"loader_timeout_s must be >= 0, got {self.loader_timeout_s}")
+        super().__post_init__()
         if self.masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
         if self.predict not in ("ids", "vectors"):
@@ -126,7 +117,9 @@ def masked_loss(model, batch: dict, spec: TokenSpec, book: Codebook, masking, pr
 
 
 class Pretrainer:
-    """State of a pretraining run: model, optimizer, loaders, checkpoints, logs."""
+    """State of a pretraining run: model, optimizer, loaders, checkpoints, logs. Building it
+    reads and checks the folder and, on the main rank, locks it (``run_folder``); ``run()``
+    releases it at the end, ``close()`` when the trainer is not run."""
 
     def __init__(self, cfg: PretrainConfig) -> None:
         self.cfg = cfg
@@ -136,30 +129,32 @@ class Pretrainer:
         if not self.book.token_spec:
             raise ValueError(f"{cfg.codebook}: codebook has no token spec (rebuild it with mvmae codebook)")
         self.spec = TokenSpec(**self.book.token_spec)
-        # Every global RNG, so that two runs of one config save identical checkpoints.
-        random.seed(cfg.seed + self.dist.rank)
-        np.random.seed(cfg.seed + self.dist.rank)
-        torch.manual_seed(cfg.seed + self.dist.rank)
+        seed_everything(cfg.seed + self.dist.rank)
         self.device = self.dist.device
-        model = build_model(cfg, self.spec, self.book.size).to(self.device)
-        self.model = wrap_ddp(model, self.dist)
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        self.masking = build_masking(cfg.masking, mask_ratio=cfg.mask_ratio, **self._masking_options())
-        self.amp = cfg.amp and self.device.type == "cuda"
         self.manager = ckpt.CheckpointManager(self.out, keep_last_n=cfg.keep_last, best_metric="loss",
                                               mode="min")
-        # Checked before anything is written, tidied before the logger appends.
-        state, self._lock = open_run_folder(self.manager, cfg.resume, config_to_dict(cfg), self.device,
-                                            self.dist.is_main)
-        self.logger = MetricLogger(self.out, is_main=self.dist.is_main,
-                                   purge_step=state[ckpt.STEP] + 1 if state else 0)
-        self.epoch, self.step = 0, 0
-        self.steps_per_epoch = cfg.steps_per_epoch or self._count_steps()
+        self.inputs = self._inputs()
+        self.folder = RunFolder(self.manager, cfg, self.dist, inputs=self.inputs)
+        with self.folder.setting_up():  # a failure from here on releases the folder
+            model = build_model(cfg, self.spec, self.book.size).to(self.device)
+            self.model = wrap_ddp(model, self.dist)
+            self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay)
+            self.masking = build_masking(cfg.masking, mask_ratio=cfg.mask_ratio, **self._masking_options())
+            self.amp = cfg.amp and self.device.type == "cuda"
+            self.steps_per_epoch = steps_per_epoch(cfg, self._clip(), self.dist, **self._pipeline())
+            state = self.folder.state
+            if state is not None:
+                load_weights(state, unwrap_model(self.model), self.optimizer)
+            self.logger = self.folder.start(self.steps_per_epoch)
+            self.epoch, self.step = continue_from(state)
         if state is not None:
-            self._resume(state)
-        if self.dist.is_main:
-            with writing(self.out / "config.yaml", "resolved config"):
-                save_resolved_config(cfg, self.out / "config.yaml")
+            log.info(f"resumed from {self.manager.last_path}: epoch {self.epoch}, step {self.step}")
+
+    def _inputs(self) -> dict:
+        """What the run trains with besides its config, as its checkpoints record it (``EXTRA``):
+        a resume must find the same codebook content (the file may have moved)."""
+        return {"token_spec": self.spec.to_dict(), "codebook_size": self.book.size,
+                "codebook_sha256": self.book.digest()}
 
     def _masking_options(self) -> dict:
         options = dict(self.cfg.masking_options)
@@ -168,54 +163,24 @@ class Pretrainer:
             options.setdefault("px_per_token", self.spec.px_per_token)
         return options
 
-    def _loader(self, epoch: int):
-        pipeline = build_train_pipeline(self.cfg.train, self.spec.clip_config("train", num_iframes=0),
-                                        self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch,
-                                        shuffle_buffer=self.cfg.shuffle_buffer,
-                                        resampled=bool(self.cfg.steps_per_epoch), read=self.cfg.read)
-        self.skips = pipeline.skips  # this epoch's skipped samples and shards, logged with its metrics
-        loader = make_loader(pipeline, self.cfg.workers, pin_memory=self.device.type == "cuda",
-                             timeout_s=self.cfg.loader_timeout_s)
-        return loader.slice(self.steps_per_epoch * self.cfg.accum_steps) if self.cfg.steps_per_epoch else loader
+    def _clip(self) -> ClipConfig:
+        return self.spec.clip_config("train", num_iframes=0)
 
-    def _batches(self, epoch: int):
-        """The epoch's batches, all ranks stopping together (``distributed.in_lockstep``)."""
-        return in_lockstep(self._loader(epoch), self.dist)
+    def _pipeline(self) -> dict:
+        return {"shuffle_buffer": self.cfg.shuffle_buffer}
 
-    def _count_steps(self) -> int:
-        """Optimizer steps in one pass over the shards (one pass of the loader, epoch 0)."""
-        batches = sum(1 for _ in self._batches(0))
-        if batches < self.cfg.accum_steps:
-            raise ValueError(f"{batches} full batch(es) of {self.cfg.batch_size} clips per epoch in "
-                             f"{self.cfg.train}: fewer than accum_steps={self.cfg.accum_steps}")
-        return batches // self.cfg.accum_steps
-
-    def _resume(self, state: dict) -> None:
-        check_steps_per_epoch(state, self.steps_per_epoch, self.manager.last_path)
-        unwrap_model(self.model).load_state_dict(state[ckpt.MODEL])
-        self.optimizer.load_state_dict(state[ckpt.OPTIMIZER])
-        self.manager.restore(state)
-        self.epoch, self.step = state[ckpt.EPOCH] + 1, state[ckpt.STEP]
-        ckpt.restore_rng_state(state[ckpt.RNG])
-        log.info(f"resumed from {self.manager.last_path}: epoch {self.epoch}, step {self.step}")
+    def close(self) -> None:
+        """Release the folder without running (``run()`` does it when it ends)."""
+        self.folder.close()
 
     def run(self) -> dict:
         """Train from the current epoch to ``cfg.epochs``; returns the last epoch's metrics."""
         metrics: dict = {}
-        try:
-            with self.logger:
-                for epoch in range(self.epoch, self.cfg.epochs):
-                    metrics = self.train_epoch(epoch)
-                    if self.dist.is_main:
-                        self.manager.save(self._state(), epoch, metrics)
-            # Leave the process group only once rank 0 has written its last checkpoint: a rank that
-            # exits with the group alive can abort in the gloo teardown ("terminate called without
-            # an active exception"), and torchrun then kills rank 0, possibly mid-save.
-            barrier()
-            cleanup()
-        finally:  # also when training fails, so a trainer built again here may lock it
-            if self._lock is not None:
-                self._lock.close()
+        with self.folder.training():
+            for epoch in range(self.epoch, self.cfg.epochs):
+                metrics = self.train_epoch(epoch)
+                if self.dist.is_main:
+                    self.manager.save(self._state(), epoch, metrics)
         return metrics
 
     def _state(self) -> dict:
@@ -223,8 +188,7 @@ class Pretrainer:
                 ckpt.OPTIMIZER: self.optimizer.state_dict(), ckpt.STEP: self.step,
                 ckpt.STEPS_PER_EPOCH: self.steps_per_epoch,
                 ckpt.RNG: ckpt.capture_rng_state(), ckpt.CONFIG: config_to_dict(self.cfg),
-                ckpt.EXTRA: {"kind": "pretrain", "token_spec": self.spec.to_dict(),
-                             "codebook_size": self.book.size}}
+                ckpt.EXTRA: {"kind": "pretrain", **self.inputs}}
 
     def train_epoch(self, epoch: int) -> dict:
         cfg, total_steps = self.cfg, self.cfg.epochs * self.steps_per_epoch
@@ -235,7 +199,8 @@ class Pretrainer:
         # Gradients of a last incomplete accumulation must not leak into this epoch (nor be lost
         # only when resuming from a checkpoint, which does not hold them).
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(self._batches(epoch)):
+        batches, skips = epoch_batches(cfg, self._clip(), epoch, self.dist, **self._pipeline())
+        for i, batch in enumerate(batches):
             if i % cfg.accum_steps == 0:
                 set_lr(self.optimizer, lr_at(self.step, cfg.lr, warmup, total_steps, cfg.min_lr))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
@@ -249,17 +214,19 @@ class Pretrainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                # Recorded at the step it completes, every log_every-th of the epoch: each step
+                # once (a resumed run's TensorBoard hides the steps after its checkpoint's).
+                if (i // cfg.accum_steps) % cfg.log_every == 0:
+                    self.logger.log({"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]},
+                                    step=self.step, epoch=epoch)
             sums += torch.stack([loss.detach().float().cpu(), quality.float().cpu()])
             num_batches += 1
             num_tokens += batch["mv"].shape[0] * self.spec.grid.num_tokens
-            if self.step and i % (cfg.log_every * cfg.accum_steps) == 0:
-                self.logger.log({"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]},
-                                step=self.step, epoch=epoch)
         if num_batches == 0:
             raise ValueError(f"epoch {epoch}: no batch could be read from {cfg.train}")
         mean = all_reduce_mean(sums / num_batches)
         name = "masked_mse" if cfg.predict == "vectors" else "masked_acc"
         metrics = {"loss": float(mean[0]), name: float(mean[1]),
                    "tokens_per_s": num_tokens / max(time.monotonic() - t0, 1e-9)}
-        self.logger.log({**metrics, **self.skips.metrics()}, step=self.step, epoch=epoch, split="epoch")
+        self.logger.log({**metrics, **skip_metrics(skips)}, step=self.step, epoch=epoch, split="epoch")
         return metrics

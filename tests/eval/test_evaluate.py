@@ -16,6 +16,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, 
 
 from mvmae.eval.metrics import METRIC_KEYS
 from mvmae.shards.reader import iter_samples
+from synth_data import brace
 
 # 4 classes x 8 clips of 48 frames, half in val: 16 train and 16 val videos in shards of 4.
 # 48 frames leave room for 2 distinct 32-frame clips per video in the multi-view run.
@@ -42,12 +43,6 @@ def one_intra_op_thread():
     torch.set_num_threads(threads)
 
 
-def _brace(folder: Path, split: str) -> str:
-    num = len(list(folder.glob(f"{split}-[0-9]*.tar")))
-    assert num > 0, f"no {split} shards in {folder}"
-    return str(folder / f"{split}-{{000000..{num - 1:06d}}}.tar")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     """A synthetic dataset in shards and a classifier trained on it by ``Finetuner``:
@@ -66,7 +61,7 @@ def trained(tmp_path_factory) -> dict:
     for split in ("train", "val"):
         summary = run_job(JobConfig(input=lists[split], out_dir=shards, split=split, shard_size=SHARD_SIZE))
         assert summary.num_failed == 0 and not summary.shards_failed, summary
-    data = {"train": [_brace(shards, "train")], "val": [_brace(shards, "val")]}
+    data = {"train": [brace(shards, "train")], "val": [brace(shards, "val")]}
     cfg = load_config(FinetuneConfig, None, {**TRAIN, **data, "out": str(root / "run")})
     Finetuner(cfg, StreamingMetrics).run()
     labels = {s.key: s.label for s in iter_samples(data["val"], with_iframes=False)}

@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,7 @@ def assert_failed_cleanly(outcome, watch: FolderWatch, path: Path, what: str, er
 def fails_at_start(kind: str, data: dict, fault: DiskFault, tmp_path: Path, cli_runner) -> str:
     """Start ``kind`` into the broken folder; returns its error line. Folder faults: in this
     process (the run stops during set-up, before any file); a process limit: a child started
-    under it (set above its log's size: the run stops at its first checkpoint)."""
+    under it (the run stops at its first checkpoint; its output reaches the log through a pipe)."""
     if fault.folder_level:
         from mvmae.cli import main
 
@@ -262,3 +263,15 @@ def test_failed_metrics_write_resumes_exactly(fault_data, references, tmp_path):
     ok(run(job("pretrain", fault_data, out, "--resume"), out, tmp_path / "resumed.log", watch))
     watch.check()
     assert_same_run(out, references("pretrain").summary)
+
+
+def test_a_file_size_limit_does_not_reach_the_log(tmp_path):
+    """A child under a file-size limit smaller than its output: its writes to files fail, its
+    output (through a pipe) reaches the log whole, down to the last line a test reads."""
+    script = ("import sys\nprint('x' * 4000, flush=True)\n"
+              "try:\n    with open('big', 'wb') as fh:\n        fh.write(b'y' * 4096)\n"
+              "except OSError as exc:\n    print(f'error: {exc.strerror}', flush=True)\n")
+    child = Child([sys.executable, "-c", script], tmp_path / "child.log", file_size_limit=1024)
+    outcome = drive(child, FolderWatch(tmp_path / "run"))
+    assert outcome.returncode == 0, outcome.output
+    assert outcome.output.splitlines() == ["x" * 4000, "error: File too large"]

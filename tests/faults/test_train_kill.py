@@ -7,11 +7,12 @@ no checkpoint that does not load is ever visible under its final name.
 Per command: three kills at seeded random moments, one at the start of a checkpoint write, one
 before the first checkpoint (pretrain) or in phase 2 (train). The random moments: the reference's
 training window (from its config.yaml appearing, set-up done and epoch 0 beginning, to its last
-checkpoint) is cut into ``NUM_STRATA`` equal strata of its first ``LATEST`` share, and each trial
-draws its moment uniformly in its own stratum, so together they cover the run. A moment is
-reached as progress, not as wall time (``Reference.moment``: after the records the reference had
-written by then, plus the rest of the gap), so a load spike on the shared machine shifts where
-the kill lands by a fraction of an epoch at most.
+checkpoint) from its first checkpoint (the moments before it have their own test) to its
+``LATEST`` share is cut into ``NUM_STRATA`` equal strata, and each trial draws its moment
+uniformly in its own stratum, so together they cover the run. A moment is reached as progress,
+not as wall time (``Reference.moment``: after the records the reference had written by then,
+plus the rest of the gap, and never before the run's first checkpoint), so a load spike on the
+shared machine shifts where the kill lands by a fraction of an epoch at most.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import hashlib
 import logging
 import os
 import random
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +30,8 @@ import torch
 
 from mvmae.eval.report import plot_training_curves
 from train_faults import (  # noqa: F401  (fault_data and references are fixtures)
-    CONFIGS, KINDS, TEMPORARY, FolderWatch, assert_same_run, fault_data, job, ok, references, run,
-    saved_epoch)
+    CONFIGS, KINDS, TEMPORARY, Child, FolderWatch, assert_same_run, drive, fault_data, job, ok,
+    references, run, saved_epoch)
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -37,19 +40,21 @@ SEED = 7
 NUM_STRATA, LATEST = 3, 0.9
 
 
-def kill_fraction(kind: str, stratum: int, num_strata: int = NUM_STRATA) -> float:
-    """A share of the training window, uniform in stratum ``stratum`` of ``num_strata`` (seeded)."""
+def kill_fraction(kind: str, stratum: int, num_strata: int = NUM_STRATA, start: float = 0.0) -> float:
+    """A share of the training window, uniform in stratum ``stratum`` of ``num_strata`` equal
+    strata of [start, LATEST] (seeded)."""
     rng = random.Random(f"{SEED}/{kind}/{stratum}")
-    return LATEST * (stratum + rng.random()) / num_strata
+    return start + (LATEST - start) * (stratum + rng.random()) / num_strata
 
 
-def kill_at(num_records: int, seconds: float, out: Path):
+def kill_at(num_records: int, seconds: float, out: Path, after_checkpoint: bool = False):
     """A ``drive`` action: SIGKILL ``seconds`` after the run has written ``num_records`` metrics
-    records (0: after its config.yaml appears)."""
+    records (0: after its config.yaml appears); ``after_checkpoint``: and not before its first
+    checkpoint (it follows the last record of epoch 0 by the time of a save)."""
     reached: dict[str, float] = {}
 
     def act(child, names, now) -> bool:
-        if not reached and "config.yaml" in names and (
+        if not reached and "config.yaml" in names and (not after_checkpoint or "last.pt" in names) and (
                 num_records == 0 or (out / "metrics.jsonl").read_bytes().count(b"\n") >= num_records):
             reached["at"] = now
         return bool(reached) and now - reached["at"] >= seconds
@@ -78,9 +83,11 @@ def kill_in_epoch(epoch: int, share: float):
 def kill_at_random(kind: str, fraction: float, data: dict, reference, out: Path, watch: FolderWatch,
                    act=None) -> int | None:
     """Run ``kind`` into ``out`` and SIGKILL it at ``fraction`` of the reference's training
-    window (or when ``act`` says); returns the epoch it had checkpointed (None: none yet)."""
+    window, not before the run's first checkpoint when the reference had written it by then (or
+    when ``act`` says); returns the epoch it had checkpointed (None: none yet)."""
+    after_checkpoint = fraction >= reference.first_checkpoint
     killed = run(job(kind, data, out), out, out.parent / "killed.log", watch,
-                 act=act or kill_at(*reference.moment(fraction), out))
+                 act=act or kill_at(*reference.moment(fraction), out, after_checkpoint))
     assert killed.killed, f"ended before its kill at {fraction:.2f}: {killed.output[-3000:]}"
     epoch = saved_epoch(out)
     log.info(f"{kind} killed at {fraction:.3f} (of the {reference.window:.2f} s training window, or of an "
@@ -100,23 +107,24 @@ def folder_digest(out: Path) -> dict[str, str]:
 @pytest.mark.parametrize("kind,phase", [("pretrain", None), ("train", None), ("train", 2)],
                          ids=["pretrain", "train", "train-in-phase2"])
 def test_killed_at_a_random_moment_resumes_exactly(kind, phase, fault_data, references, tmp_path):
-    """A kill in the first stratum; for ``train`` also one at a random moment of the first
-    phase-2 epoch (timed by this run's own epochs: on a loaded machine the strata, timed by the
-    reference, can all land in phase 1)."""
+    """A kill in the first stratum (after the first checkpoint); for ``train`` also one at a
+    random moment of the first phase-2 epoch (timed by this run's own epochs: on a loaded machine
+    the strata, timed by the reference, can all land in phase 1)."""
     reference = references(kind)
     out, watch = tmp_path / "run", FolderWatch(tmp_path / "run")
     if phase is None:
-        epoch = kill_at_random(kind, kill_fraction(kind, 0), fault_data, reference, out, watch)
+        epoch = kill_at_random(kind, kill_fraction(kind, 0, start=reference.first_checkpoint), fault_data,
+                               reference, out, watch)
     else:
         first = CONFIGS[kind]["phase1_epochs"]
         share = kill_fraction("train-in-phase2", 0, 1) / LATEST
         epoch = kill_at_random(kind, share, fault_data, reference, out, watch,
                                act=kill_in_epoch(first, share))
         assert epoch in (first - 1, first), "the kill missed the first phase-2 epoch"
+    assert epoch is not None, "the kill came before the first checkpoint"
     resumed = resume(kind, fault_data, out, watch)
     ok(resumed)
-    if epoch is not None:
-        assert f"resumed from {out / 'last.pt'}: epoch {epoch + 1}" in resumed.output
+    assert f"resumed from {out / 'last.pt'}: epoch {epoch + 1}" in resumed.output
     if phase is not None:
         assert f"(phase {phase})" in resumed.output
     watch.check()
@@ -125,15 +133,27 @@ def test_killed_at_a_random_moment_resumes_exactly(kind, phase, fault_data, refe
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_killed_again_while_writing_a_checkpoint(kind, fault_data, references, tmp_path):
-    """A random kill, then the resumed run is killed the moment its first checkpoint's
-    temporary file appears: the half-written file stays behind under its temporary name and
-    last.pt still loads; the next resume removes the leftover and ends like the reference."""
+    """A random kill, then the resumed run is killed in the middle of writing a checkpoint:
+    stopped (SIGSTOP) the moment the temporary file of last.pt appears, killed if it is still
+    there (else let go on to its next save). The half-written file stays behind under its
+    temporary name and last.pt still loads; the next resume removes the leftover and ends like
+    the reference."""
     reference = references(kind)
     out, watch = tmp_path / "run", FolderWatch(tmp_path / "run")
-    kill_at_random(kind, kill_fraction(kind, 1), fault_data, reference, out, watch)
+    kill_at_random(kind, kill_fraction(kind, 1, start=reference.first_checkpoint), fault_data, reference,
+                   out, watch)
+
+    def writing(names) -> bool:
+        return any(TEMPORARY.match(n) and n.startswith(".last.pt.") for n in names)
 
     def writing_last(child, names, now) -> bool:
-        return any(TEMPORARY.match(n) and n.startswith(".last.pt.") for n in names)
+        if not writing(names):
+            return False
+        os.killpg(child.proc.pid, signal.SIGSTOP)  # the write stops where it is, then is looked at
+        if writing(os.listdir(out)):
+            return True  # drive SIGKILLs the stopped group
+        os.killpg(child.proc.pid, signal.SIGCONT)  # the save had finished: wait for the next one
+        return False
 
     second = resume(kind, fault_data, out, watch, "killed-again", act=writing_last, fast=True)
     assert second.killed, second.output[-3000:]
@@ -168,7 +188,8 @@ def test_changed_config_is_refused_and_a_torn_record_is_dropped(kind, fault_data
     write): the metrics report still plots the file, and the resume drops the torn line."""
     reference = references(kind)
     out, watch = tmp_path / "run", FolderWatch(tmp_path / "run")
-    kill_at_random(kind, kill_fraction(kind, 2), fault_data, reference, out, watch)
+    kill_at_random(kind, kill_fraction(kind, 2, start=reference.first_checkpoint), fault_data, reference,
+                   out, watch)
     assert saved_epoch(out) is not None
     before = folder_digest(out)
     refused = refused_resume(kind, fault_data, out, cli_runner, "--lr", "0.01")
@@ -223,3 +244,16 @@ def test_torchrun_killed_and_resumed(fault_data, references, tmp_path):
     ok(resume("torchrun", fault_data, out, watch))
     watch.check()
     assert_same_run(out, reference.summary)
+
+
+def test_a_failure_while_driving_kills_the_run(tmp_path):
+    """An assertion of the watcher or of an action (here: a timeout) must not leave the run
+    going on in its own session after its test: drive kills the child's processes first."""
+    child = Child([sys.executable, "-c", "import time; time.sleep(300)"], tmp_path / "sleeper.log")
+
+    def times_out(child, names, now) -> bool:
+        raise AssertionError("gave up waiting")
+
+    with pytest.raises(AssertionError, match="gave up waiting"):
+        drive(child, FolderWatch(tmp_path / "run"), act=times_out)
+    assert child.proc.poll() == -signal.SIGKILL

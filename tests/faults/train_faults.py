@@ -2,8 +2,9 @@
 ``test_train_disk.py``): tiny real runs as child processes in their own process group, a watcher
 that checks the output folder while they run, and the comparison with an uninterrupted run.
 
-The data (a synthetic dataset in real shards, a codebook) and the uninterrupted reference runs
-are built once per session under the session's temporary folder and shared by both modules.
+The data (``synth_data``'s synthetic dataset in real shards and its codebook, shared with the
+training tests) and the uninterrupted reference runs are built once per session under the
+session's temporary folder and shared by both modules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ import pytest
 import torch
 import yaml
 
+import synth_data
 from mvmae.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,40 +60,23 @@ _TIMING_FIELDS = ("time", "tokens_per_s")  # differ from run to run by nature
 # --- data and commands --------------------------------------------------------------------------
 
 
-def _build_data(root: Path) -> dict:
-    from mvmae.shards.job import JobConfig, run_job
-    from mvmae.synth import SynthConfig, make_dataset
-    from mvmae.train.codebook import CodebookConfig, build_codebook
-    from mvmae.train.tokenizer import TokenSpec
-
-    lists = make_dataset(root / "data", SynthConfig(num_classes=4, clips_per_class=4, num_frames=32,
-                                                    size=(128, 160)))
-    for split in ("train", "val"):
-        summary = run_job(JobConfig(input=lists[split], out_dir=root / "shards", split=split, shard_size=4))
-        assert summary.num_failed == 0 and not summary.shards_failed, summary
-    train = str(root / "shards" / "train-{000000..000002}.tar")
-    book = build_codebook([train], TokenSpec(num_frames=16, mv_size=8), CodebookConfig(size=32),
-                          clips_per_video=1, batch_size=8, workers=0)
-    data = {"train": train, "val": str(root / "shards" / "val-000000.tar"),
-            "codebook": str(book.save(root / "codebook.npz"))}
-    for kind, values in CONFIGS.items():
-        data[f"{kind}_yaml"] = str(root / f"{kind}.yaml")
-        Path(data[f"{kind}_yaml"]).write_text(yaml.safe_dump({**values, "deterministic": True}
-                                                             if kind == "train" else values))
-    return data
-
-
 @pytest.fixture(scope="session")
 def fault_data(tmp_path_factory) -> dict:
-    """Shards of ``mvmae synth`` (4 classes; 12 train clips in 3 shards, 4 val clips), a 32-code
-    codebook and the two run configs: ``{"train", "val", "codebook", "pretrain_yaml",
-    "train_yaml"}``. Built once per session (about 10 s); read-only for tests."""
-    root = tmp_path_factory.getbasetemp() / "train_faults_data"
-    ready = root / "data.json"
-    if not ready.exists():
-        root.mkdir(exist_ok=True)
-        ready.write_text(json.dumps(_build_data(root)))
-    return json.loads(ready.read_text())
+    """``synth_data``'s shards (4 classes; 12 train clips in 3 shards, 4 val clips) and 32-code
+    codebook, and the two run configs: ``{"train", "val", "codebook", "pretrain_yaml",
+    "train_yaml"}``. Built once per session; read-only for tests."""
+    shards = synth_data.synth_shards(tmp_path_factory)
+    data = {"train": shards["train"], "val": shards["val"],
+            "codebook": str(synth_data.synth_codebook(tmp_path_factory))}
+    root = tmp_path_factory.getbasetemp() / "train_faults_configs"
+    root.mkdir(exist_ok=True)
+    for kind, values in CONFIGS.items():
+        path = root / f"{kind}.yaml"
+        text = yaml.safe_dump({**values, "deterministic": True} if kind == "train" else values)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        data[f"{kind}_yaml"] = str(path)
+    return data
 
 
 def command(kind: str, data: dict, out: Path, *flags: str) -> list[str]:
@@ -206,22 +192,32 @@ def _is_running(pid: int) -> bool:
 class Child:
     """A command in its own session (process group), output in ``log``. ``sh`` with SIGXFSZ
     ignored runs it, so a file-size limit makes writes fail with EFBIG instead of killing it;
-    ``file_size_limit`` (bytes, a multiple of 512) sets one from the start."""
+    ``file_size_limit`` (bytes, a multiple of 512) sets one from the start. Its output goes
+    through a pipe that this process copies to ``log``: a limit on the child's file sizes does
+    not reach its log (its last line is the error a test reads)."""
 
     cmd: list[str]
     log: Path
     file_size_limit: int | None = None
     proc: subprocess.Popen = field(init=False)
     started: float = field(init=False)
+    _copier: threading.Thread = field(init=False)
 
     def __post_init__(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         limit = f"ulimit -f {self.file_size_limit // 512}; " if self.file_size_limit is not None else ""
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(["sh", "-c", f'trap "" XFSZ; {limit}exec "$@"', "sh", *self.cmd],
-                                         env=child_env(), cwd=self.log.parent, stdout=fh,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(["sh", "-c", f'trap "" XFSZ; {limit}exec "$@"', "sh", *self.cmd],
+                                     env=child_env(), cwd=self.log.parent, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._copier = threading.Thread(target=self._copy_output, name="child-output", daemon=True)
+        self._copier.start()
         self.started = time.monotonic()
+
+    def _copy_output(self) -> None:
+        with self.proc.stdout as pipe, open(self.log, "ab") as fh:
+            while chunk := pipe.read1(1 << 16):
+                fh.write(chunk)
+                fh.flush()
 
     def kill(self) -> None:
         """SIGKILL to the child's process group and to every descendant's (torchrun starts each
@@ -239,6 +235,9 @@ class Child:
             time.sleep(0.01)
 
     def output(self) -> str:
+        """The log; once the child has exited, all of it (the pipe is drained to its end)."""
+        if self.proc.poll() is not None:
+            self._copier.join(timeout=60)
         return self.log.read_text(errors="replace")
 
 
@@ -255,17 +254,23 @@ def drive(child: Child, watch: FolderWatch, act: Callable[[Child, list[str], flo
     """Poll ``watch`` until the child exits. After each poll ``act(child, names, seconds)`` may
     inject a fault (it may SIGSTOP the group, break the folder and SIGCONT it) and returns True
     to SIGKILL the group there. ``fast``: poll every 0.5 ms without loading checkpoints (to catch
-    a write of a few ms), verifying only once the run is over."""
+    a write of a few ms), verifying only once the run is over. When anything fails here (an
+    assertion of ``watch`` or ``act``, the time limit), the child's processes are killed before
+    the error goes on: the run must not outlive its test."""
     killed = False
-    while child.proc.poll() is None:
-        names = watch.poll(verify=not fast)
-        now = time.monotonic() - child.started
-        if act is not None and act(child, names, now):
-            child.kill()
-            killed = True
-            break
-        assert now < RUN_TIMEOUT_S, f"{child.cmd[:5]} still running after {RUN_TIMEOUT_S} s"
-        time.sleep(0.0005 if fast else 0.005)
+    try:
+        while child.proc.poll() is None:
+            names = watch.poll(verify=not fast)
+            now = time.monotonic() - child.started
+            if act is not None and act(child, names, now):
+                child.kill()
+                killed = True
+                break
+            assert now < RUN_TIMEOUT_S, f"{child.cmd[:5]} still running after {RUN_TIMEOUT_S} s"
+            time.sleep(0.0005 if fast else 0.005)
+    except BaseException:
+        child.kill()
+        raise
     watch.poll()  # the folder as the run left it
     return Outcome(child.proc.wait(), killed, child.output(), time.monotonic() - child.started)
 
@@ -342,12 +347,15 @@ def assert_same_run(out: Path, reference: dict) -> None:
 class Reference:
     """An uninterrupted run: ``summary`` of its folder; ``window``: seconds from its config.yaml
     appearing (set-up done, epoch 0 begins) to its last checkpoint (after it the run only
-    exits); ``record_times``: when each metrics record was written, in seconds into the window."""
+    exits); ``record_times``: when each metrics record was written, in seconds into the window;
+    ``first_checkpoint``: the share of the window at which epoch 0's last record was written
+    (its checkpoint follows at once)."""
 
     out: Path
     summary: dict
     window: float
     record_times: list[float]
+    first_checkpoint: float
 
     def moment(self, fraction: float) -> tuple[int, float]:
         """The moment ``fraction`` of the window as progress: (records written by then, seconds
@@ -369,11 +377,14 @@ def references(fault_data, tmp_path_factory) -> Callable[[str], Reference]:
         if not meta.exists():
             ok(run(job(kind, fault_data, out), out, root / kind / "run.log"))
             began = (out / "config.yaml").stat().st_mtime
-            lines = (out / "metrics.jsonl").read_text().splitlines()
-            meta.write_text(json.dumps({"window": (out / "last.pt").stat().st_mtime - began,
-                                        "record_times": [json.loads(r)["time"] - began for r in lines]}))
+            lines = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+            window = (out / "last.pt").stat().st_mtime - began
+            first = max(r["time"] for r in lines if r["epoch"] == 0) - began
+            meta.write_text(json.dumps({"window": window, "first_checkpoint": first / window,
+                                        "record_times": [r["time"] - began for r in lines]}))
         timeline = json.loads(meta.read_text())
-        return Reference(out, summary(out), timeline["window"], timeline["record_times"])
+        return Reference(out, summary(out), timeline["window"], timeline["record_times"],
+                         timeline["first_checkpoint"])
 
     return get
 

@@ -13,20 +13,28 @@ import torch
 
 from mvmae.train import distributed
 from mvmae.train.distributed import (
-    DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, unwrap_model, wrap_ddp)
+    DistInfo, all_reduce_mean, all_reduce_sum, barrier, cleanup, init_distributed, unwrap_model, wrap_ddp)
 
 REPO = Path(__file__).resolve().parents[2]
 
 WORKER = textwrap.dedent("""
     import json, sys
     import torch
-    from mvmae.train.distributed import (all_reduce_mean, barrier, cleanup, init_distributed,
-                                         unwrap_model, wrap_ddp)
+    from mvmae.shards.sample import SampleError
+    from mvmae.shards.reader import SkipCounter
+    from mvmae.train.distributed import (all_reduce_mean, all_reduce_sum, barrier, cleanup,
+                                         init_distributed, unwrap_model, wrap_ddp)
+    from mvmae.train.trainer import skip_metrics
 
     out = sys.argv[1]
     info = init_distributed()
     assert info.world_size == 2 and info.device.type == "cpu", info
     mean = all_reduce_mean(torch.tensor([info.rank + 1.0, 10.0 * info.rank]))
+    total = all_reduce_sum(torch.tensor([info.rank + 1, 10 * info.rank]))
+    skips = SkipCounter()  # rank r skips r + 1 samples of its shards
+    for _ in range(info.rank + 1):
+        assert skips(SampleError("a damaged sample"))
+    skipped = skip_metrics(skips)
     torch.manual_seed(100 + info.rank)  # different initial weights: DDP must broadcast rank 0's
     model = wrap_ddp(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
                                          torch.nn.Linear(8, 1)), info)
@@ -39,7 +47,7 @@ WORKER = textwrap.dedent("""
         loss.backward()
         optimizer.step()
     moved = any(not torch.equal(a, b) for a, b in zip(initial, model.parameters()))
-    torch.save({"mean": mean, "moved": moved, "is_main": info.is_main,
+    torch.save({"mean": mean, "total": total, "skipped": skipped, "moved": moved, "is_main": info.is_main,
                 "params": unwrap_model(model).state_dict()}, f"{out}/rank{info.rank}.pt")
     barrier()
     cleanup()
@@ -53,7 +61,7 @@ def test_single_process_is_a_no_op(monkeypatch):
     assert (info.rank, info.world_size, info.local_rank, info.is_main) == (0, 1, 0, True)
     assert not info.is_distributed
     tensor = torch.tensor([1.0, 2.0])
-    assert torch.equal(all_reduce_mean(tensor), tensor)
+    assert torch.equal(all_reduce_mean(tensor), tensor) and torch.equal(all_reduce_sum(tensor), tensor)
     barrier()
     model = torch.nn.Linear(2, 2)
     assert wrap_ddp(model, info) is model and unwrap_model(model) is model
@@ -89,6 +97,9 @@ def test_torchrun_two_processes_stay_in_sync(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for rank, state in enumerate(ranks):
         torch.testing.assert_close(state["mean"], torch.tensor([1.5, 5.0]))
+        assert torch.equal(state["total"], torch.tensor([3, 10]))
+        # An epoch's skip counts are every rank's, summed (1 + 2 skipped samples).
+        assert state["skipped"] == {"num_samples_skipped": 3, "num_shards_skipped": 0, "num_shard_retries": 0}
         assert state["moved"] and state["is_main"] == (rank == 0)
     assert ranks[0]["params"].keys() == ranks[1]["params"].keys()
     for name, value in ranks[0]["params"].items():

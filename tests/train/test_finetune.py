@@ -460,6 +460,44 @@ def test_killed_run_resumes_exactly(synth_shards, resume_config, uninterrupted, 
     assert got[-1]["top1"] == expected[-1]["top1"] and got[-1]["macro_f1"] == expected[-1]["macro_f1"]
 
 
+def test_resume_with_other_classes_is_refused_before_the_folder_is_touched(synth_shards, yaml_of, train_cli,
+                                                                           tmp_path):
+    """The class list gives the head's outputs their meaning: a resume whose classes.json names
+    other classes (as many: the config is the same) is refused before anything is written (the
+    torn record a kill left stays), and leaves the folder free."""
+    from mvmae.train.run_folder import lock_folder
+
+    out = tmp_path / "run"
+    flags = ["--config", yaml_of("classes", {**FAST, "epochs": 1, "phase1_epochs": 0}), *data_flags(synth_shards)]
+    ok(train_cli(out, *flags))
+    classes = json.loads((synth_shards["shards"] / "classes.json").read_text())
+    renamed = tmp_path / "classes.json"
+    renamed.write_text(json.dumps([*classes[:-1], "something else"]))
+    with open(out / "metrics.jsonl", "ab") as fh:
+        fh.write(b'{"step": 9, "ep')
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    refused = train_cli(out, *flags, "--classes", renamed, "--resume")
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: ResumeError: {out / 'last.pt'}: cannot resume with other inputs (classes {classes!r} -> "
+        f"{[*classes[:-1], 'something else']!r}): the saved run was trained with those; start a new run "
+        f"in another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
+    lock_folder(out).close()
+
+
+def test_resume_from_the_saved_config(synth_shards, yaml_of, train_cli, tmp_path):
+    """``--config OUT/config.yaml --resume`` continues a run with its own resolved config (the
+    class count and token spec it resolved included), here extended by one epoch."""
+    out = tmp_path / "run"
+    ok(train_cli(out, "--config", yaml_of("saved", {**FAST, "epochs": 1, "phase1_epochs": 0}),
+                 *data_flags(synth_shards)))
+    resumed = train_cli(out, "--config", out / "config.yaml", "--epochs", "2", "--resume")
+    ok(resumed)
+    assert f"resumed from {out / 'last.pt'}: epoch 1 (phase 2)" in resumed.stderr
+    assert [r["epoch"] for r in records(out, "val")] == [0, 1]
+
+
 # --- torchrun -----------------------------------------------------------------------------------
 
 

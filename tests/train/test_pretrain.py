@@ -89,7 +89,8 @@ def test_each_masking_end_to_end(pretrain, synth_shards, synth_codebook, tmp_pat
     state = ckpt.load_checkpoint(out / "last.pt")
     assert state[ckpt.EPOCH] == 1 and state[ckpt.STEP] == 2 * spe
     book = Codebook.load(synth_codebook)
-    assert state[ckpt.EXTRA] == {"kind": "pretrain", "token_spec": book.token_spec, "codebook_size": book.size}
+    assert state[ckpt.EXTRA] == {"kind": "pretrain", "token_spec": book.token_spec, "codebook_size": book.size,
+                                 "codebook_sha256": book.digest()}
     assert state[ckpt.CONFIG]["masking"] == masking
     model = build_model(PretrainConfig(**state[ckpt.CONFIG]), TokenSpec(**book.token_spec), book.size)
     model.load_state_dict(state[ckpt.MODEL])  # the saved config rebuilds the saved model
@@ -201,6 +202,9 @@ def test_interrupted_run_resumes_exactly(pretrain, uninterrupted, synth_shards, 
     ok(pretrain(out, *flags, "--resume"))
     expected, got = read_metrics(reference), read_metrics(out)
     assert [r["epoch"] for r in got] == [0, 1, 2] and [r["step"] for r in got] == [r["step"] for r in expected]
+    # A record per optimizer step, at the step it completes: none twice, also across the resume.
+    steps = list(range(1, 3 * (synth_shards["num_train"] // BATCH // accum_steps) + 1))
+    assert [r["step"] for r in read_metrics(reference, "train")] == [r["step"] for r in read_metrics(out, "train")] == steps
     assert got[-1]["loss"] == pytest.approx(expected[-1]["loss"], rel=1e-4)
     assert got[-1]["masked_acc"] == pytest.approx(expected[-1]["masked_acc"], rel=1e-4)
     # On CPU the runs are in fact bitwise identical.
@@ -263,6 +267,50 @@ def test_resume_on_shards_with_other_steps_per_epoch_is_refused(pretrain, synth_
         f"give 2: resuming would shift the schedule; start a new run")
 
 
+def test_resume_with_another_codebook_is_refused_a_moved_one_resumes(pretrain, synth_codebook, tmp_path):
+    """The codebook's codes are the targets: a resume with other codes (one centroid moved) is
+    refused before the folder is touched; the same codebook under another path resumes, the
+    move reported."""
+    out = tmp_path / "run"
+    flags = ["--masking", "random", "--epochs", "1", "--warmup-epochs", "0"]
+    ok(pretrain(out, *flags))
+    book = Codebook.load(synth_codebook)
+    book.centroids[1] += 0.5
+    other = book.save(tmp_path / "other.npz")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    refused = pretrain(out, *flags, "--codebook", str(other), "--resume")
+    assert refused.exit_code == 1
+    digest = Codebook.load(synth_codebook).digest()
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: ResumeError: {out / 'last.pt'}: cannot resume with other inputs (codebook_sha256 "
+        f"{digest!r} -> {book.digest()!r}): the saved run was trained with those; start a new run in "
+        f"another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
+    moved = tmp_path / "moved" / "codebook.npz"
+    moved.parent.mkdir()
+    moved.write_bytes(synth_codebook.read_bytes())
+    resumed = pretrain(out, "--masking", "random", "--epochs", "2", "--warmup-epochs", "0",
+                       "--codebook", str(moved), "--resume", verbose=True)
+    ok(resumed)
+    assert f"resuming with codebook '{moved}' instead of '{synth_codebook}'" in resumed.stderr
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1]
+
+
+def test_resume_from_the_saved_config(pretrain, tmp_path, cli_runner):
+    """``--config OUT/config.yaml --resume`` continues a run with its own resolved config (here
+    extended by one epoch), whatever the flags and YAML that first started it."""
+    from mvmae.cli import main
+
+    out = tmp_path / "run"
+    ok(pretrain(out, "--masking", "tube", "--epochs", "1", "--warmup-epochs", "0"))
+    resumed = cli_runner.invoke(main, ["-v", "pretrain", "--config", str(out / "config.yaml"), "--epochs", "2",
+                                       "--resume"])
+    ok(resumed)
+    assert f"resumed from {out / 'last.pt'}: epoch 1" in resumed.stderr
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1]
+    assert ckpt.load_checkpoint(out / "last.pt")[ckpt.CONFIG]["masking"] == "tube"
+
+
 # --- other modes and failures -------------------------------------------------------------------
 
 
@@ -304,14 +352,19 @@ def test_fewer_batches_than_accum_steps_is_refused(pretrain, synth_shards, tmp_p
 
 @pytest.mark.slow
 def test_torchrun_two_processes(synth_shards, synth_codebook, run_yaml, tmp_path):
-    """A real 2-process torchrun (gloo, CPU). The 3 train shards split 2 + 1 over the ranks:
-    both stop when rank 1 runs out (1 batch), instead of rank 0 waiting for it forever."""
+    """A real 2-process torchrun (gloo, CPU). The 3 train shards and an empty file after them
+    split 2 + 2 over the ranks (seed 0 puts the empty one on rank 1, with one good shard): both
+    stop when rank 1 runs out (1 batch), instead of rank 0 waiting for it forever, and the
+    epoch's record counts the shard that rank 1 skipped (the counts of both ranks, summed)."""
     out = tmp_path / "run"
+    empty = tmp_path / "empty-000000.tar"
+    empty.write_bytes(b"")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "mvmae.cli", "pretrain", "--config", str(run_yaml), "--train", synth_shards["train"],
-           "--codebook", str(synth_codebook), "--out", str(out), "--epochs", "1", "--warmup-epochs", "0"]
+           "--train", str(empty), "--codebook", str(synth_codebook), "--out", str(out), "--epochs", "1",
+           "--warmup-epochs", "0"]
     result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("pretraining done") == 2  # both ranks finished
@@ -320,6 +373,7 @@ def test_torchrun_two_processes(synth_shards, synth_codebook, run_yaml, tmp_path
         "best.pt", "config.yaml", "epoch_0000.pt", "last.pt", "metrics.jsonl"]
     (record,) = read_metrics(out)
     assert record["epoch"] == 0 and math.isfinite(record["loss"])
+    assert (record["num_shards_skipped"], record["num_samples_skipped"]) == (1, 0)
     state = ckpt.load_checkpoint(out / "last.pt")
     assert state[ckpt.EPOCH] == 0 and state[ckpt.STEP] == 1
     assert not any(k.startswith("module.") for k in state[ckpt.MODEL])  # saved unwrapped from DDP

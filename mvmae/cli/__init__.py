@@ -1,0 +1,11 @@
+"""The ``mvmae`` command line. The only place that turns exceptions into exit codes and messages.
+
+``base`` holds the root group and the error reporting; each module registers the commands of
+one stage on it: ``data`` (probe, check, extract, synth), ``shards`` (inspect, verify, export),
+``training`` (codebook, pretrain, train, eval, demo).
+"""
+
+from mvmae.cli import data, shards, training  # noqa: F401  (registers their commands on main)
+from mvmae.cli.base import handle_errors, main
+
+__all__ = ["handle_errors", "main"]

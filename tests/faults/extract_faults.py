@@ -26,6 +26,8 @@ except ImportError:  # ... or as the `tests` package
     from tests import media
 
 from mvmae.shards.stream import ShardError, ShardReader
+from processes import (group_members, kill_tree, process_group, process_state,  # noqa: F401 (for the tests)
+                       wait_for)
 
 CLI = [sys.executable, "-c", "from mvmae.cli import main; main()"]
 # An atomic write's temporary file: .<name>.tmp-<host>-<pid>-<tag>.
@@ -133,21 +135,9 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
 def kill_group(proc: subprocess.Popen) -> None:
     """kill -9 of the job and every process it started; waits until all of them are gone
     (a dying worker still holds its files open for a moment)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    kill_tree(proc.pid)
     proc.wait()
     wait_for(lambda: not group_members(proc.pid), 30, f"the processes of job {proc.pid} to exit")
-
-
-def process_group(pid: int) -> int | None:
-    """The process group of ``pid`` (None if it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[2])
 
 
 def worker_pids(out: Path, job: subprocess.Popen) -> list[int]:
@@ -201,24 +191,6 @@ def _on(video: str | None, wanted: str | None) -> bool:
     return video is not None and (wanted is None or video == wanted)
 
 
-def process_state(pid: int) -> str | None:
-    """The state letter of /proc/PID/stat (R, S, T (stopped), Z, ...), None if gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and process_group(int(entry.name)) == pgid \
-                and process_state(int(entry.name)) not in ("Z", None):
-            pids.append(int(entry.name))
-    return pids
-
-
 def no_core_dumps() -> None:
     """preexec_fn of jobs whose workers the tests crash: no core files in the working tree."""
     import resource
@@ -236,10 +208,3 @@ def faults_of(out: Path, split: str = "train") -> dict:
         except FileNotFoundError:
             continue
     return videos
-
-
-def wait_for(condition, limit_s: float = 120, what: str = "") -> None:
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)

@@ -29,6 +29,7 @@ from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, make_
 from mvmae.shards.stream import ReadConfig, ShardReadError, read_shards
 
 import shard_faults as sf
+from processes import kill_tree, processes_with, wait_for
 
 READ = ReadConfig(retries=2, retry_delay_s=0.1, stall_s=1, connect_timeout_s=2, max_time_s=30)
 CLIP = ClipConfig(num_frames=8, mv_size=7, iframe_size=64)  # small clips: the reading is tested
@@ -156,19 +157,6 @@ def test_transfer_past_max_time_is_aborted(dataset) -> None:
     assert 1.5 <= elapsed < LIMIT_S
 
 
-def _processes_with(marker: str) -> list[str]:
-    """Command lines of this machine's processes that contain ``marker``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # the process ended meanwhile
-            continue
-        if marker in text:
-            found.append(text)
-    return found
-
-
 def test_stalled_pipe_command_is_killed(dataset) -> None:
     """A ``pipe:`` command that sends part of a shard then hangs: killed after stall_s with its
     whole process group (no command left behind), retried, then the shard skipped."""
@@ -180,7 +168,7 @@ def test_stalled_pipe_command_is_killed(dataset) -> None:
     assert collections.Counter(keys) == collections.Counter(
         dataset["keys"][dataset["tars"][0].name] + sf.keys_within(tar, tar.stat().st_size // 2))
     assert (skips["shards_skipped"], skips["shard_retries"]) == (1, 1)
-    assert _processes_with(f"sleep {marker}") == []
+    wait_for(lambda: processes_with(f"sleep {marker}") == [], 10, "the stalled command to be gone")
 
 
 @pytest.mark.parametrize("mode,reason", [("500", re.compile("error: 500")), ("stall", STALLED)])
@@ -278,10 +266,16 @@ def test_training_does_not_hang(dataset, tmp_path) -> None:
                 "--classes", str(dataset["classes"]), "--out", str(tmp_path / "run"),
                 "--train", sf.brace(server.base)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
         try:
-            run = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"mvmae train still running after {exc.timeout} s: {exc.stderr}")
+            _, stderr = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            pytest.fail("mvmae train still running after 240 s")
+        finally:  # a run that hangs or fails an assertion leaves no process (DataLoader workers, curl)
+            kill_tree(proc.pid)
+            proc.communicate()
+    run = subprocess.CompletedProcess(args, proc.returncode, "", stderr)
     assert run.returncode == 0, run.stderr[-3000:]
     for name in plan:
         assert any(line.startswith("warning: skipped shard") and server.url(name) in line

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_faults import (  # noqa: F401  (fault_data and references are fixtures)
-    KINDS, TEMPORARY, Child, FolderWatch, assert_same_run, drive, error_line, fault_data, job, ok,
-    references, run, saved_epoch)
+from train_faults import (
+    KINDS, TEMPORARY, Child, FolderWatch, assert_same_run, drive, error_line, job, ok,
+    run, saved_epoch)
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from mvmae.eval.report import plot_training_curves
-from train_faults import (  # noqa: F401  (fault_data and references are fixtures)
-    CONFIGS, KINDS, TEMPORARY, Child, FolderWatch, assert_same_run, drive, fault_data, job, ok,
-    references, run, saved_epoch)
+from train_faults import (
+    CONFIGS, KINDS, TEMPORARY, Child, FolderWatch, assert_same_run, drive, job, ok,
+    run, saved_epoch)
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)

@@ -9,12 +9,10 @@ session's temporary folder and shared by both modules.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 import torch
 import yaml
 
 import synth_data
+from processes import kill_tree
 from mvmae.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,8 +58,7 @@ _TIMING_FIELDS = ("time", "tokens_per_s")  # differ from run to run by nature
 # --- data and commands --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def fault_data(tmp_path_factory) -> dict:
+def build_fault_data(tmp_path_factory) -> dict:
     """``synth_data``'s shards (4 classes; 12 train clips in 3 shards, 4 val clips) and 32-code
     codebook, and the two run configs: ``{"train", "val", "codebook", "pretrain_yaml",
     "train_yaml"}``. Built once per session; read-only for tests."""
@@ -158,36 +155,6 @@ class FolderWatch:
             self.num_loaded += 1
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process (from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
-
-
-def _descendants(pid: int) -> list[int]:
-    parents = _parents()
-    found, frontier = [], [pid]
-    while frontier:
-        children = [c for c, p in parents.items() if p in frontier]
-        found += children
-        frontier = children
-    return found
-
-
-def _is_running(pid: int) -> bool:
-    """Alive and not a zombie (a zombie no longer writes)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 @dataclass
 class Child:
     """A command in its own session (process group), output in ``log``. ``sh`` with SIGXFSZ
@@ -220,19 +187,9 @@ class Child:
                 fh.flush()
 
     def kill(self) -> None:
-        """SIGKILL to the child's process group and to every descendant's (torchrun starts each
-        worker in a session of its own), then wait until none of them runs any more."""
-        pids = [self.proc.pid, *_descendants(self.proc.pid)]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """SIGKILL to the child's whole process tree, then wait until none of it runs any more."""
+        kill_tree(self.proc.pid)
         self.proc.wait()
-        deadline = time.monotonic() + 30
-        while any(_is_running(pid) for pid in pids[1:]):
-            assert time.monotonic() < deadline, f"processes {pids[1:]} survived SIGKILL"
-            time.sleep(0.01)
 
     def output(self) -> str:
         """The log; once the child has exited, all of it (the pipe is drained to its end)."""
@@ -366,8 +323,7 @@ class Reference:
         return len(done), at - (done[-1] if done else 0.0)
 
 
-@pytest.fixture(scope="session")
-def references(fault_data, tmp_path_factory) -> Callable[[str], Reference]:
+def reference_runs(fault_data: dict, tmp_path_factory) -> Callable[[str], Reference]:
     """``references(kind) -> Reference`` of ``job(kind, ...)``, run once per session (also when
     several modules ask; cached under the session's temporary folder)."""
     root = tmp_path_factory.getbasetemp() / "train_faults_references"

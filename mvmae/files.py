@@ -107,8 +107,9 @@ def temporary_path(path: str | Path) -> Path:
 
 
 _TEMPORARY = re.compile(r"\.(?P<target>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}")
-# Written by mvmae 0.1.0 and earlier, without the host: ``.<name>.tmp-<pid>`` (shards, JSON files),
-# ``.<name>.<pid>.tmp`` (checkpoint copies), ``.<name>.XXXXXXXX.tmp`` (mkstemp: checkpoints, reports).
+# Written by mvmae 0.1.0 and earlier, without the host: ``.<name>.tmp-<pid>`` (shards, JSON
+# files), ``.<name>.<pid>.tmp`` (checkpoint copies), ``.<name>.<8 random characters>.tmp``
+# (mkstemp: checkpoints, reports).
 _OLD_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(tmp-\d+|[A-Za-z0-9_]+\.tmp)")
 
 

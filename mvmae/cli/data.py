@@ -316,38 +316,72 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
 
 @main.command()
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--classes", "num_classes", type=click.IntRange(2, 8), default=4, show_default=True,
-              help="Number of motion classes (walk_right, walk_left, walk_down, walk_up, circle_cw, "
-                   "circle_ccw, pace_horizontal, pace_vertical: the first N).")
-@click.option("--clips-per-class", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--size", default="128x160", show_default=True, help="Frame size HxW in px (even).")
-@click.option("--frames", "num_frames", type=click.IntRange(min=2), default=48, show_default=True,
-              help="Frames per clip.")
+@click.option("--preset", type=click.Choice(["basic", "trajectories"]), default="basic",
+              show_default=True,
+              help="basic: 8 classes told apart by the direction of motion (walk_right, walk_left, "
+                   "walk_down, walk_up, circle_cw, circle_ccw, pace_horizontal, pace_vertical). "
+                   "trajectories: 12 path shapes (turn_left, turn_right, circle_ccw, circle_cw, "
+                   "straight, u_turn, zigzag, stop_and_go, back_and_forth, s_curve, figure_eight, "
+                   "loop) at a random orientation, speed and start time, over a real-photo ground "
+                   "with distractors: only how the motion evolves over time tells them apart.")
+@click.option("--classes", "num_classes", type=click.IntRange(2, 12), default=None,
+              help="Number of classes: the first N of the preset's (basic: 2-8, default 4; "
+                   "trajectories: 2-12, default 12).")
+@click.option("--clips-per-class", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Labelled clips per class (split into train, val and test).")
+@click.option("--size", default=None,
+              help="Frame size HxW in px (even). [default: 128x160]")
+@click.option("--frames", "num_frames", type=click.IntRange(min=2), default=None,
+              help="Frames per clip. [default: 48 basic, 64 trajectories]")
 @click.option("--val-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True,
               help="Share of each class's clips listed in val.txt.")
+@click.option("--test-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Share of each class's clips listed in test.txt (written when > 0): data for "
+                   "reporting that no choice was tuned on.")
+@click.option("--unlabelled", "num_unlabelled", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="Clips of an extra pool for pretraining, unlabelled/*.mp4 listed in "
+                   "unlabelled.txt; drawn from the same classes on a random stream of its own, so "
+                   "the labelled clips do not change with it. The list carries each clip's true "
+                   "class (list files need a label); pretraining ignores it.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", "num_workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes rendering clips (trajectories only; the output is the same).")
 @handle_errors
-def synth(out_dir: Path, num_classes: int, clips_per_class: int, size: str, num_frames: int,
-          val_ratio: float, seed: int) -> None:
+def synth(out_dir: Path, preset: str, num_classes: int | None, clips_per_class: int,
+          size: str | None, num_frames: int | None, val_ratio: float, test_ratio: float,
+          num_unlabelled: int, seed: int, num_workers: int) -> None:
     """Write a synthetic action dataset whose classes differ by motion alone.
 
     Top-down textured actors move in class-specific patterns over textured ground under a
     drifting camera, encoded as real H.264 (libx264, 2 B-frames, 3 references, GOP 24). Every clip
     draws a new actor texture, ground, position, speed and drift, so one frame cannot tell the
-    classes apart. Writes OUT_DIR/videos/<class>/*.mp4, train.txt and val.txt ('path label' lines)
-    and classes.txt. Deterministic for a seed.
+    classes apart. Writes OUT_DIR/videos/<class>/*.mp4, train.txt, val.txt, test.txt (with
+    --test-ratio), unlabelled.txt (with --unlabelled; 'path label' lines), classes.txt and
+    synth.json (the resolved config). Deterministic for a seed. A horizontal flip swaps
+    left/right and cw/ccw classes: train with --flip-prob 0.
     """
     from tqdm import tqdm
 
     from mvmae.synth import SynthConfig, make_dataset
 
+    hw = None
+    if size is not None:
+        try:
+            hw = tuple(int(v) for v in size.lower().split("x"))
+        except ValueError:
+            hw = ()
+        if len(hw) != 2:
+            raise click.BadParameter(f"expected HxW, got {size!r}", param_hint="--size")
     try:
-        h, w = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HxW, got {size!r}", param_hint="--size") from None
-    cfg = SynthConfig(num_classes=num_classes, clips_per_class=clips_per_class, size=(h, w),
-                      num_frames=num_frames, val_ratio=val_ratio, seed=seed)
-    with tqdm(total=num_classes * clips_per_class, unit="clip", desc="synth") as bar:
-        lists = make_dataset(out_dir, cfg, lambda done, total: bar.update(done - bar.n))
-    click.echo(f"{num_classes * clips_per_class} clips of {num_classes} classes -> {out_dir} "
-               f"(lists: {lists['train'].name}, {lists['val'].name})")
+        cfg = SynthConfig(preset=preset, num_classes=num_classes, clips_per_class=clips_per_class,
+                          size=hw, num_frames=num_frames, val_ratio=val_ratio,
+                          test_ratio=test_ratio, num_unlabelled=num_unlabelled, seed=seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    total = cfg.num_classes * clips_per_class + num_unlabelled
+    with tqdm(total=total, unit="clip", desc="synth") as bar:
+        lists = make_dataset(out_dir, cfg, lambda done, total: bar.update(done - bar.n),
+                             num_workers=num_workers)
+    names = ", ".join(p.name for key, p in lists.items() if key != "classes")
+    click.echo(f"{total} clips of {cfg.num_classes} {preset} classes -> {out_dir} (lists: {names})")

@@ -77,8 +77,10 @@ def _circle(direction: float) -> Profile:
 def _back_and_forth(s, rng):
     """Along one line: forward, back, forward (2 or 3 reversals through a standstill), legs of
     unequal length."""
-    reversals, phase = int(rng.integers(2, 4)), rng.uniform(-0.4, 0.4)
-    return np.zeros_like(s), np.tanh(3 * np.cos(np.pi * reversals * s + phase))
+    # A non-integer number of half-periods (1.7-3.3) and a phase: 2 or 3 reversals, and legs
+    # that do not cancel exactly, so the net displacement varies around zero.
+    halves, phase = rng.uniform(1.7, 3.3), rng.uniform(-0.4, 0.4)
+    return np.zeros_like(s), np.tanh(3 * np.cos(np.pi * halves * s + phase))
 
 
 def _s_curve(s, rng):

@@ -13,8 +13,8 @@ Layout under ``out_dir`` (list lines are ``<path> <class name>``, paths relative
 Deterministic for a seed. ``basic`` draws its labelled clips from one stream in order (as it
 always has); ``trajectories`` gives each clip its own stream keyed by (seed, class, index), so a
 clip does not depend on how many others are made nor on the number of worker processes. The pool
-draws from streams of its own (``[seed, 1]``, ``[seed, 2, j]``): the labelled clips are the same
-whatever ``num_unlabelled`` is.
+draws from streams of its own (``[seed, 1, block]``, ``[seed, 2, j]``): the labelled clips are the
+same whatever ``num_unlabelled`` is, and a larger pool starts with the clips of a smaller one.
 """
 
 from __future__ import annotations
@@ -55,11 +55,14 @@ def split_counts(cfg: SynthConfig) -> tuple[int, int]:
 
 
 def pool_classes(cfg: SynthConfig) -> list[str]:
-    """The class of each pool clip: every class equally often (within one), shuffled."""
+    """The class of each pool clip: each run of ``num_classes`` clips holds every class once, in
+    a shuffled order (so every class comes equally often, within one, and a larger pool starts
+    with the clips of a smaller one)."""
     classes = cfg.classes
-    order = np.resize(np.arange(len(classes)), cfg.num_unlabelled)
-    np.random.default_rng([cfg.seed, 1]).shuffle(order)
-    return [classes[i] for i in order]
+    num_blocks = -(-cfg.num_unlabelled // len(classes))
+    order = [i for block in range(num_blocks)
+             for i in np.random.default_rng([cfg.seed, 1, block]).permutation(len(classes))]
+    return [classes[i] for i in order[: cfg.num_unlabelled]]
 
 
 def make_dataset(out_dir: str | Path, cfg: SynthConfig, progress: Progress | None = None,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from mvmae.cli import main
 from mvmae.shards.videolist import read_inputs
-from mvmae.synth import SynthConfig, make_dataset, split_counts
+from mvmae.synth import SynthConfig, make_dataset, pool_classes, split_counts
 
 SMALL = dict(preset="trajectories", num_classes=3, clips_per_class=3, num_frames=12, val_ratio=0.34,
              test_ratio=0.34, seed=5)
@@ -112,3 +112,11 @@ def test_invalid_config(kwargs, words):
 def test_cli_rejects_a_bad_config(tmp_path):
     result = CliRunner().invoke(main, ["synth", str(tmp_path), "--classes", "10"])
     assert result.exit_code != 0 and "num_classes must be 2..8 for preset basic" in result.output
+
+
+def test_pool_is_balanced_and_grows_by_appending():
+    big = pool_classes(SynthConfig(preset="trajectories", num_unlabelled=30, seed=2))
+    counts = [big.count(name) for name in SynthConfig(preset="trajectories").classes]
+    assert sorted(set(counts)) == [2, 3] and sum(counts) == 30
+    assert pool_classes(SynthConfig(preset="trajectories", num_unlabelled=13, seed=2)) == big[:13]
+    assert pool_classes(SynthConfig(preset="trajectories", num_unlabelled=30, seed=3)) != big

@@ -41,7 +41,8 @@ def moving_share(fields) -> list[float]:
 
 
 def video_stats(cfg: SynthConfig, clips_per_class: int, folder: Path) -> None:
-    print(f"| class | CPU s per clip | moving cells (mean) | moving cells (10th-90th pct) |\n|---|---|---|---|")
+    print("| class | CPU s per clip | moving cells (mean) | moving cells (10th-90th pct) |")
+    print("|---|---|---|---|")
     all_seconds, all_shares = [], []
     options = x264_options(cfg.bframes, cfg.refs, cfg.gop, cfg.crf)
     for c, name in enumerate(TRAJECTORIES):

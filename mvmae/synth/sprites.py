@@ -37,7 +37,7 @@ def disc_sprite(rng: np.random.Generator, size: int) -> Sprite:
 def square_sprite(rng: np.random.Generator, size: int) -> Sprite:
     """A distractor's look: a square of coarse blotches, flat-coloured edges, no rim."""
     texture = smooth_texture(rng, size, size, cell=int(rng.integers(6, 12)))
-    texture = 0.5 * texture + 0.5 * rng.uniform(30, 230, 3).astype(np.float32)
+    texture = 0.4 * texture + 0.6 * rng.uniform(0, 255, 3).astype(np.float32)  # a strong tint
     return Sprite(texture.astype(np.float32), np.ones((size, size), np.float32))
 
 

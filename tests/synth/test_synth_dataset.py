@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mvmae.cli import main
+from mvmae.shards.job import JobConfig, run_job
 from mvmae.shards.videolist import read_inputs
 from mvmae.synth import SynthConfig, make_dataset, pool_classes, split_counts
 
@@ -56,6 +57,13 @@ def test_lists_are_read_by_extract(cli_dir):
         assert set(classes) <= set(_lines(cli_dir / "classes.txt"))
 
 
+def test_pool_extracts_to_shards(cli_dir, tmp_path):
+    """``mvmae extract run unlabelled.txt`` (here its job, in this process) shards the whole pool."""
+    summary = run_job(JobConfig(input=cli_dir / "unlabelled.txt", out_dir=tmp_path, workers=0,
+                                shard_size=2))
+    assert (summary.num_ok, summary.num_failed, summary.num_shards) == (4, 0, 2)
+
+
 def test_same_seed_same_clips_whatever_the_pool(cli_dir, tmp_path):
     """Without the pool, the labelled clips are byte-identical; the pool's clips are none of them."""
     lists = make_dataset(tmp_path, SynthConfig(**SMALL))
@@ -80,6 +88,7 @@ def test_fewer_classes_keep_each_class_clips(cli_dir, tmp_path):
     assert (tmp_path / rel).read_bytes() == (cli_dir / rel).read_bytes()
 
 
+@pytest.mark.slow  # starts 2 processes
 def test_workers_give_the_same_bytes(cli_dir, tmp_path):
     make_dataset(tmp_path, SynthConfig(**{**SMALL, "num_unlabelled": 2}), num_workers=2)
     for line in _lines(cli_dir / "unlabelled.txt")[:2] + _lines(cli_dir / "train.txt"):

@@ -84,7 +84,7 @@ def make_dataset(out_dir: str | Path, cfg: SynthConfig, progress: Progress | Non
             for name, i in labelled]
     jobs += [(f"unlabelled/pool_{j:05d}.mp4", name, (cfg.seed, 2, j)) for j, name in enumerate(pool)]
     if cfg.preset == "basic":
-        _run_basic(out, cfg, jobs, progress)
+        _run_basic(out, cfg, jobs, len(labelled), progress)
     else:
         _run(out, cfg, jobs, progress, num_workers)
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
@@ -112,12 +112,13 @@ def _labelled_key(cfg: SynthConfig, name: str, i: int) -> tuple[int, ...]:
     return (cfg.seed, 0, list(PRESETS[cfg.preset]).index(name), i)
 
 
-def _run_basic(out: Path, cfg: SynthConfig, jobs: list, progress: Progress | None) -> None:
-    """One stream for the labelled clips, in class order (the output of mvmae <= 0.1 depends on
-    it); the pool from its own streams."""
+def _run_basic(out: Path, cfg: SynthConfig, jobs: list, num_labelled: int,
+               progress: Progress | None) -> None:
+    """One stream for the labelled clips (the first ``num_labelled`` jobs), in class order: the
+    output of mvmae <= 0.1 depends on it. The pool's clips from their own streams."""
     rng = np.random.default_rng(cfg.seed)
     for done, (rel, name, key) in enumerate(jobs, 1):
-        clip_rng = rng if key[1] == 0 else np.random.default_rng(list(key))
+        clip_rng = rng if done <= num_labelled else np.random.default_rng(list(key))
         _write_clip(out / rel, render_clip(name, cfg, clip_rng), cfg)
         if progress:
             progress(done, len(jobs))

@@ -7,14 +7,13 @@ import numpy as np
 from mvmae.synth.config import SynthConfig
 from mvmae.synth.ground import crop, smooth_texture
 from mvmae.synth.patterns import PATTERNS
+from mvmae.synth.scene import render_trajectory
 
 
 def render_clip(pattern: str, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     """Frames uint8 (T, H, W, 3) of one clip of class ``pattern`` of ``cfg.preset`` (for the
     trajectories preset, :func:`mvmae.synth.scene.render_trajectory` also returns the truth)."""
     if cfg.preset == "trajectories":
-        from mvmae.synth.scene import render_trajectory
-
         return render_trajectory(pattern, cfg, rng)[0]
     return _render_basic(pattern, cfg, rng)
 

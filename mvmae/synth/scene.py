@@ -146,9 +146,9 @@ def _distractors(cfg: SynthConfig, camera: np.ndarray, rng: np.random.Generator)
             if walk:  # a smooth random walk: the velocity drifts, capped at 2 px per frame
                 vel = 0.9 * vel + rng.normal(0, 0.3, 2)
                 vel *= min(1.0, 2.0 / max(float(np.hypot(*vel)), 1e-9))
-            nxt = pos + vel - (camera[k] - camera[k - 1])  # moves over the ground, seen on screen
-            out = (nxt < lo) | (nxt > hi)
+            pan = camera[k] - camera[k - 1]  # it moves over the ground: on screen, minus the pan
+            out = (pos + vel - pan < lo) | (pos + vel - pan > hi)
             vel = np.where(out, -vel, vel)  # bounce: the velocity over the ground turns back
-            pos = np.clip(pos + vel - (camera[k] - camera[k - 1]), lo, hi)
+            pos = np.clip(pos + vel - pan, lo, hi)
             paths[i, k] = pos
     return sprites, paths

@@ -129,3 +129,14 @@ def test_pool_is_balanced_and_grows_by_appending():
     assert sorted(set(counts)) == [2, 3] and sum(counts) == 30
     assert pool_classes(SynthConfig(preset="trajectories", num_unlabelled=13, seed=2)) == big[:13]
     assert pool_classes(SynthConfig(preset="trajectories", num_unlabelled=30, seed=3)) != big
+
+
+def test_basic_preset_takes_a_pool_and_a_test_split_too(tmp_path):
+    """basic's labelled clips stay those of its single stream whatever the pool."""
+    base = dict(num_classes=2, clips_per_class=3, num_frames=12, seed=3)
+    plain = make_dataset(tmp_path / "a", SynthConfig(**base))
+    pooled = make_dataset(tmp_path / "b", SynthConfig(**base, test_ratio=0.3, num_unlabelled=2))
+    assert len(_lines(pooled["unlabelled"])) == 2 and len(_lines(pooled["test"])) == 2
+    for line in _lines(plain["train"]) + _lines(plain["val"]):
+        rel = line.rsplit(maxsplit=1)[0]
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()

@@ -344,17 +344,20 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
                    "unlabelled.txt; drawn from the same classes on a random stream of its own, so "
                    "the labelled clips do not change with it. The list carries each clip's true "
                    "class (list files need a label); pretraining ignores it.")
+@click.option("--gop", type=click.IntRange(min=1), default=None,
+              help="An IDR frame every N frames. [default: 24 basic; 250 trajectories, one "
+                   "I-frame per clip, so that I-frames do not show the path]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", "num_workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes rendering clips (trajectories only; the output is the same).")
 @handle_errors
 def synth(out_dir: Path, preset: str, num_classes: int | None, clips_per_class: int,
           size: str | None, num_frames: int | None, val_ratio: float, test_ratio: float,
-          num_unlabelled: int, seed: int, num_workers: int) -> None:
+          num_unlabelled: int, gop: int | None, seed: int, num_workers: int) -> None:
     """Write a synthetic action dataset whose classes differ by motion alone.
 
     Top-down textured actors move in class-specific patterns over textured ground under a
-    drifting camera, encoded as real H.264 (libx264, 2 B-frames, 3 references, GOP 24). Every clip
+    drifting camera, encoded as real H.264 (libx264, 2 B-frames, 3 references, fixed GOP). Every clip
     draws a new actor texture, ground, position, speed and drift, so one frame cannot tell the
     classes apart. Writes OUT_DIR/videos/<class>/*.mp4, train.txt, val.txt, test.txt (with
     --test-ratio), unlabelled.txt (with --unlabelled; 'path label' lines), classes.txt and
@@ -376,7 +379,8 @@ def synth(out_dir: Path, preset: str, num_classes: int | None, clips_per_class: 
     try:
         cfg = SynthConfig(preset=preset, num_classes=num_classes, clips_per_class=clips_per_class,
                           size=hw, num_frames=num_frames, val_ratio=val_ratio,
-                          test_ratio=test_ratio, num_unlabelled=num_unlabelled, seed=seed)
+                          test_ratio=test_ratio, num_unlabelled=num_unlabelled, gop=gop,
+                          seed=seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     total = cfg.num_classes * clips_per_class + num_unlabelled

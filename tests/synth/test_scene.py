@@ -25,7 +25,8 @@ def clips(tmp_path_factory):
     result = {}
     for c, name in enumerate(CLASSES):
         frames, truth = render_trajectory(name, CFG, np.random.default_rng([21, c]))
-        path = encode_h264(out / f"{name}.mp4", frames, CFG.fps, x264_options(2, 3, 24, 23))
+        options = x264_options(CFG.bframes, CFG.refs, CFG.gop, CFG.crf)
+        path = encode_h264(out / f"{name}.mp4", frames, CFG.fps, options)
         result[name] = (extract_video(path), truth)
     return result
 

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mvmae.cli import main
+from mvmae.extract.probe import probe_video
 from mvmae.shards.job import JobConfig, run_job
 from mvmae.shards.videolist import read_inputs
 from mvmae.synth import SynthConfig, make_dataset, pool_classes, split_counts
@@ -48,6 +49,14 @@ def test_cli_writes_splits_pool_and_config(cli_dir):
     config = json.loads((cli_dir / "synth.json").read_text())
     assert config["preset"] == "trajectories" and config["num_unlabelled"] == 4
     assert config["size"] == [128, 160] and config["actor_px"] == 40
+
+
+def test_real_h264_with_one_i_frame(cli_dir):
+    """libx264 with B-frames and 3 references; one I-frame per clip (GOP 250 > 12 frames)."""
+    rel = _lines(cli_dir / "train.txt")[0].rsplit(maxsplit=1)[0]
+    report = probe_video(cli_dir / rel)
+    assert report.codec == "h264" and report.num_b > 0 and report.max_num_ref_frames >= 3
+    assert (report.num_i, report.num_frames, report.height, report.width) == (1, 12, 128, 160)
 
 
 def test_lists_are_read_by_extract(cli_dir):

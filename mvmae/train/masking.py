@@ -111,15 +111,53 @@ def _select_ranked(keys: Tensor, allowed: Tensor, counts: Tensor) -> Tensor:
     return (rank < counts[:, None]) & allowed
 
 
+def keep_moving_visible(result: MaskResult, moving: Tensor, ratio: float,
+                        generator: torch.Generator) -> MaskResult:
+    """``result`` with at least ceil(ratio * moving tokens) of each row's ``moving`` (B, N) tokens
+    visible: masked moving tokens (at random) swap with as many visible static ones, so every
+    row keeps its counts; a row without enough visible static tokens swaps what it can."""
+    visible = result.visible
+    need = torch.ceil(ratio * moving.sum(dim=1).double()).long()  # (B,)
+    short = (need - (visible & moving).sum(dim=1)).clamp(min=0)  # (B,)
+    unmask_from, mask_from = result.masked & moving, visible & ~moving  # (B, N) each
+    swaps = short.minimum(unmask_from.sum(dim=1)).minimum(mask_from.sum(dim=1))  # (B,)
+    keys = _uniform(tuple(moving.shape), generator, moving.float())  # (B, N)
+    unmask = _select_ranked(keys, unmask_from, swaps)
+    newly = _select_ranked(keys, mask_from, swaps)
+    return MaskResult((result.masked & ~unmask) | newly, result.dropped)
+
+
 @dataclass(frozen=True)
 class MaskingStrategy(ABC):
-    """Base of the strategies: ``mask_ratio`` is the fraction of kept tokens to mask."""
+    """Base of the strategies: ``mask_ratio`` is the fraction of kept tokens to mask.
+
+    ``visible_moving_ratio``: at least this share of each clip's *moving* tokens (compensated
+    motion of at least ``moving_px`` px/frame) stays visible. Input and target are both motion
+    here, so a masking that hides every moving token leaves the encoder nothing to infer the
+    motion from (pixel MAEs keep the appearance; an MV-only pretext has no such fallback). The
+    strategy's own mask is kept where it can be: the fewest masked moving tokens (at random) are
+    swapped with as many visible static ones, so the counts do not change. 0 disables it.
+    """
 
     mask_ratio: float = 0.9
+    visible_moving_ratio: float = 0.0
+    moving_px: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
+        if not 0.0 <= self.visible_moving_ratio <= 1.0:
+            raise ValueError(f"visible_moving_ratio must be in [0, 1], got {self.visible_moving_ratio}")
+        if self.moving_px < 0:
+            raise ValueError(f"moving_px must be >= 0, got {self.moving_px}")
+
+    def __call__(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
+        """token_motion (B, T', h', w', 2) px per frame -> the masked and dropped tokens."""
+        result = self.mask(token_motion, generator)
+        if self.visible_moving_ratio <= 0:
+            return result
+        moving = token_motion.norm(dim=-1).flatten(1) >= self.moving_px  # (B, N)
+        return keep_moving_visible(result, moving, self.visible_moving_ratio, generator)
 
     def counts(self, grid: tuple[int, int, int]) -> tuple[int, int]:
         """(num_masked, num_dropped) per sample for a (T', h', w') token grid."""
@@ -127,8 +165,8 @@ class MaskingStrategy(ABC):
         return _count(self.mask_ratio, T * h * w), 0
 
     @abstractmethod
-    def __call__(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
-        """token_motion (B, T', h', w', 2) px per frame -> the masked and dropped tokens."""
+    def mask(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
+        """The strategy's own mask, before ``visible_moving_ratio`` is enforced."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +180,7 @@ class _TubeCounts(MaskingStrategy):
 class RandomMasking(MaskingStrategy):
     """MAE: a uniform random subset of the tokens."""
 
-    def __call__(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
+    def mask(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
         B, T, h, w = _grid_of(token_motion)
         num_masked, _ = self.counts((T, h, w))
         masked = _top_k(_uniform((B, T * h * w), generator, token_motion), num_masked)  # (B, N)
@@ -153,7 +191,7 @@ class RandomMasking(MaskingStrategy):
 class TubeMasking(_TubeCounts):
     """VideoMAE: one random spatial mask, repeated at every temporal index."""
 
-    def __call__(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
+    def mask(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
         B, T, h, w = _grid_of(token_motion)
         spatial = _top_k(_uniform((B, h * w), generator, token_motion), _count(self.mask_ratio, h * w))
         masked = spatial[:, None, :].expand(B, T, h * w).reshape(B, T * h * w)  # (B, N)
@@ -196,6 +234,7 @@ class MotionGuidedMasking(_TubeCounts):
     px_per_token: float = 16.0
     alpha: float = 1.0
     eps: float = 0.1
+    visible_moving_ratio: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -207,7 +246,7 @@ class MotionGuidedMasking(_TubeCounts):
         if self.alpha < 0 or self.eps <= 0:
             raise ValueError(f"alpha must be >= 0 and eps > 0, got {self.alpha}, {self.eps}")
 
-    def __call__(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
+    def mask(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
         B, T, h, w = _grid_of(token_motion)
         S = h * w
         k = _count(self.mask_ratio, S)
@@ -258,8 +297,9 @@ class MotionFocusedMasking(_TubeCounts):
     """MOFO: tube masking focused on the motion area (``motion_area``'s box, per sample).
 
     K = round(mask_ratio * h'w') tubes are masked (random within each region).
-    ``mode='share'`` (the paper): round(inside_ratio * K) of them inside the box, the rest outside.
-    ``mode='inside'`` (the published code's reading): round(inside_ratio * box area) tubes inside
+    ``mode='share'`` (the paper's wording): round(inside_ratio * K) of them inside the box, the rest
+    outside.
+    ``mode='inside'`` (the default: what the published code does): round(inside_ratio * box area) tubes inside
     the box are masked, and the rest of the K outside it.
     Clamping, when the box cannot honour the split: a box with too few tubes is masked whole
     (the rest go outside), and when outside has too few tubes it is masked whole and the rest go
@@ -268,7 +308,8 @@ class MotionFocusedMasking(_TubeCounts):
     """
 
     inside_ratio: float = 0.75
-    mode: str = "share"
+    mode: str = "inside"
+    visible_moving_ratio: float = 0.25
     std_factor: float = 1.0
     min_motion_px: float = 0.5
 
@@ -292,7 +333,7 @@ class MotionFocusedMasking(_TubeCounts):
         overflow = (outside - (num_cells - box_area)).clamp(min=0)  # outside region too small
         return inside + overflow, outside - overflow
 
-    def __call__(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
+    def mask(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
         B, T, h, w = _grid_of(token_motion)
         box = motion_area(token_motion, self.std_factor, self.min_motion_px).reshape(B, h * w)  # (B, S)
         num_inside, num_outside = self.split(box.sum(dim=1), h * w)
@@ -315,6 +356,7 @@ class VideoMSMasking(MaskingStrategy):
     drop_ratio: float = 0.25
     alpha: float = 1.0
     eps: float = 0.1
+    visible_moving_ratio: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -331,7 +373,7 @@ class VideoMSMasking(MaskingStrategy):
         kept = (T - num_dropped_slices) * h * w
         return _count(self.mask_ratio, kept), num_dropped_slices * h * w
 
-    def __call__(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
+    def mask(self, token_motion: Tensor, generator: torch.Generator) -> MaskResult:
         B, T, h, w = _grid_of(token_motion)
         S = h * w
         num_masked, num_dropped = self.counts((T, h, w))

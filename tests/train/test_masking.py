@@ -132,13 +132,14 @@ def _shift_overlap(masked: torch.Tensor, region: torch.Tensor | None = None) -> 
 def test_mgm_mask_follows_a_moving_object():
     motion = _moving_object(size=3, speed_px=8.0)  # 1 token per temporal index
     object_tokens = motion.norm(dim=-1) > 0  # (B, T, H, W)
-    strategy = MotionGuidedMasking(mask_ratio=9 / S, frames_per_token=2, px_per_token=16.0, eps=0.01)
+    strategy = MotionGuidedMasking(mask_ratio=9 / S, frames_per_token=2, px_per_token=16.0, eps=0.01,
+                                   visible_moving_ratio=0.0)
     masked = strategy(motion, _gen(0)).masked
     assert _shift_overlap(masked) > 0.8
     tube = TubeMasking(mask_ratio=9 / S)(motion, _gen(0)).masked
     assert _shift_overlap(tube) < 0.5
     # At the default ratio the object stays masked as it moves.
-    masked = MotionGuidedMasking(eps=0.01)(motion, _gen(1)).masked.reshape(B, T, H, W)
+    masked = MotionGuidedMasking(eps=0.01, visible_moving_ratio=0.0)(motion, _gen(1)).masked.reshape(B, T, H, W)
     assert float(masked[object_tokens].float().mean()) > 0.95
 
 
@@ -151,7 +152,7 @@ def test_mgm_mask_follows_a_whole_field_pan():
 
 def test_mgm_seeds_on_moving_tokens():
     motion = _moving_object(size=3, speed_px=8.0)
-    masked = MotionGuidedMasking(mask_ratio=0.2, eps=0.01)(motion, _gen(2)).masked.reshape(B, T, H, W)
+    masked = MotionGuidedMasking(mask_ratio=0.2, eps=0.01, visible_moving_ratio=0.0)(motion, _gen(2)).masked.reshape(B, T, H, W)
     assert masked[:, 0, 5:8, 1:4].all()
 
 
@@ -180,7 +181,7 @@ def test_motion_area_is_the_bounding_box():
 @pytest.mark.parametrize("ratio", [0.9, 0.5])
 def test_mofo_share_of_masked_tubes_inside_the_box(ratio):
     rows, cols = (1, 12), (1, 11)  # 132 tubes inside, 64 outside
-    strategy = MotionFocusedMasking(mask_ratio=ratio, inside_ratio=0.75, mode="share")
+    strategy = MotionFocusedMasking(mask_ratio=ratio, inside_ratio=0.75, mode="share", visible_moving_ratio=0.0)
     masked = strategy(_two_movers(rows, cols), _gen(0)).masked.reshape(B, T, S)
     assert (masked == masked[:, :1]).all()
     spatial = masked[:, 0]
@@ -191,7 +192,7 @@ def test_mofo_share_of_masked_tubes_inside_the_box(ratio):
 
 def test_mofo_inside_masks_share_of_the_box():
     rows, cols = (2, 9), (2, 9)  # 64 tubes inside, 132 outside
-    strategy = MotionFocusedMasking(inside_ratio=0.75, mode="inside")
+    strategy = MotionFocusedMasking(inside_ratio=0.75, mode="inside", visible_moving_ratio=0.0)
     masked = strategy(_two_movers(rows, cols), _gen(0)).masked.reshape(B, T, S)
     box = _box(rows, cols).reshape(1, S)
     inside = (masked[:, 0] & box).sum(dim=1)
@@ -200,10 +201,10 @@ def test_mofo_inside_masks_share_of_the_box():
 
 
 def test_mofo_clamps_when_the_box_cannot_honour_the_share():
-    small = MotionFocusedMasking(mode="share")(_two_movers((5, 6), (5, 6)), _gen(0)).masked
+    small = MotionFocusedMasking(mode="share", visible_moving_ratio=0.0)(_two_movers((5, 6), (5, 6)), _gen(0)).masked
     assert small.reshape(B, T, H, W)[:, :, 5:7, 5:7].all()  # 4-tube box masked whole
     # A box of 192 tubes leaves 4 outside: all of them masked, the other 172 tubes inside.
-    large = MotionFocusedMasking(mode="share")(_two_movers((0, 13), (0, 13)), _gen(0)).masked
+    large = MotionFocusedMasking(mode="share", visible_moving_ratio=0.0)(_two_movers((0, 13), (0, 13)), _gen(0)).masked
     assert (large.reshape(B, T, S).sum(dim=2) == round(0.9 * S)).all()
     split = MotionFocusedMasking(mode="share").split(torch.tensor([4, 192, 132]), S)
     assert split[0].tolist() == [4, 172, 132] and split[1].tolist() == [172, 4, 44]
@@ -230,7 +231,7 @@ def test_videoms_drops_the_lowest_motion_slices():
 @pytest.mark.parametrize("ratio", [0.9, 0.5, 0.1])
 def test_videoms_masks_high_motion_first(ratio):
     motion = _moving_object(size=4) + 0.2 * torch.randn(B, T, H, W, 2, generator=_gen(4))
-    result = VideoMSMasking(mask_ratio=ratio)(motion, _gen(0))
+    result = VideoMSMasking(mask_ratio=ratio, visible_moving_ratio=0.0)(motion, _gen(0))
     magnitude = motion.norm(dim=-1).reshape(B, T * S)
     kept = ~result.dropped
     masked_mean = magnitude[result.masked].mean()
@@ -254,3 +255,44 @@ def test_videoms_counts_and_validation():
     with pytest.raises(ValueError):
         VideoMSMasking(drop_ratio=0.9).counts((1, 4, 4))
     assert math.isclose(VideoMSMasking(drop_ratio=0.0).counts((2, 2, 2))[0], 7)
+
+
+# --- keeping motion visible ---------------------------------------------------------------------
+
+MOTION_BIASED = ("mgm", "mofo", "videoms")
+
+
+@pytest.mark.parametrize("name", MOTION_BIASED)
+def test_motion_biased_maskings_keep_a_share_of_the_motion_visible(name):
+    """At mask ratio 0.9 on one small mover, plain MGM and VideoMS hide (nearly) all of its
+    tokens; by default a quarter of the moving tokens stays visible, with the counts unchanged."""
+    motion = _moving_object(size=3, speed_px=8.0)
+    moving = (motion.norm(dim=-1) >= 0.5).reshape(B, T * S)
+    plain = build_masking(name, visible_moving_ratio=0.0)(motion, _gen(0))
+    default = build_masking(name)(motion, _gen(0))
+    assert build_masking(name).visible_moving_ratio == 0.25
+    need = math.ceil(0.25 * int(moving[0].sum()))
+    assert ((default.visible & moving).sum(dim=1) >= need).all()
+    if name != "mofo":  # MOFO's 'inside' mode leaves a quarter of its motion box visible itself
+        assert ((plain.visible & moving).sum(dim=1) < need).all()  # what the option is for
+    assert (default.masked.sum(dim=1) == plain.masked.sum(dim=1)).all()
+    assert torch.equal(default.dropped, plain.dropped)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_without_motion_the_visible_share_changes_nothing(name):
+    static = torch.zeros(B, T, H, W, 2)
+    a = build_masking(name, visible_moving_ratio=0.0)(static, _gen(3))
+    b = build_masking(name, visible_moving_ratio=0.5)(static, _gen(3))
+    assert torch.equal(a.masked, b.masked) and torch.equal(a.dropped, b.dropped)
+
+
+def test_mgm_mask_still_travels_with_the_motion_when_motion_stays_visible():
+    """The visible quarter is drawn anew at each temporal index, so the mask's continuity along
+    the motion drops (0.66 here, where the mask is exactly the mover), yet stays well above
+    tube masking's, which ignores the motion."""
+    motion = _moving_object(size=3, speed_px=8.0)
+    masked = MotionGuidedMasking(mask_ratio=9 / S, frames_per_token=2, px_per_token=16.0, eps=0.01)(
+        motion, _gen(0)).masked
+    tube = TubeMasking(mask_ratio=9 / S)(motion, _gen(0)).masked
+    assert _shift_overlap(masked) > 0.6 > 0.5 > _shift_overlap(tube)

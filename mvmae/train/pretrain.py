@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mvmae.shards.clips import ClipConfig
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.codebook import Codebook
 from mvmae.train.config import config_to_dict
-from mvmae.train.distributed import all_reduce_mean, init_distributed, unwrap_model, wrap_ddp
+from mvmae.train.distributed import all_reduce_mean, all_reduce_sum, init_distributed, unwrap_model, wrap_ddp
 from mvmae.train.masking import build_masking
 from mvmae.train.motion_encoder import MaskedMotionModel, MotionDecoderConfig, motion_encoder_config
+from mvmae.train.pretext import PretextOptions, PretextStats, pretext_loss
 from mvmae.train.run_folder import RunFolder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
-from mvmae.train.tokenizer import TokenSpec, tokenize
+from mvmae.train.tokenizer import TokenSpec
 from mvmae.train.trainer import (
     ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
 
@@ -56,6 +56,8 @@ class PretrainConfig(ShardReading):
     decoder_depth: int = 4
     decoder_heads: int = 3
     predict: str = "ids"
+    static_weight: float = 0.1
+    norm_targets: bool = False
     epochs: int = 400
     warmup_epochs: int = 20
     steps_per_epoch: int = 0
@@ -86,6 +88,8 @@ class PretrainConfig(ShardReading):
             raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.static_weight < 0:
+            raise ValueError(f"static_weight must be >= 0, got {self.static_weight}")
 
 
 def build_model(cfg: PretrainConfig, spec: TokenSpec, num_codes: int) -> MaskedMotionModel:
@@ -96,24 +100,9 @@ def build_model(cfg: PretrainConfig, spec: TokenSpec, num_codes: int) -> MaskedM
     return MaskedMotionModel(encoder, decoder)
 
 
-def masked_loss(model, batch: dict, spec: TokenSpec, book: Codebook, masking, predict: str,
-                generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and masked-token accuracy (ids) or mean squared error (vectors) of one batch."""
-    mv, valid = batch["mv"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
-    tokens, motion = tokenize(mv, valid, spec)  # (B, N, D), (B, T', h', w', 2)
-    visible, masked = masking(motion.cpu(), generator).indices()  # (B, N_vis), (B, N_mask)
-    visible, masked = visible.to(device), masked.to(device)
-    out = model(tokens, visible, masked)  # (B, N_mask, K) or (B, N_mask, D)
-    index = masked[..., None].expand(-1, -1, tokens.shape[-1])  # (B, N_mask, D)
-    targets = torch.gather(tokens, 1, index)  # (B, N_mask, D)
-    if predict == "vectors":
-        loss = F.mse_loss(out.float(), targets)
-        return loss, loss.detach()
-    ids = book.assign(targets.reshape(-1, targets.shape[-1])).view(masked.shape)  # (B, N_mask)
-    logits = out.float().reshape(-1, out.shape[-1])  # (B * N_mask, K)
-    loss = F.cross_entropy(logits, ids.reshape(-1))
-    accuracy = (logits.argmax(1) == ids.reshape(-1)).float().mean()
-    return loss, accuracy.detach()
+def pretext_options(cfg: PretrainConfig) -> PretextOptions:
+    return PretextOptions(predict=cfg.predict, static_weight=cfg.static_weight,
+                          norm_targets=cfg.norm_targets)
 
 
 class Pretrainer:
@@ -195,7 +184,8 @@ class Pretrainer:
         warmup = cfg.warmup_epochs * self.steps_per_epoch
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1009 + self.dist.rank)
         self.model.train()
-        sums, num_batches, num_tokens, t0 = torch.zeros(2), 0, 0, time.monotonic()
+        stats, num_batches, num_tokens, t0 = PretextStats(self.book.size), 0, 0, time.monotonic()
+        loss_sum, options = torch.zeros(1, dtype=torch.float64), pretext_options(cfg)
         # Gradients of a last incomplete accumulation must not leak into this epoch (nor be lost
         # only when resuming from a checkpoint, which does not hold them).
         self.optimizer.zero_grad(set_to_none=True)
@@ -204,8 +194,8 @@ class Pretrainer:
             if i % cfg.accum_steps == 0:
                 set_lr(self.optimizer, lr_at(self.step, cfg.lr, warmup, total_steps, cfg.min_lr))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                loss, quality = masked_loss(self.model, batch, self.spec, self.book, self.masking,
-                                            cfg.predict, generator, self.device)
+                loss, batch_stats = pretext_loss(self.model, batch, self.spec, self.book, self.masking,
+                                                 options, generator, self.device)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {self.step}")
             (loss / cfg.accum_steps).backward()
@@ -219,14 +209,15 @@ class Pretrainer:
                 if (i // cfg.accum_steps) % cfg.log_every == 0:
                     self.logger.log({"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]},
                                     step=self.step, epoch=epoch)
-            sums += torch.stack([loss.detach().float().cpu(), quality.float().cpu()])
+            loss_sum += loss.item()
+            stats += batch_stats
             num_batches += 1
             num_tokens += batch["mv"].shape[0] * self.spec.grid.num_tokens
         if num_batches == 0:
             raise ValueError(f"epoch {epoch}: no batch could be read from {cfg.train}")
-        mean = all_reduce_mean(sums / num_batches)
-        name = "masked_mse" if cfg.predict == "vectors" else "masked_acc"
-        metrics = {"loss": float(mean[0]), name: float(mean[1]),
+        stats.values = all_reduce_sum(stats.values)
+        metrics = {"loss": float(all_reduce_mean(loss_sum / num_batches)[0]),
+                   **stats.metrics(cfg.predict),
                    "tokens_per_s": num_tokens / max(time.monotonic() - t0, 1e-9)}
         self.logger.log({**metrics, **skip_metrics(skips)}, step=self.step, epoch=epoch, split="epoch")
         return metrics

@@ -115,8 +115,10 @@ def test_cli_summary_line(pretrain, tmp_path):
     ok(result)
     (record,) = read_metrics(out)
     line = result.stdout.strip().splitlines()[-1]
-    assert line == (f"pretraining done: loss {record['loss']:.4g}, masked_acc {record['masked_acc']:.4g}, "
-                    f"tokens_per_s {record['tokens_per_s']:.4g} -> {out}")
+    shown = ("loss", "masked_acc", "acc_moving", "acc_moving_baseline", "info_gain", "no_visible_motion_ratio",
+             "tokens_per_s")
+    summary = ", ".join(f"{k} {record[k]:.4g}" for k in shown)
+    assert line == f"pretraining done: {summary} -> {out}"
 
 
 def test_loss_decreases(pretrain, tmp_path):

@@ -97,6 +97,10 @@ def _overrides(**values) -> dict:
 @click.option("--workers", type=int, help="DataLoader workers per process [default: 2].")
 @click.option("--predict", type=click.Choice(["ids", "vectors"]),
               help="Targets: codebook ids (cross-entropy) or token vectors (MSE) [default: ids].")
+@click.option("--static-weight", type=float,
+              help="Loss weight of masked targets whose code is static (0: left out of the loss) [default: 0.1].")
+@click.option("--norm-targets/--no-norm-targets", default=None,
+              help="--predict vectors: standardise each target token over its values [default: off].")
 @click.option("--seed", type=int, help="Seed of data order, masks and init [default: 0].")
 @click.option("--out", "out", help="Output folder: checkpoints, config.yaml, metrics.jsonl, tensorboard/.")
 @click.option("--resume", is_flag=True, default=None,
@@ -120,7 +124,9 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
     if not cfg.train or not cfg.codebook:
         raise click.UsageError("--train and --codebook are required (on the command line or in --config)")
     metrics = Pretrainer(cfg).run()
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    shown = ("loss", "masked_acc", "acc_moving", "acc_moving_baseline", "info_gain", "masked_mse", "mse_moving",
+             "no_visible_motion_ratio", "tokens_per_s")
+    summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
     click.echo(f"pretraining done: {summary} -> {cfg.out}")
 
 
@@ -137,6 +143,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--resume", is_flag=True, default=None,
               help="Continue from OUT/last.pt, any phase (from the start if there is none yet), with the same "
                    "config and classes: --config OUT/config.yaml --resume.")
+@click.option("--arch", type=click.Choice(["mvmae", "cnn3d"]),
+              help="mvmae (encoders + temporal transformer) or cnn3d (a plain 3D CNN baseline) [default: mvmae].")
 @click.option("--inputs", type=click.Choice(["mv", "iframe", "both"]), help="Paths to use [default: both].")
 @click.option("--context-model", help="timm backbone for I-frames [default: vit_base_patch16_224].")
 @click.option("--context-weights", help="Local weights file for the context backbone (nothing is downloaded).")
@@ -152,6 +160,13 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--mv-size", type=int, help="MV cells per side when not pretrained [default: 14].")
 @click.option("--iframe-size", type=int, help="I-frame size px when not pretrained [default: 224].")
 @click.option("--epochs", type=int, help="Total epochs [default: 51: phase 1 = 0-5, phase 2 = 6-50].")
+@click.option("--schedule", type=click.Choice(["two_phase", "full"]),
+              help="two_phase: pretrained encoders frozen, then their top blocks at a lower LR; full: every "
+                   "parameter from the start, layer-wise LR decay in pretrained encoders [default: two_phase].")
+@click.option("--layer-decay", type=float, help="--schedule full: LR factor per encoder layer down [default: 0.75].")
+@click.option("--label-fraction", type=float,
+              help="Train on this share of each class's samples (stratified, at least 1 each) [default: 1].")
+@click.option("--label-seed", type=int, help="Seed of the --label-fraction draw [default: 0].")
 @click.option("--phase1-epochs", type=int, help="Epochs with both encoders frozen [default: 6].")
 @click.option("--unfreeze-blocks", type=int, help="Top encoder blocks trained in phase 2 [default: 2].")
 @click.option("--encoder-lr-scale", type=float, help="LR of unfrozen encoder blocks / LR [default: 0.1].")
@@ -186,7 +201,7 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
     from mvmae.train.config import load_config
     from mvmae.train.finetune import FinetuneConfig, Finetuner
 
-    nested = {"inputs": "model.inputs", "context_model": "model.context_model",
+    nested = {"arch": "model.arch", "inputs": "model.inputs", "context_model": "model.context_model",
               "context_weights": "model.context_weights", "motion_size": "model.motion_size",
               "fusion": "model.fusion", "dptam": "model.dptam", "motion_pool": "model.motion_pool", "segments": "model.num_segments",
               "dim": "model.dim", "segment_frames": "tokens.num_frames", "mv_size": "tokens.mv_size",

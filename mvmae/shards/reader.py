@@ -291,6 +291,11 @@ def shuffle_samples(src: Iterable, bufsize: int, seed: int, epoch: SharedEpoch |
                            rng=random.Random(int(rng.integers(2 ** 63))))(iter(src))
 
 
+def select_keys(src: Iterable[dict], keys: frozenset[str]) -> Iterator[dict]:
+    """Only the raw samples whose key is in ``keys``."""
+    return (sample for sample in src if sample["__key__"] in keys)
+
+
 def _worker_seed(rank: int) -> int:
     """ResampledShards' per-worker seed: distinct for each (rank, DataLoader worker)."""
     return rank * 1000 + wds.utils.pytorch_worker_info()[2]
@@ -303,7 +308,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def build_train_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size: int, *, seed: int = 0,
                          epoch: int = 0, shuffle_shards: bool = True, shuffle_buffer: int = 256,
                          resampled: bool = False, rank: int | None = None, world_size: int | None = None,
-                         handler: Handler | None = None, read: ReadConfig | None = None) -> ClipPipeline:
+                         handler: Handler | None = None, read: ReadConfig | None = None,
+                         keys: frozenset[str] | None = None) -> ClipPipeline:
     """Batches of random clips (``clip.mode == 'train'``), full batches only.
 
     Shard order, sample shuffle and augmentation are deterministic in (seed, epoch):
@@ -313,7 +319,8 @@ def build_train_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size
     shuffle_buffer: raw samples (compressed, ~0.1-1 MB each) held per worker; 0 disables.
     handler: None skips and counts corrupt samples and unreadable shards in a new
     ``SkipCounter()`` (``pipeline.skips``); pass ``SkipCounter(max_skip_ratio=...)`` to bound
-    them or ``reraise_exception`` to be loud.
+    them or ``reraise_exception`` to be loud. keys: read only the samples with these keys (a
+    labelled subset, ``mvmae.train.labels``); None reads all.
     """
     if clip.mode != "train":
         raise ValueError(f"the train pipeline needs ClipConfig(mode='train'), got {clip.mode!r}")
@@ -329,6 +336,7 @@ def build_train_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size
     stages = [
         *source,
         functools.partial(read_shards, config=read, handler=handler),
+        functools.partial(select_keys, keys=keys) if keys is not None else None,
         functools.partial(shuffle_samples, bufsize=shuffle_buffer, seed=seed, epoch=shared_epoch, rank=rank)
         if shuffle_buffer else None,
         functools.partial(decode_sources, check_crc=read.check_crc, handler=handler),

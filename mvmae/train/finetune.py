@@ -19,14 +19,16 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from mvmae.shards.clips import ClipConfig
 from mvmae.shards.reader import build_eval_pipeline, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict
+from mvmae.train.labels import scan_labels, stratified_subset, write_subset
 from mvmae.train.distributed import all_reduce_mean, init_distributed, wrap_ddp
-from mvmae.train.model import ClassifierConfig, MVMAEClassifier, classifier_clip, top_blocks
+from mvmae.train.model import ClassifierConfig, MVMAEClassifier, build_classifier, classifier_clip, top_blocks
 from mvmae.train.run_folder import RunFolder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr
 from mvmae.train.tokenizer import TokenSpec
@@ -34,6 +36,10 @@ from mvmae.train.trainer import (
     ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
 
 log = logging.getLogger(__name__)
+
+# two_phase: the published MV-MAE fine-tuning (encoders frozen, then their top blocks at a lower
+# LR); full: every parameter from the start, layer-wise LR decay in the encoders (VideoMAE).
+SCHEDULES = ("two_phase", "full")
 
 
 @dataclass
@@ -55,9 +61,13 @@ class FinetuneConfig(ShardReading):
     model: ClassifierConfig = field(default_factory=ClassifierConfig)
     tokens: TokenSpec = field(default_factory=TokenSpec)
     epochs: int = 51
+    schedule: str = "two_phase"
     phase1_epochs: int = 6
     unfreeze_blocks: int = 2
     encoder_lr_scale: float = 0.1
+    layer_decay: float = 0.75
+    label_fraction: float = 1.0
+    label_seed: int = 0
     lr: float = 5e-5
     min_lr: float = 1e-6
     warmup_epochs: int = 1
@@ -81,14 +91,23 @@ class FinetuneConfig(ShardReading):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.phase1_epochs <= self.epochs:
-            raise ValueError(f"phase1_epochs must be in [0, epochs], got {self.phase1_epochs}")
+        if self.phase1_epochs < 0:  # more than epochs: the whole run is phase 1
+            raise ValueError(f"phase1_epochs must be >= 0, got {self.phase1_epochs}")
         if self.encoder_lr_scale <= 0 or self.lr <= 0:
             raise ValueError("lr and encoder_lr_scale must be > 0")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema decay must be in [0, 1), got {self.ema}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
 
     def phase(self, epoch: int) -> int:
+        """0 with the ``full`` schedule (nothing frozen); else 1 (encoders frozen) or 2."""
+        if self.schedule == "full":
+            return 0
         return 1 if epoch < self.phase1_epochs else 2
 
 
@@ -106,10 +125,16 @@ def read_classes(cfg: FinetuneConfig) -> list[str]:
         raise ValueError(f"{path}: cannot read the class list ({exc})") from exc
 
 
-def set_phase(model: MVMAEClassifier, phase: int, k: int) -> list[str]:
-    """Freeze the encoders (phase 1) or all but their top ``k`` blocks (phase 2); frozen parts
-    stay in eval mode. Returns the names of the trainable parameters."""
-    for enc in model.encoders():
+def set_phase(model: MVMAEClassifier, phase: int, k: int, encoders: list[nn.Module] | None = None) -> list[str]:
+    """Freeze the pretrained ``encoders`` (default: all of the model's) in phase 1, all but their
+    top ``k`` blocks in phase 2; frozen parts stay in eval mode. Phase 0 (the ``full`` schedule)
+    freezes nothing. An encoder that was not pretrained is not in ``encoders``: it is a new part
+    and trains whole from the start (frozen random weights would only hold it back). Returns the
+    names of the trainable parameters."""
+    model.requires_grad_(True)
+    for enc in model.encoders() if encoders is None else encoders:
+        if phase == 0:
+            continue
         enc.requires_grad_(False)
         enc.eval()
         if phase == 2:
@@ -119,16 +144,53 @@ def set_phase(model: MVMAEClassifier, phase: int, k: int) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def param_groups(model: MVMAEClassifier, cfg: FinetuneConfig) -> list[dict]:
-    """New parts at lr x 1; the encoders' top blocks at lr x encoder_lr_scale (frozen in phase 1
-    but in the optimizer from the start, so phase 2 needs no new optimizer)."""
-    top = {id(p) for enc in model.encoders() for b in top_blocks(enc, cfg.unfreeze_blocks)
-           for p in b.parameters()}
-    encoder_ids = {id(p) for enc in model.encoders() for p in enc.parameters()}
+def param_groups(model: MVMAEClassifier, cfg: FinetuneConfig, encoders: list[nn.Module]) -> list[dict]:
+    """The optimizer's groups over the pretrained ``encoders`` and the new parts (the rest).
+
+    ``two_phase``: new parts at lr x 1; the encoders' top blocks at lr x encoder_lr_scale
+    (frozen in phase 1 but in the optimizer from the start, so phase 2 needs no new optimizer).
+    ``full``: everything trains; the encoders get layer-wise LR decay (``layer_lr_scales``)."""
+    encoder_ids = {id(p) for enc in encoders for p in enc.parameters()}
     named = list(model.named_parameters())
-    return [{"name": "new", "lr_scale": 1.0, "params": [(n, p) for n, p in named if id(p) not in encoder_ids]},
-            {"name": "encoders_top", "lr_scale": cfg.encoder_lr_scale,
-             "params": [(n, p) for n, p in named if id(p) in top]}]
+    groups = [{"name": "new", "lr_scale": 1.0, "params": [(n, p) for n, p in named if id(p) not in encoder_ids]}]
+    if cfg.schedule == "full":
+        for e, enc in enumerate(encoders):
+            for depth, (scale, params) in enumerate(layer_lr_scales(enc, cfg.layer_decay)):
+                groups.append({"name": f"encoder{e}_layer{depth}", "lr_scale": scale, "params": params})
+        return groups
+    top = {id(p) for enc in encoders for b in top_blocks(enc, cfg.unfreeze_blocks) for p in b.parameters()}
+    groups.append({"name": "encoders_top", "lr_scale": cfg.encoder_lr_scale,
+                   "params": [(n, p) for n, p in named if id(p) in top]})
+    return groups
+
+
+def layer_lr_scales(encoder: nn.Module, decay: float) -> list[tuple[float, list]]:
+    """Layer-wise LR decay (BEiT, VideoMAE): block i of L gets decay ** (L - i), the final norm
+    1, and everything before the blocks (embedding, positions) decay ** (L + 1). Returns
+    (lr_scale, [(name, param)]) per layer, embedding first."""
+    blocks = list(top_blocks(encoder, 10 ** 6))
+    norm = getattr(encoder, "norm", None)
+    blocks = [b for b in blocks if b is not norm]
+    depth = len(blocks)
+    owner = {id(p): i + 1 for i, b in enumerate(blocks) for p in b.parameters()}
+    if isinstance(norm, nn.Module):
+        owner.update({id(p): depth + 1 for p in norm.parameters()})
+    layers: list[list] = [[] for _ in range(depth + 2)]
+    for name, p in encoder.named_parameters():
+        layers[owner.get(id(p), 0)].append((name, p))
+    scales = [decay ** (depth + 1 - i) for i in range(depth + 1)] + [1.0]
+    return [(scale, params) for scale, params in zip(scales, layers) if params]
+
+
+def pretrained_encoders(model: MVMAEClassifier, cfg: FinetuneConfig) -> list[nn.Module]:
+    """The encoders that start from trained weights (``pretrained``, ``context_weights`` or a
+    classifier ``init``); the others are new parts."""
+    found = []
+    if hasattr(model, "motion_encoder") and (cfg.pretrained or cfg.init):
+        found.append(model.motion_encoder)
+    if hasattr(model, "context_encoder") and (cfg.model.context_weights or cfg.init):
+        found.append(model.context_encoder)
+    return found
 
 
 def load_pretrained_motion(path: str) -> tuple[dict, TokenSpec]:
@@ -167,7 +229,8 @@ class Finetuner:
         self.folder = RunFolder(self.manager, cfg, self.dist, inputs={"classes": self.classes})
         with self.folder.setting_up():  # a failure from here on releases the folder
             self._build(motion_weights)
-            self.steps_per_epoch = steps_per_epoch(cfg, self._clip("train"), self.dist)
+            self.subset = self._label_subset()
+            self.steps_per_epoch = steps_per_epoch(cfg, self._clip("train"), self.dist, **self._pipeline())
             state = self.folder.state
             if state is not None:
                 self._load(state)
@@ -180,19 +243,23 @@ class Finetuner:
     def _build(self, motion_weights: dict | None) -> None:
         """Model (Motion encoder from ``pretrained``, weights from ``init``), optimizer, EMA."""
         cfg = self.cfg
-        model = MVMAEClassifier(cfg.model, self.spec)
+        model = build_classifier(cfg.model, self.spec)
         if motion_weights is not None and hasattr(model, "motion_encoder"):
             model.motion_encoder.load_state_dict(motion_weights)
             log.info(f"Motion encoder initialised from {cfg.pretrained}")
         if cfg.init:
             model.load_state_dict(ckpt.load_checkpoint(cfg.init)[ckpt.MODEL])
         self.raw_model = model.to(self.device)
-        self.optimizer = build_optimizer(param_groups(model, cfg), cfg.lr, cfg.weight_decay,
+        self.pretrained = pretrained_encoders(model, cfg)
+        self.optimizer = build_optimizer(param_groups(model, cfg, self.pretrained), cfg.lr, cfg.weight_decay,
                                          betas=(0.9, 0.999), include_frozen=True)
         self.ema = self._make_ema()
         self.model = wrap_ddp(torch.compile(model) if cfg.compile else model, self.dist,
                               find_unused_parameters=True)
         self.amp = cfg.amp and self.device.type == "cuda"
+
+    def _set_phase(self, phase: int) -> list[str]:
+        return set_phase(self.raw_model, phase, self.cfg.unfreeze_blocks, self.pretrained)
 
     def _make_ema(self):
         if not self.cfg.ema:
@@ -200,6 +267,22 @@ class Finetuner:
         from timm.utils import ModelEmaV3
 
         return ModelEmaV3(self.raw_model, decay=self.cfg.ema)
+
+    def _label_subset(self) -> frozenset[str] | None:
+        """The labelled subset (``labels``) when ``label_fraction`` < 1, recorded in the folder."""
+        cfg = self.cfg
+        if cfg.label_fraction >= 1:
+            return None
+        pairs = scan_labels(cfg.train, cfg.read)
+        keys = stratified_subset(pairs, cfg.label_fraction, cfg.label_seed)
+        if self.dist.is_main:
+            write_subset(self.out, keys, cfg.label_fraction, cfg.label_seed, len(pairs))
+        log.info(f"label fraction {cfg.label_fraction}: {len(keys)} of {len(pairs)} samples "
+                 f"(seed {cfg.label_seed})")
+        return frozenset(keys)
+
+    def _pipeline(self) -> dict:
+        return {} if self.subset is None else {"keys": self.subset}
 
     def _clip(self, mode: str) -> ClipConfig:
         """The reader's clips (``model.classifier_clip``), augmented in ``train`` mode."""
@@ -221,7 +304,7 @@ class Finetuner:
         load_weights(state, self.raw_model, self.optimizer)
         if self.ema is not None and state[ckpt.EXTRA].get("ema"):
             self.ema.module.load_state_dict(state[ckpt.EXTRA]["ema"])
-        if set_phase(self.raw_model, state[ckpt.PHASE], self.cfg.unfreeze_blocks) != state[ckpt.TRAINABLE]:
+        if self._set_phase(state[ckpt.PHASE]) != state[ckpt.TRAINABLE]:
             raise ValueError(f"{self.manager.last_path}: its trainable parameters do not match phase "
                              f"{state[ckpt.PHASE]} of this configuration (unfreeze_blocks changed?)")
 
@@ -235,7 +318,7 @@ class Finetuner:
             for epoch in range(self.epoch, self.cfg.epochs):
                 phase = self.cfg.phase(epoch)
                 self.raw_model.train()
-                trainable = set_phase(self.raw_model, phase, self.cfg.unfreeze_blocks)
+                trainable = self._set_phase(phase)
                 train = self.train_epoch(epoch, phase)
                 metrics = self.validate(epoch) if self.cfg.val else {}
                 self.logger.log(train, step=self.step, epoch=epoch, phase=phase, split="train")
@@ -253,7 +336,7 @@ class Finetuner:
         # A last unfinished accumulation of the previous epoch is not in the checkpoint: drop it,
         # so a resumed run and an uninterrupted one take the same steps.
         self.optimizer.zero_grad(set_to_none=True)
-        batches, skips = epoch_batches(cfg, self._clip("train"), epoch, self.dist)
+        batches, skips = epoch_batches(cfg, self._clip("train"), epoch, self.dist, **self._pipeline())
         bar = tqdm(batches, total=self.steps_per_epoch * cfg.accum_steps, leave=False,
                    desc=f"epoch {epoch} (phase {phase})", disable=not self.dist.is_main, unit="batch")
         for i, batch in enumerate(bar):
@@ -308,6 +391,6 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{path}: not a classifier checkpoint of mvmae train")
     cfg = load_config(FinetuneConfig, None, {k: v for k, v in state[ckpt.CONFIG].items()
                                              if k not in ("pretrained", "init", "resume")})
-    model = MVMAEClassifier(cfg.model, cfg.tokens)
+    model = build_classifier(cfg.model, cfg.tokens)
     model.load_state_dict(extra["ema"] if use_ema and extra.get("ema") else state[ckpt.MODEL])
     return model.to(device).eval(), extra["classes"], cfg

@@ -28,18 +28,23 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# mvmae: the MV-MAE classifier below; cnn3d: the plain 3D CNN baseline (``baseline``).
+ARCHS = ("mvmae", "cnn3d")
+MOTION_POOLS = ("mean", "motion", "attention")
 
 
 @dataclass
 class ClassifierConfig:
     """num_segments x segment_frames MV frames per clip (the Motion encoder sees one segment of
     ``segment_frames``; it must equal the token spec's num_frames). dim: width of the fused
-    segment tokens and the Temporal Transformer. motion_pool: ``mean`` over a segment's tokens
-    (published) or ``motion``: a mean weighted by each token's camera-compensated motion
-    magnitude, so the few moving tokens are not drowned by static background (no parameters;
-    useful while the encoder is frozen)."""
+    segment tokens and the Temporal Transformer. arch: ``mvmae`` or ``cnn3d`` (the baseline of
+    ``baseline.CNN3DClassifier``, ``cnn_width`` channels in its first stage). motion_pool:
+    ``mean`` over a segment's tokens (published); ``motion``: a mean weighted by each token's
+    camera-compensated motion magnitude, so the few moving tokens are not drowned by static
+    background (no parameters); ``attention``: a learnt query attends over the tokens."""
 
     num_classes: int = 155
+    arch: str = "mvmae"
     inputs: str = "both"
     context_model: str = "vit_base_patch16_224"
     context_weights: str = ""
@@ -53,12 +58,15 @@ class ClassifierConfig:
     temporal_layers: int = 2
     temporal_heads: int = 8
     dropout: float = 0.1
+    cnn_width: int = 32
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.inputs not in ("mv", "iframe", "both"):
             raise ValueError(f"inputs must be mv, iframe or both, got {self.inputs!r}")
-        if self.motion_pool not in ("mean", "motion"):
-            raise ValueError(f"motion_pool must be mean or motion, got {self.motion_pool!r}")
+        if self.motion_pool not in MOTION_POOLS:
+            raise ValueError(f"motion_pool must be one of {MOTION_POOLS}, got {self.motion_pool!r}")
         if self.fusion not in ("concat", "afm"):
             raise ValueError(f"fusion must be concat or afm, got {self.fusion!r}")
         if self.num_classes < 2 or self.num_segments < 1:
@@ -76,6 +84,23 @@ def classifier_clip(model: ClassifierConfig, spec: TokenSpec, mode: str, **optio
     return ClipConfig(num_frames=spec.num_frames * segments, stride=spec.stride, mode=mode,
                       num_iframes=0 if model.inputs == "mv" else segments, mv_size=spec.mv_size,
                       iframe_size=spec.iframe_size, **options)
+
+
+class AttentionPool(nn.Module):
+    """A learnt query attends over a segment's tokens (multi-head): where and which way the few
+    moving tokens go is not averaged away by the many static ones."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, C) -> (B, C)."""
+        q = self.query.expand(x.shape[0], -1, -1)  # (B, 1, C)
+        return self.norm(self.attn(q, x, x, need_weights=False)[0][:, 0])  # (B, C)
 
 
 class DPTAM(nn.Module):
@@ -153,6 +178,7 @@ class MVMAEClassifier(nn.Module):
                                         grid=tuple(spec.grid.shape), pos=cfg.motion_pos)
             self.motion_encoder = MotionEncoder(enc)
             self.dptam = DPTAM(enc.dim) if cfg.dptam else None
+            self.motion_attention = AttentionPool(enc.dim, enc.heads) if cfg.motion_pool == "attention" else None
             motion_dim = enc.dim
         if cfg.inputs in ("iframe", "both"):
             self.context_encoder = build_context_encoder(cfg.context_model, cfg.context_weights)
@@ -187,7 +213,9 @@ class MVMAEClassifier(nn.Module):
         x = x.reshape(B * S, g.T, g.h * g.w, -1)  # (B*S, T', h'w', C)
         if self.dptam is not None:
             x = self.dptam(x)
-        if self.cfg.motion_pool == "motion":
+        if self.motion_attention is not None:
+            pooled = self.motion_attention(x.reshape(B * S, g.T * g.h * g.w, -1))  # (B*S, C)
+        elif self.cfg.motion_pool == "motion":
             weight = motion.norm(dim=-1).reshape(B * S, g.T, g.h * g.w, 1) + 1e-3  # (B*S, T', h'w', 1)
             pooled = (x * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))  # (B*S, C)
         else:
@@ -212,3 +240,12 @@ class MVMAEClassifier(nn.Module):
         x = self.fusion(*parts) if isinstance(self.fusion, AdaptiveFusion) else self.fusion(torch.cat(parts, -1))
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos  # (B, S+1, D)
         return self.head(self.temporal(x)[:, 0])  # (B, num_classes)
+
+
+def build_classifier(cfg: ClassifierConfig, spec: TokenSpec) -> nn.Module:
+    """The classifier of ``cfg.arch`` over tokens (and clips) ``spec``."""
+    if cfg.arch == "cnn3d":
+        from mvmae.train.baseline import CNN3DClassifier
+
+        return CNN3DClassifier(cfg, spec)
+    return MVMAEClassifier(cfg, spec)

@@ -22,6 +22,7 @@ from mvmae.eval.metrics import StreamingMetrics
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import load_config
 from mvmae.train.finetune import FinetuneConfig, Finetuner, load_classifier
+from mvmae.train.model import build_classifier
 from mvmae.train.schedule import lr_at
 from mvmae.train.tokenizer import TokenSpec
 
@@ -196,8 +197,14 @@ def phase_run(synth_shards, tmp_path_factory) -> dict:
     "groups": {group name: parameter names}, "new": names of the non-encoder parameters,
     "top": names of the encoders' top-block parameters, "steps_per_epoch"}``
     """
-    out = tmp_path_factory.mktemp("phases") / "run"
-    cfg = make_config(synth_shards, out, PHASES)
+    folder = tmp_path_factory.mktemp("phases")
+    out = folder / "run"
+    # Encoders count as pretrained (frozen in phase 1) only when they start from trained weights:
+    # here a classifier checkpoint (``init``); from scratch they would train whole from epoch 0.
+    plain = make_config(synth_shards, out, PHASES)
+    init = ckpt.save_checkpoint(folder / "init.pt",
+                                {ckpt.MODEL: build_classifier(plain.model, plain.tokens).state_dict()})
+    cfg = make_config(synth_shards, out, PHASES, init=str(init))
     tuner = Finetuner(cfg, StreamingMetrics)
     model = tuner.raw_model
     names = {id(p): n for n, p in model.named_parameters()}

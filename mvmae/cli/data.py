@@ -50,6 +50,13 @@ def probe(videos: tuple[Path, ...], as_json: bool) -> None:
                    f"  GOPs       {len(r.gop_lengths)}, lengths {summarize_gops(r.gop_lengths)}\n"
                    f"  B-run      longest {r.longest_b_run}\n"
                    f"  references up to {r.max_num_ref_frames} per block (SPS)"
+                   + (f"\n  rotation   {r.rotation} degrees counterclockwise for display: extracted upright "
+                      f"({r.height if r.rotation % 180 else r.width}x{r.width if r.rotation % 180 else r.height} px)"
+                      if r.rotation else "")
+                   + (f"\n  hidden     {r.num_hidden} pictures the edit list does not show"
+                      if r.num_hidden else "")
+                   + (f"\n  no I-frame is shown: the first decoded frame is the context frame"
+                      if r.num_frames and not r.num_i_shown and r.num_p + r.num_b else "")
                    + (f"\n  damaged    {r.num_unparsed_packets} packets with unreadable headers"
                       if r.num_unparsed_packets else "")
                    + (f"\n  damaged    {r.container_error}: extraction keeps the frames before"
@@ -294,7 +301,7 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
 
     def progress(done: int, total: int) -> None:
         bar.total = total
-        bar.update(done - bar.n)  # may go back: a shard redone after its worker was lost
+        bar.update(done - bar.n)  # goes back only for a shard redone after its worker was lost
 
     try:
         summary = run_job(config, progress)
@@ -309,6 +316,11 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
                f"{summary.bytes / 1e6:.1f} MB, {summary.seconds:.1f} s -> {out_dir}")
     for code, n in sorted(summary.failures_by_code.items(), key=lambda kv: -kv[1]):
         click.echo(f"  failed: {n:6d}  {code}")
+    for code, n in sorted(summary.warnings_by_code.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  warning: {n:5d}  {code} (see the manifest's 'warnings')")
+    if summary.shards_redone:
+        click.echo(f"  {summary.shards_redone} shard(s) redone after a lost worker (the progress bar went "
+                   f"back by their videos)")
     if summary.shards_failed:
         raise click.ClickException(f"{len(summary.shards_failed)} shard(s) failed after retries "
                                    f"({', '.join(summary.shards_failed[:5])}); run the command again")

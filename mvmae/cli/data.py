@@ -17,11 +17,13 @@ from mvmae.cli.base import EXPORT_SCHEMA_HELP, fail, handle_errors, main
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per video (JSON Lines).")
 @handle_errors
 def probe(videos: tuple[Path, ...], as_json: bool) -> None:
-    """Pre-flight check of H.264 videos, read from the bitstream (no decoding).
+    """Pre-flight check of H.264 videos, read from the bitstream (only the first frame decoded).
 
-    For each VIDEO: container, codec, profile and level, size, fps, frame count, I/P/B counts,
-    B-frames kept as references, GOP lengths, longest run of B-frames, reference frames the
-    stream may use (SPS max_num_ref_frames) and duration. Videos that cannot be read are
+    For each VIDEO: container, codec, profile and level, size (as coded), fps, frame count, I/P/B
+    counts, B-frames kept as references, GOP lengths, longest run of B-frames, reference frames the
+    stream may use (SPS max_num_ref_frames), duration; and when they apply, the display rotation
+    (extraction turns the video upright), the pictures an edit list hides, and whether no I-frame
+    is shown (extraction then uses the first decoded frame as the context frame). Videos that cannot be read are
     reported with the reason and make the exit status 1.
     """
     from mvmae.extract.errors import VideoError

@@ -22,11 +22,11 @@ from typing import Callable, Iterator
 
 import av
 import numpy as np
-from av.sidedata.sidedata import SideDataContainer
 
 from mvmae.extract import h264
 from mvmae.extract.container import PacketReader, StreamInfo, nal_framing, open_video, stream_info
 from mvmae.extract.mvfield import Blocks, grid_shape, quarter_turns, rasterize, rotate_blocks
+from mvmae.extract.picture import blocks_of, luma_view, subset_blocks, upright_rgb
 from mvmae.extract.resolve import Reference, resolve_velocity
 
 log = logging.getLogger(__name__)
@@ -279,14 +279,14 @@ class _FrameStream:
             rank=self.pts_offset + bisect.bisect_left(self.all_pts, pts),
             decode_index=decode_index,
             frame_type=frame_type,
-            blocks=_blocks(frame),
+            blocks=blocks_of(frame),
             luma=None,
             iframe=self._iframe(frame) if frame_type == "I" else None,
             picture=None if frame_type == "I" else functools.partial(self._iframe, frame),
         )
         self.num_emitted += 1
         if not self.cfg.raw and (is_ref or item.blocks is not None):
-            item.luma = _luma(frame, self.size)
+            item.luma = luma_view(frame, self.size)
         if not self.cfg.raw and is_ref:
             self.ref_luma[decode_index] = Reference(item.rank, item.luma)
         self.pending.append(item)
@@ -375,7 +375,7 @@ class _FrameStream:
         else:
             refs = [self.ref_luma[d] for d in self._window(item.decode_index) if d in self.ref_luma]
             velocity, ok = resolve_velocity(item.blocks, item.luma, item.rank, refs)
-            blocks = item.blocks if ok.all() else _subset(item.blocks, ok)
+            blocks = item.blocks if ok.all() else subset_blocks(item.blocks, ok)
             mv, valid = self._rasterize(blocks, velocity[:, ok])
         return FrameField(item.index, item.frame_type, mv, valid, item.iframe, item.picture)
 
@@ -385,40 +385,4 @@ class _FrameStream:
         return rasterize(blocks, vectors, size, self.cfg.grid)
 
     def _iframe(self, frame) -> np.ndarray:
-        short = self.cfg.iframe_short_side
-        h, w = frame.height, frame.width
-        if short and min(h, w) > short:
-            s = short / min(h, w)
-            h, w = max(1, round(h * s)), max(1, round(w * s))
-        image = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()  # (H', W', 3) as coded
-        return np.ascontiguousarray(np.rot90(image, self.dec.turns)) if self.dec.turns else image
-
-
-def _blocks(frame) -> Blocks | None:
-    # PyAV 18's ``frame.side_data`` caches a container that points back at the frame: a cycle
-    # that frees decoded pictures only when the cycle collector runs (memory creeps up and
-    # decoding slows). A container of our own is dropped as soon as we return.
-    for sd in SideDataContainer(frame):
-        if sd.type == av.sidedata.sidedata.Type.MOTION_VECTORS:
-            mvs = sd.to_ndarray()
-            return Blocks.from_side_data(mvs) if len(mvs) else None
-    return None
-
-
-def _luma(frame, size: tuple[int, int]) -> np.ndarray:
-    """The Y plane as a uint8 (H, W) view of the frame's own buffer (no copy, no conversion).
-
-    The view keeps the decoded frame alive; FFmpeg's buffer pool recycles it once the view is
-    dropped, which avoids allocating (and page-faulting) a fresh luma array per frame.
-    """
-    plane = frame.planes[0]
-    buf = np.frombuffer(plane, np.uint8)
-    rows = buf.size // plane.line_size
-    return buf[: rows * plane.line_size].reshape(rows, plane.line_size)[: size[0], : size[1]]
-
-
-def _subset(blocks: Blocks, keep: np.ndarray) -> Blocks:
-    return Blocks(
-        blocks.x0[keep], blocks.y0[keep], blocks.bw[keep], blocks.bh[keep],
-        blocks.motion[:, keep], blocks.direction[keep],
-    )
+        return upright_rgb(frame, self.cfg.iframe_short_side, self.dec.turns)

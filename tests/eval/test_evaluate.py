@@ -244,4 +244,5 @@ def test_validation_skips_a_sample_it_cannot_use(trained, damaged_val, tmp_path)
         metrics = finetuner.validate(0)
     finally:
         finetuner.close()
-    assert (metrics["num_samples"], metrics["num_samples_skipped"], metrics["num_shards_skipped"]) == (NUM_VAL - 1, 1, 0)
+    counts = (metrics["num_samples"], metrics["num_samples_skipped"], metrics["num_shards_skipped"])
+    assert counts == (NUM_VAL - 1, 1, 0)

@@ -116,3 +116,29 @@ def test_rotated_clip_matches_its_upright_twin(real_world) -> None:
     assert np.abs(phone["iframes"].astype(np.int16) - twin["iframes"]).mean() < 3.0
     record = json.loads((real_world["out"] / "train-000001.json").read_text())
     assert record["warnings_by_code"] == {"rotated": 1}
+
+
+def test_training_with_both_inputs_validates_them(real_world, tmp_path) -> None:
+    """What broke first: ``mvmae train --inputs both`` over these videos, validating on them too.
+    One epoch of a tiny classifier (resnet18 on 64-px I-frames); validation sees all four, skips
+    none."""
+    import torch
+
+    from mvmae.eval.metrics import StreamingMetrics
+    from mvmae.train.config import load_config
+    from mvmae.train.finetune import FinetuneConfig, Finetuner
+
+    urls = sorted(str(p) for p in real_world["out"].glob("train-*.tar"))
+    cfg = load_config(FinetuneConfig, None, {
+        "model": {"inputs": "both", "motion_size": "micro", "context_model": "resnet18", "num_segments": 2,
+                  "dim": 32, "temporal_heads": 4},
+        "tokens": {"num_frames": 8, "mv_size": 8, "iframe_size": 64, "tubelet_frames": 4},
+        "epochs": 1, "phase1_epochs": 0, "batch_size": 2, "val_batch_size": 4, "workers": 0,
+        "flip_prob": 0.0, "train": urls, "val": urls, "out": str(tmp_path / "run")})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = Finetuner(cfg, StreamingMetrics).run()
+    finally:
+        torch.set_num_threads(threads)
+    assert (metrics["num_samples"], metrics["num_samples_skipped"]) == (4, 0)

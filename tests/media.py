@@ -299,6 +299,83 @@ def make_damaged_slice_file(src: str | Path, dst: str | Path, packet_index: int)
     return dst
 
 
+# --------------------------------------------------------------------------- real-world quirks
+
+
+def make_edit_list_clip(path: str | Path, *, hide: int = 2, vx: float = 2, vy: float = 0,
+                        num_frames: int = 40, size: tuple[int, int] = (144, 192)) -> Path:
+    """An mp4 whose edit list starts after its only IDR picture, as editors' trims write them.
+
+    A pan (content moves (+vx, +vy) px/frame) is encoded with one IDR (GOP longer than the clip,
+    2 B-frames), then remuxed with every timestamp moved back by ``hide`` frames: the mov muxer
+    writes an edit list that starts at display frame ``hide``, so the demuxer marks the first
+    ``hide`` display frames discard. FFmpeg decodes them (the IDR is a reference) but never shows
+    them: the video decodes to ``num_frames - hide`` frames, the first a B-frame, no I-frame.
+    """
+    path = Path(path)
+    whole = make_pan_clip(path.with_name(f"whole_{path.name}"), vx=vx, vy=vy, num_frames=num_frames,
+                          size=size, bframes=2, refs=3, gop=num_frames + 10)
+    with av.open(str(whole)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        step = int(1 / (src.streams.video[0].average_rate * src.streams.video[0].time_base))  # ticks/frame
+        for packet in src.demux(video=0):
+            if not packet.size:
+                continue
+            packet.pts, packet.dts = packet.pts - hide * step, packet.dts - hide * step
+            packet.stream = stream
+            out.mux(packet)
+    return path
+
+
+def make_non_idr_start_stream(path: str | Path, *, vx: float = 2, vy: float = 0, num_frames: int = 40,
+                              size: tuple[int, int] = (144, 192)) -> Path:
+    """A raw H.264 (Annex B ``.h264``) stream that starts on a non-IDR slice: a pan encoded with
+    x264's periodic intra refresh (one IDR, then only P-frames, a recovery point every 12
+    frames), its IDR access unit cut off as from a capture started mid-stream (SPS/PPS kept).
+    FFmpeg starts showing frames at the first recovery point: P-frames only, no I-frame."""
+    path = Path(path)
+    options = {"crf": "18", "threads": "1", "x264-params": "intra-refresh=1:keyint=12:bframes=0:log-level=error"}
+    frames = render_pan(vx=vx, vy=vy, num_frames=num_frames, size=size)
+    whole = path.with_name(f"whole_{path.stem}.h264")
+    with av.open(str(whole), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.height, stream.width = size
+        stream.pix_fmt, stream.options = "yuv420p", options
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+    data = whole.read_bytes()
+    starts = [m for m in range(len(data) - 3) if data[m:m + 3] == b"\x00\x00\x01"]
+    kept = bytearray()
+    for a, b in zip(starts, starts[1:] + [len(data)]):
+        if data[a + 3] & 0x1F != 5:  # every NAL unit but the IDR slices
+            kept += b"\x00" + data[a:b].rstrip(b"\x00")  # 4-byte start codes, trailing zeros cut
+    path.write_bytes(bytes(kept))
+    return path
+
+
+def make_rotated_clip(path: str | Path, rotation: int, *, vx: float = 2, vy: float = -1, num_frames: int = 24,
+                      size: tuple[int, int] = (144, 192), gop: int = 12) -> Path:
+    """A phone-style mp4: the upright pan (content moves (+vx, +vy) px/frame on screen, ``size``
+    = upright (H, W)) coded turned by ``rotation`` degrees clockwise, with a display matrix that
+    says "turn ``rotation`` degrees counterclockwise to display" (PyAV's ``set_display_rotation``,
+    FFmpeg's ``-display_rotation``). Displayed as intended, it is exactly the upright pan, whose
+    twin is ``make_pan_clip`` with the same arguments (and ``bframes=2``, ``refs=3``)."""
+    upright = render_pan(vx=vx, vy=vy, num_frames=num_frames, size=size)
+    coded = np.rot90(upright, -(rotation // 90), axes=(1, 2))  # (T, H', W', 3) as the sensor wrote it
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.height, stream.width = coded.shape[1:3]
+        stream.pix_fmt, stream.options = "yuv420p", _x264_options(bframes=2, refs=3, gop=gop, crf=18)
+        if rotation % 360:
+            stream.set_display_rotation(rotation)
+        for rgb in coded:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
 # --------------------------------------------------------------------------- shipped samples
 
 

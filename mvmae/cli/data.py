@@ -17,11 +17,13 @@ from mvmae.cli.base import EXPORT_SCHEMA_HELP, fail, handle_errors, main
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per video (JSON Lines).")
 @handle_errors
 def probe(videos: tuple[Path, ...], as_json: bool) -> None:
-    """Pre-flight check of H.264 videos, read from the bitstream (no decoding).
+    """Pre-flight check of H.264 videos, read from the bitstream (only the first frame decoded).
 
-    For each VIDEO: container, codec, profile and level, size, fps, frame count, I/P/B counts,
-    B-frames kept as references, GOP lengths, longest run of B-frames, reference frames the
-    stream may use (SPS max_num_ref_frames) and duration. Videos that cannot be read are
+    For each VIDEO: container, codec, profile and level, size (as coded), fps, frame count, I/P/B
+    counts, B-frames kept as references, GOP lengths, longest run of B-frames, reference frames the
+    stream may use (SPS max_num_ref_frames), duration; and when they apply, the display rotation
+    (extraction turns the video upright), the pictures an edit list hides, and whether no I-frame
+    is shown (extraction then uses the first decoded frame as the context frame). Videos that cannot be read are
     reported with the reason and make the exit status 1.
     """
     from mvmae.extract.errors import VideoError
@@ -50,6 +52,13 @@ def probe(videos: tuple[Path, ...], as_json: bool) -> None:
                    f"  GOPs       {len(r.gop_lengths)}, lengths {summarize_gops(r.gop_lengths)}\n"
                    f"  B-run      longest {r.longest_b_run}\n"
                    f"  references up to {r.max_num_ref_frames} per block (SPS)"
+                   + (f"\n  rotation   {r.rotation} degrees counterclockwise for display: extracted upright "
+                      f"({r.height if r.rotation % 180 else r.width}x{r.width if r.rotation % 180 else r.height} px)"
+                      if r.rotation else "")
+                   + (f"\n  hidden     {r.num_hidden} pictures the edit list does not show"
+                      if r.num_hidden else "")
+                   + (f"\n  no I-frame is shown: the first decoded frame is the context frame"
+                      if r.num_frames and not r.num_i_shown and r.num_p + r.num_b else "")
                    + (f"\n  damaged    {r.num_unparsed_packets} packets with unreadable headers"
                       if r.num_unparsed_packets else "")
                    + (f"\n  damaged    {r.container_error}: extraction keeps the frames before"
@@ -294,7 +303,7 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
 
     def progress(done: int, total: int) -> None:
         bar.total = total
-        bar.update(done - bar.n)  # may go back: a shard redone after its worker was lost
+        bar.update(done - bar.n)  # goes back only for a shard redone after its worker was lost
 
     try:
         summary = run_job(config, progress)
@@ -309,6 +318,11 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
                f"{summary.bytes / 1e6:.1f} MB, {summary.seconds:.1f} s -> {out_dir}")
     for code, n in sorted(summary.failures_by_code.items(), key=lambda kv: -kv[1]):
         click.echo(f"  failed: {n:6d}  {code}")
+    for code, n in sorted(summary.warnings_by_code.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  warning: {n:5d}  {code} (see the manifest's 'warnings')")
+    if summary.shards_redone:
+        click.echo(f"  {summary.shards_redone} shard(s) redone after a lost worker (the progress bar went "
+                   f"back by their videos)")
     if summary.shards_failed:
         raise click.ClickException(f"{len(summary.shards_failed)} shard(s) failed after retries "
                                    f"({', '.join(summary.shards_failed[:5])}); run the command again")

@@ -242,9 +242,12 @@ def _echo_views_table(metrics: dict) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--max-skip-ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Fail when more than this share of the samples cannot be used (default: no limit, "
+                   "as training; skipped samples are named in warnings and counted in metrics.json).")
 @handle_errors
 def eval_cmd(ckpt: Path, data: tuple[str, ...], out: Path, clips: int, crops: int, batch_size: int,
-             workers: int, device: str) -> None:
+             workers: int, device: str, max_skip_ratio: float | None) -> None:
     """Evaluate a classifier: top-1/5, macro F1, precision and recall, mean class accuracy.
 
     Writes OUT/metrics.json (single-view and, with --clips/--crops > 1, multi-view numbers),
@@ -254,9 +257,12 @@ def eval_cmd(ckpt: Path, data: tuple[str, ...], out: Path, clips: int, crops: in
     from mvmae.eval.evaluate import EvalConfig, evaluate
 
     metrics = evaluate(EvalConfig(ckpt=str(ckpt), data=list(data), out=str(out), clips=clips,
-                                  crops=crops, batch_size=batch_size, workers=workers, device=device))
+                                  crops=crops, batch_size=batch_size, workers=workers, device=device,
+                                  max_skip_ratio=max_skip_ratio))
     _echo_views_table(metrics)
-    click.echo(f"{metrics['num_samples']} videos, {metrics['views']} view(s) per video")
+    click.echo(f"{metrics['num_samples']} videos, {metrics['views']} view(s) per video"
+               + (f"; {metrics['num_samples_skipped']} sample(s) skipped (see the warnings)"
+                  if metrics["num_samples_skipped"] else ""))
     click.echo(f"report -> {out} (metrics.json, confusion_matrix.png, per_class.csv, predictions.csv)")
 
 

@@ -35,6 +35,7 @@ class StreamInfo:
     num_frames_declared: int  # from the container; 0 when it does not say
     duration_s: float
     max_num_ref_frames: int  # from the SPS, within H.264's bound of 16 (0 when unknown)
+    rotation: int = 0  # display rotation, degrees counterclockwise (0/90/180/270), once a frame decoded
 
 
 def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:

@@ -13,19 +13,20 @@ decoder uses slice threading with ``threads`` (default 1); parallelise across vi
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import numpy as np
-from av.sidedata.sidedata import SideDataContainer
 
 from mvmae.extract import h264
 from mvmae.extract.container import PacketReader, StreamInfo, nal_framing, open_video, stream_info
-from mvmae.extract.mvfield import Blocks, grid_shape, rasterize
+from mvmae.extract.mvfield import Blocks, grid_shape, quarter_turns, rasterize, rotate_blocks
+from mvmae.extract.picture import blocks_of, luma_view, subset_blocks, upright_rgb
 from mvmae.extract.resolve import Reference, resolve_velocity
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,17 @@ class ExtractConfig:
 
 @dataclass
 class FrameField:
-    """One display frame. mv: float32 (2, h, w) px per frame (0 where invalid); valid: bool (h, w)."""
+    """One display frame, turned upright (the stream's display rotation applied). mv: float32
+    (2, h, w) px per frame (0 where invalid); valid: bool (h, w)."""
 
     index: int
     frame_type: str  # "I", "P" or "B"
     mv: np.ndarray
     valid: np.ndarray
     iframe: np.ndarray | None  # uint8 (H', W', 3) RGB for I-frames, else None
+    # for P/B frames: () -> uint8 (H', W', 3), the frame as ``iframe`` would be (a context frame
+    # for a segment without I-frame); call it at once (it holds the decoded picture)
+    picture: Callable[[], np.ndarray] | None = None
 
 
 @dataclass
@@ -87,12 +92,14 @@ class DecodeStats:
     num_frames: int = 0  # frames decoded and emitted
     num_decode_errors: int = 0  # packets the decoder rejected
     num_corrupt_frames: int = 0  # frames FFmpeg flagged as concealed/corrupt
+    num_hidden: int = 0  # packets the container marks discard (an edit list starting later): decoded, never shown
     warnings: list[str] = field(default_factory=list)
 
     @property
     def num_expected(self) -> int:
-        """Frames the video should have: the container's count, or the packets read."""
-        return max(self.num_declared, self.num_packets)
+        """Frames the video should show: the container's count, or the packets read, less the
+        pictures its edit list hides."""
+        return max(self.num_declared, self.num_packets) - self.num_hidden
 
     @property
     def frames_lost(self) -> int:
@@ -110,6 +117,7 @@ class _Pending:
     blocks: Blocks | None
     luma: np.ndarray | None
     iframe: np.ndarray | None
+    picture: Callable[[], np.ndarray] | None = None
 
 
 class VideoDecoder:
@@ -124,6 +132,7 @@ class VideoDecoder:
         self._sps = h264.first_sps(sps)
         self.info: StreamInfo = stream_info(self.container, self.stream, self._sps)
         self.stats.num_declared = self.info.num_frames_declared
+        self.turns = 0  # counterclockwise quarter turns that make the pictures upright
         self._configure_decoder()
 
     def __enter__(self) -> "VideoDecoder":
@@ -145,8 +154,14 @@ class VideoDecoder:
         cc.thread_count = self.config.threads
 
     @property
+    def display_size(self) -> tuple[int, int]:
+        """(H, W) px of the pictures once turned upright (known after the first frame)."""
+        h, w = self.info.size
+        return (w, h) if self.turns % 2 else (h, w)
+
+    @property
     def grid_shape(self) -> tuple[int, int]:
-        return grid_shape(self.info.size, self.config.grid)
+        return grid_shape(self.display_size, self.config.grid)
 
     def __iter__(self) -> Iterator[FrameField]:
         return _FrameStream(self).run()
@@ -191,6 +206,7 @@ class _FrameStream:
             if packet.size:
                 self._register(packet, decode_index)
                 stats.num_packets += 1
+                stats.num_hidden += bool(packet.is_discard)
             frames = self._decode(packet, decode_index)
             decode_index += bool(packet.size)
             for frame in frames:
@@ -238,8 +254,10 @@ class _FrameStream:
 
     def _on_frame(self, frame) -> Iterator[FrameField]:
         stats = self.dec.stats
-        if self.num_decoded == 0 and (frame.height, frame.width) != self.size:
-            self._adopt_size(frame)
+        if self.num_decoded == 0:
+            self._adopt_rotation(frame)
+            if (frame.height, frame.width) != self.size:
+                self._adopt_size(frame)
         if (frame.height, frame.width) != self.size:  # the kernels index every luma alike
             self.num_other_size += 1
             pts = frame.pts if frame.pts is not None else self.num_emitted
@@ -261,19 +279,32 @@ class _FrameStream:
             rank=self.pts_offset + bisect.bisect_left(self.all_pts, pts),
             decode_index=decode_index,
             frame_type=frame_type,
-            blocks=_blocks(frame),
+            blocks=blocks_of(frame),
             luma=None,
             iframe=self._iframe(frame) if frame_type == "I" else None,
+            picture=None if frame_type == "I" else functools.partial(self._iframe, frame),
         )
         self.num_emitted += 1
         if not self.cfg.raw and (is_ref or item.blocks is not None):
-            item.luma = _luma(frame, self.size)
+            item.luma = luma_view(frame, self.size)
         if not self.cfg.raw and is_ref:
             self.ref_luma[decode_index] = Reference(item.rank, item.luma)
         self.pending.append(item)
         while self.pending and (self._ready(self.pending[0]) or len(self.pending) > self.max_pending):
             yield self._emit(self.pending.popleft())
         self._evict()
+
+    def _adopt_rotation(self, frame) -> None:
+        """The display matrix (stream side data, attached to every frame by FFmpeg) of the first
+        frame decides the turn of every picture and field."""
+        rotation = float(frame.rotation or 0)
+        turns = quarter_turns(rotation)
+        if turns is None:
+            self.dec.stats.warnings.append(f"display rotation {rotation:g} degrees is not a multiple of "
+                                           f"90: pictures and fields kept as coded")
+            turns = 0
+        self.dec.turns = turns
+        self.dec.info.rotation = 90 * turns
 
     def _adopt_size(self, frame) -> None:
         """The first picture is not the size the container said: the pictures are right."""
@@ -336,52 +367,22 @@ class _FrameStream:
                 self.pts_offset += done
 
     def _emit(self, item: _Pending) -> FrameField:
-        h, w = grid_shape(self.size, self.cfg.grid)
+        h, w = self.dec.grid_shape
         if item.blocks is None:
             mv, valid = np.zeros((2, h, w), np.float32), np.zeros((h, w), bool)
         elif self.cfg.raw:
-            mv, valid = rasterize(item.blocks, item.blocks.motion, self.size, self.cfg.grid)
+            mv, valid = self._rasterize(item.blocks, item.blocks.motion)
         else:
             refs = [self.ref_luma[d] for d in self._window(item.decode_index) if d in self.ref_luma]
             velocity, ok = resolve_velocity(item.blocks, item.luma, item.rank, refs)
-            blocks = item.blocks if ok.all() else _subset(item.blocks, ok)
-            mv, valid = rasterize(blocks, velocity[:, ok], self.size, self.cfg.grid)
-        return FrameField(item.index, item.frame_type, mv, valid, item.iframe)
+            blocks = item.blocks if ok.all() else subset_blocks(item.blocks, ok)
+            mv, valid = self._rasterize(blocks, velocity[:, ok])
+        return FrameField(item.index, item.frame_type, mv, valid, item.iframe, item.picture)
+
+    def _rasterize(self, blocks: Blocks, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors (2, N) in coded px onto the upright grid: blocks turned as the picture is."""
+        blocks, vectors, size = rotate_blocks(blocks, vectors, self.size, self.dec.turns)
+        return rasterize(blocks, vectors, size, self.cfg.grid)
 
     def _iframe(self, frame) -> np.ndarray:
-        short = self.cfg.iframe_short_side
-        h, w = frame.height, frame.width
-        if short and min(h, w) > short:
-            s = short / min(h, w)
-            h, w = max(1, round(h * s)), max(1, round(w * s))
-        return frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
-
-
-def _blocks(frame) -> Blocks | None:
-    # PyAV 18's ``frame.side_data`` caches a container that points back at the frame: a cycle
-    # that frees decoded pictures only when the cycle collector runs (memory creeps up and
-    # decoding slows). A container of our own is dropped as soon as we return.
-    for sd in SideDataContainer(frame):
-        if sd.type == av.sidedata.sidedata.Type.MOTION_VECTORS:
-            mvs = sd.to_ndarray()
-            return Blocks.from_side_data(mvs) if len(mvs) else None
-    return None
-
-
-def _luma(frame, size: tuple[int, int]) -> np.ndarray:
-    """The Y plane as a uint8 (H, W) view of the frame's own buffer (no copy, no conversion).
-
-    The view keeps the decoded frame alive; FFmpeg's buffer pool recycles it once the view is
-    dropped, which avoids allocating (and page-faulting) a fresh luma array per frame.
-    """
-    plane = frame.planes[0]
-    buf = np.frombuffer(plane, np.uint8)
-    rows = buf.size // plane.line_size
-    return buf[: rows * plane.line_size].reshape(rows, plane.line_size)[: size[0], : size[1]]
-
-
-def _subset(blocks: Blocks, keep: np.ndarray) -> Blocks:
-    return Blocks(
-        blocks.x0[keep], blocks.y0[keep], blocks.bw[keep], blocks.bh[keep],
-        blocks.motion[:, keep], blocks.direction[keep],
-    )
+        return upright_rgb(frame, self.cfg.iframe_short_side, self.dec.turns)

@@ -9,11 +9,12 @@ key            dtype [shape]                meaning
 mv             float32 [T, 2, h, w]         (dx, dy) px per frame (see README, MV contract)
 valid          bool [T, h, w]               False: no vector (intra block, I-frame, lost)
 frame_types    uint8 [T]                    ASCII ``I``/``P``/``B`` per display frame
-iframes        uint8 [K, H', W', 3]         decoded I-frames, RGB, resized (short side)
+iframes        uint8 [K, H', W', 3]         decoded I-frames, RGB, resized (short side); the
+                                            context frame where none decodes (meta context_frame)
 iframe_index   int64 [K]                    display index of each I-frame
 grid           int64 []                     cell size px; h = ceil(H / grid)
 fps            float64 []                   frames per second
-size           int64 [2]                    source (H, W) px
+size           int64 [2]                    source (H, W) px, upright (meta rotation applied)
 meta           str []                       JSON: method, codec, frames lost, warnings, ...
 =============  ===========================  ===============================================
 """

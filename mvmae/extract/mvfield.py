@@ -63,3 +63,42 @@ def rasterize(
         blocks.x0, blocks.y0, blocks.bw, blocks.bh,
         np.ascontiguousarray(velocity, np.float32), size[0], size[1], grid,
     )
+
+
+def rotate_blocks(blocks: Blocks, vectors: np.ndarray, size: tuple[int, int],
+                  quarter_turns: int) -> tuple[Blocks, np.ndarray, tuple[int, int]]:
+    """Turn blocks and their vectors counterclockwise by ``quarter_turns`` x 90 degrees, as the
+    picture is turned for display (``np.rot90(image, quarter_turns)``).
+
+    vectors: float32 (2, N), rows (x, y) in px (velocities or raw motion alike); size: the coded
+    (H, W) px. Returns the turned blocks, vectors (2, N) and the displayed (H, W): a point (x, y)
+    goes to (y, W - x) for one turn, (W - x, H - y) for two, (H - y, x) for three, so a vector
+    (vx, vy) becomes (vy, -vx), (-vx, -vy), (-vy, vx). Blocks reaching past the visible picture
+    (coded in whole macroblocks) keep doing so on the turned side: the rasteriser clips them.
+    """
+    k = quarter_turns % 4
+    if k == 0:
+        return blocks, vectors, size
+    (h, w), b = size, blocks
+    vx, vy = vectors[0], vectors[1]
+    if k == 1:
+        x0, y0, turned, shape = b.y0, w - b.x0 - b.bw, np.stack([vy, -vx]), (w, h)
+    elif k == 2:
+        x0, y0, turned, shape = w - b.x0 - b.bw, h - b.y0 - b.bh, np.stack([-vx, -vy]), (h, w)
+    else:
+        x0, y0, turned, shape = h - b.y0 - b.bh, b.x0, np.stack([-vy, vx]), (w, h)
+    bw, bh = (b.bh, b.bw) if k % 2 else (b.bw, b.bh)
+    moved = Blocks(np.ascontiguousarray(x0, np.int32), np.ascontiguousarray(y0, np.int32),
+                   np.ascontiguousarray(bw, np.int32), np.ascontiguousarray(bh, np.int32),
+                   b.motion, b.direction)
+    return moved, np.ascontiguousarray(turned, np.float32), shape
+
+
+def quarter_turns(rotation_deg: float) -> int | None:
+    """Counterclockwise quarter turns (0-3) of a display rotation in degrees (FFmpeg's
+    ``av_display_rotation_get``, e.g. PyAV's ``VideoFrame.rotation``); None when it is not a
+    multiple of 90 (within 1 degree)."""
+    turns = rotation_deg / 90.0
+    if abs(turns - round(turns)) * 90.0 > 1.0:
+        return None
+    return int(round(turns)) % 4

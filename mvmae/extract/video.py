@@ -96,8 +96,14 @@ def iter_segments(
     Both 0 yield the whole video as one segment. Only one segment is held in memory.
     A segment that does not start with an I-frame also carries the latest earlier I-frame (its
     ``iframe_index`` is then negative: display index relative to the segment's first frame), so
-    every segment has appearance context. ``meta`` gives ``segment``, ``segment_start`` (display
-    index of the first frame in the video) and, on the last segment, the decoding statistics.
+    every segment has appearance context. A segment with no I-frame at all, its own or carried
+    (a video whose only IDR an edit list hides, a stream cut before a recovery point), stores its
+    first decoded frame instead, as its *context frame* at index 0, and says so in
+    ``meta["context_frame"]`` (``{"index": 0, "frame_type": "P"|"B"}``, else None).
+    Pictures and fields are turned upright by the stream's display rotation
+    (``meta["rotation"]``, degrees counterclockwise; ``size`` is then the upright size).
+    ``meta`` gives ``segment``, ``segment_start`` (display index of the first frame in the video)
+    and, on the last segment, the decoding statistics.
     Raises a :class:`VideoError` if the file cannot be read or no frame decodes.
     """
     config = config or ExtractConfig()
@@ -109,19 +115,21 @@ def iter_segments(
         capacity = min(declared, max_frames) if max_frames else declared
         seg = None
         any_valid = False  # over the whole video, for the all-intra warning
+        any_iframe = False  # over the whole video, for the no-I-frame warning
         for f in dec:
             if seg is None:  # the first picture fixes the size (the container's can be wrong)
                 seg = _Segment(0, 0, capacity, dec.grid_shape, None)
             any_valid = any_valid or bool(f.valid.any())
+            any_iframe = any_iframe or f.iframe is not None
             if max_frames and seg.buf.n == max_frames:
-                yield seg.fields(path, dec, config, any_valid, last=False)
+                yield seg.fields(path, dec, config, (any_valid, any_iframe), last=False)
                 seg = _Segment(seg.number + 1, f.index, capacity, dec.grid_shape, seg.last_iframe)
             seg.add(f)
         if seg is None:
             stats = dec.stats
             raise errors.NoFramesError(path, f"no frame could be decoded ({stats.num_decode_errors} "
                                        f"of {stats.num_packets} packets rejected: truncated or corrupt)")
-        yield seg.fields(path, dec, config, any_valid, last=True)
+        yield seg.fields(path, dec, config, (any_valid, any_iframe), last=True)
 
 
 class _Segment:
@@ -134,43 +142,61 @@ class _Segment:
         self.iframes: list[tuple[int, np.ndarray]] = []
         self.carried = carried  # (display index, image) of the last I-frame before this segment
         self.last_iframe = carried
+        self.context: tuple[int, np.ndarray, str] | None = None  # first frame, if no I-frame comes
 
     def add(self, f) -> None:
-        if self.buf.n == 0 and f.iframe is None and self.carried is not None:
-            self.iframes.append(self.carried)
+        if self.buf.n == 0 and f.iframe is None:
+            if self.carried is not None:
+                self.iframes.append(self.carried)
+            elif f.picture is not None:  # no I-frame yet: keep the first frame, in case none comes
+                self.context = (f.index, f.picture(), f.frame_type)
         self.buf.append(f.mv, f.valid, f.frame_type)
         if f.iframe is not None:
             self.iframes.append((f.index, f.iframe))
             self.last_iframe = (f.index, f.iframe)
 
-    def fields(self, path, dec: VideoDecoder, config: ExtractConfig, any_valid: bool,
+    def fields(self, path, dec: VideoDecoder, config: ExtractConfig, seen: tuple[bool, bool],
                last: bool) -> VideoFields:
+        """The segment as VideoFields; seen: (any valid vector, any I-frame) in the video so far."""
         n, info = self.buf.n, dec.info
-        meta = _meta(path, dec, config, n, any_valid, last)
-        meta.update(segment=self.number, segment_start=self.start)
-        images = [img for _, img in self.iframes]
+        meta = _meta(path, dec, config, n, seen, last)
+        meta.update(segment=self.number, segment_start=self.start, context_frame=None)
+        frames = self.iframes
+        if not frames and self.context is not None:
+            index, image, frame_type = self.context
+            frames = [(index, image)]
+            meta["context_frame"] = {"index": index - self.start, "frame_type": frame_type}
+            log.info("%s: segment %d has no I-frame: its first decoded frame (%s) is its context frame",
+                     path, self.number, frame_type)
+        images = [img for _, img in frames]
         return VideoFields(
             mv=self.buf.mv[:n],
             valid=self.buf.valid[:n],
             frame_types=self.buf.types[:n],
             iframes=np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8),
-            iframe_index=np.asarray([i - self.start for i, _ in self.iframes], np.int64),
+            iframe_index=np.asarray([i - self.start for i, _ in frames], np.int64),
             grid=config.grid,
             fps=info.fps,
-            size=info.size,
+            size=dec.display_size,
             meta=meta,
         )
 
 
-def _meta(path, dec: VideoDecoder, config: ExtractConfig, num_frames: int, any_valid: bool,
+def _meta(path, dec: VideoDecoder, config: ExtractConfig, num_frames: int, seen: tuple[bool, bool],
           last: bool) -> dict:
     """Provenance of a segment; decoding statistics and warnings once the video is done."""
     info, stats = dec.info, dec.stats
+    any_valid, any_iframe = seen
     warnings = []
     if last:
         warnings = list(stats.warnings)
         if not any_valid:
             warnings.append("no motion vectors: every frame is intra-coded, all cells are invalid")
+        if not any_iframe:
+            warnings.append("no I-frame decodes: each segment's first decoded frame is stored as its "
+                            "context frame (meta context_frame)" + (
+                                f"; the container's edit list hides {stats.num_hidden} decoded frames"
+                                if stats.num_hidden else ""))
         if stats.frames_lost or stats.num_decode_errors:
             warnings.append(f"{stats.frames_lost} of {stats.num_expected} frames lost "
                             f"(truncated or corrupt data; {stats.num_decode_errors} packets rejected)")
@@ -184,6 +210,9 @@ def _meta(path, dec: VideoDecoder, config: ExtractConfig, num_frames: int, any_v
         "codec": info.codec,
         "profile": info.profile,
         "max_num_ref_frames": info.max_num_ref_frames,
+        "rotation": info.rotation,
+        "coded_size": list(info.size),
+        "frames_hidden": stats.num_hidden if last else 0,
         "num_frames": num_frames,
         "frames_lost": stats.frames_lost if last else 0,
         "decode_errors": stats.num_decode_errors if last else 0,

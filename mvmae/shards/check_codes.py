@@ -31,6 +31,11 @@ CODES: dict[str, tuple[str, str]] = {
                                    "frames before the damage"),
     "variable_fps": (WARNING, "frame intervals vary by more than 10%: fields are per frame step"),
     "all_intra": (WARNING, "no P- or B-frames: no motion vectors at all"),
+    "no_iframe": (WARNING, "no I-frame is shown (an edit list hides the only IDR, or the stream starts on "
+                           "a non-IDR slice): extract run stores each sample's first decoded frame as its "
+                           "context frame"),
+    "rotated": (WARNING, "a display rotation (a phone's portrait video): extract run turns I-frames and "
+                         "fields upright"),
     "odd_size": (WARNING, "odd width or height (a 4:4:4 or monochrome stream)"),
     "long_video": (WARNING, "longer than --max-seconds: extract run cuts it into several samples"),
     "class_missing": (WARNING, "a class of the class list has no video in this list"),

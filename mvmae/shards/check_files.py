@@ -183,6 +183,14 @@ def stream_problems(stream: dict, config: CheckConfig) -> list[tuple[str, str]]:
         found.append(("variable_fps", f"frame intervals {interval[0]:g} to {interval[1]:g} ms"))
     if n and stream["num_p"] + stream["num_b"] == 0:
         found.append(("all_intra", f"all {n} frames are I-frames: no motion vectors"))
+    if n and stream["num_p"] + stream["num_b"] and not stream.get("num_i_shown", stream["num_i"]):
+        hidden = stream.get("num_hidden", 0)
+        why = (f"the edit list hides {hidden} picture{'s' * (hidden != 1)}, the I-frame among them"
+               if hidden and stream["num_i"] else "the stream starts on a non-IDR slice")
+        found.append(("no_iframe", f"no I-frame is shown ({why}): the first decoded frame is the context frame"))
+    if stream.get("rotation"):
+        found.append(("rotated", f"display rotation {stream['rotation']} degrees counterclockwise: "
+                                 f"coded {stream['width']}x{stream['height']} px, extracted upright"))
     if stream["width"] % 2 or stream["height"] % 2:
         found.append(("odd_size", f"{stream['width']}x{stream['height']} px ({stream['profile']})"))
     segments = _num_segments(stream, config.max_seconds)

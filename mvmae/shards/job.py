@@ -106,6 +106,8 @@ class JobSummary:
     num_ok: int = 0
     num_failed: int = 0
     failures_by_code: dict = field(default_factory=dict)
+    warnings_by_code: dict = field(default_factory=dict)  # videos extracted with each warning code
+    shards_redone: int = 0  # shard attempts started again after a lost worker (the bar went back)
     num_shards: int = 0
     shards_written: int = 0
     shards_skipped: int = 0
@@ -166,6 +168,7 @@ def write_shard(task: ShardTask, config: JobConfig, job_id: str,
         "num_videos": len(task.entries), "num_samples": num_samples, "num_frames": num_frames,
         "bytes": size, "num_failed": sum(v["status"] == "failed" for v in videos),
         "failures_by_code": dict(Counter(v["code"] for v in videos if v["status"] == "failed")),
+        "warnings_by_code": dict(Counter(c for v in videos for c in v.get("warnings", []))),
         "videos": videos,
     }
     try:
@@ -178,13 +181,13 @@ def write_shard(task: ShardTask, config: JobConfig, job_id: str,
 
 def _failed_record(entry: VideoEntry, code: str, reason: str) -> dict:
     return {"source": entry.source, "label": entry.label, "class_name": entry.class_name,
-            "key": entry.key, "status": "failed", "code": code, "reason": reason, "keys": []}
+            "key": entry.key, "status": "failed", "code": code, "reason": reason, "keys": [], "warnings": []}
 
 
 def _extract_entry(entry: VideoEntry, config: JobConfig) -> tuple[dict, list[dict]]:
     """One video -> (its manifest record, its encoded samples); failures are recorded, not raised."""
     try:
-        segments = list(_encoded_segments(entry, config))
+        segments, warnings = _encoded_segments(entry, config)
     except VideoError as exc:
         return _failed_record(entry, exc.code, exc.reason), []
     except Exception as exc:  # a bug or an FFmpeg failure we do not know: keep the job going
@@ -193,15 +196,19 @@ def _extract_entry(entry: VideoEntry, config: JobConfig) -> tuple[dict, list[dic
     record = {**_failed_record(entry, "", ""), "status": "ok"}
     record["keys"] = [s["__key__"] for s, _ in segments]
     record["num_frames"] = sum(n for _, n in segments)
+    record["warnings"] = warnings
     return record, [s for s, _ in segments]
 
 
-def _encoded_segments(entry: VideoEntry, config: JobConfig) -> list[tuple[dict, int]]:
-    """Encoded samples of a video with their frame counts. Only one segment's fields are held
-    at a time; the (small) encoded samples are kept until the whole video has succeeded, then
-    keyed ``<key>`` if it fits one sample or ``<key>_<k>`` if it was cut."""
-    samples = []
+def _encoded_segments(entry: VideoEntry, config: JobConfig) -> tuple[list[tuple[dict, int]], list[str]]:
+    """Encoded samples of a video with their frame counts, and its warning codes (the
+    ``mvmae check`` codes ``no_iframe`` and ``rotated``, as extraction found them). Only one segment's
+    fields are held at a time; the (small) encoded samples are kept until the whole video has
+    succeeded, then keyed ``<key>`` if it fits one sample or ``<key>_<k>`` if it was cut."""
+    samples, warnings = [], set()
     for seg in iter_segments(entry.path, config.extract, max_seconds=config.max_seconds):
+        warnings.update(code for code, found in (("no_iframe", seg.meta.get("context_frame")),
+                                                 ("rotated", seg.meta.get("rotation"))) if found)
         extra = {"segment": {"index": len(samples), "start": seg.meta["segment_start"]}}
         sample = encode_sample(entry.key, seg, entry.label, entry.class_name, entry.source, extra)
         samples.append((sample, seg.num_frames))
@@ -211,7 +218,7 @@ def _encoded_segments(entry: VideoEntry, config: JobConfig) -> list[tuple[dict, 
                        segment={"index": k, "start": json.loads(s[RECORD])["segment"]["start"],
                                 "num_segments": n}), frames)
         for k, (s, frames) in enumerate(samples)
-    ]
+    ], sorted(warnings)
 
 
 def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = None) -> JobSummary:
@@ -259,7 +266,8 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
     _remove_stale_temporaries(out, tasks, faults)
     if progress:
         progress(done, total)
-    failed = _run_tasks(todo, config, job_id, faults, lambda n: progress and progress(n, total), done)
+    failed, summary.shards_redone = _run_tasks(todo, config, job_id, faults,
+                                               lambda n: progress and progress(n, total), done)
     summary.shards_written = len(todo) - len(failed)
     summary.shards_failed = [t.name for t in failed]
     for t in tasks:
@@ -272,6 +280,8 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
             summary.bytes += stats["bytes"]
             for code, n in stats["failures_by_code"].items():
                 summary.failures_by_code[code] = summary.failures_by_code.get(code, 0) + n
+            for code, n in stats.get("warnings_by_code", {}).items():
+                summary.warnings_by_code[code] = summary.warnings_by_code.get(code, 0) + n
     summary.num_ok = summary.num_videos - summary.num_failed
     write_manifest(out, config.split)
     summary.seconds = time.monotonic() - t0
@@ -325,17 +335,19 @@ def _complete(task: ShardTask, config: JobConfig, job_id: str) -> bool:
 
 
 def _run_tasks(todo: list[ShardTask], config: JobConfig, job_id: str, faults: FaultLog,
-               report: Callable[[int], None], done: int) -> list[ShardTask]:
-    """Write the shards of ``todo``; returns those still failing after the retries."""
+               report: Callable[[int], None], done: int) -> tuple[list[ShardTask], int]:
+    """Write the shards of ``todo``; returns those still failing after the retries, and how many
+    shard attempts were started again after a lost worker. ``report(videos done)`` only grows,
+    but for such a redo."""
     if config.workers == 0:  # in this process: no time limit, no protection from crashes
         for task in todo:
             write_shard(task, config, job_id, faults.excluded(task.entries, config.retries),
                         lambda phase, i, base=done: report(base + i))
             done += len(task.entries)
             report(done)
-        return []
+        return [], 0
     pool = WorkerPool(write_shard, config, job_id, faults, report, done)
-    return pool.run(todo)
+    return pool.run(todo), pool.num_redone
 
 
 def write_manifest(out_dir: Path, split: str) -> Path:

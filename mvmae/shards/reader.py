@@ -44,6 +44,7 @@ from mvmae.shards.torch_iframes import TORCH_IFRAMES, TorchIFrames
 
 __all__ = [
     "Clip", "ClipConfig", "ReadConfig", "ShardReadError", "SkipCounter", "TooManySkipsError", "TorchIFrames",
+    "eval_skips",
     "SharedEpoch", "build_train_pipeline", "build_eval_pipeline", "make_loader", "collate_clips", "iter_samples",
     "expand_urls", "read_shards", "decode_sources", "sample_clips", "split_by_rank", "shuffle_samples",
 ]
@@ -67,6 +68,9 @@ class SkipCounter:
     ``shard_retries`` counts the re-reads of shards that failed part-way (``stream.ShardReader``).
     FormatVersionError and errors that are not data errors (bugs) re-raise. The stages hand it
     SampleErrors and, for shards, ShardReadErrors (OSErrors; tar damage is one too).
+    ``skip_shards=False`` re-raises shard errors too (naming the URL) and skips only samples:
+    what evaluation uses (:func:`eval_skips`), where a missing shard would silently change the
+    numbers but a sample it cannot use is counted, named in the log, and left out.
     """
 
     SKIPPABLE = (SampleError, OSError)
@@ -74,10 +78,11 @@ class SkipCounter:
     _ROWS = 256  # DataLoader workers with their own row (beyond: rows shared, counts may race)
 
     def __init__(self, max_skip_ratio: float | None = None, min_samples: int = 100,
-                 min_shards: int = 10) -> None:
+                 min_shards: int = 10, skip_shards: bool = True) -> None:
         if max_skip_ratio is not None and not 0.0 <= max_skip_ratio < 1.0:
             raise ValueError(f"max_skip_ratio must be in [0, 1), got {max_skip_ratio}")
         self.max_skip_ratio, self.min_samples, self.min_shards = max_skip_ratio, min_samples, min_shards
+        self.skip_shards = skip_shards
         self._counts = multiprocessing.RawArray("q", self._ROWS * len(self._FIELDS))
 
     def _totals(self) -> np.ndarray:
@@ -128,6 +133,8 @@ class SkipCounter:
         if isinstance(exn, FormatVersionError) or not isinstance(exn, self.SKIPPABLE):
             raise exn
         shard = isinstance(exn, ShardReadError)
+        if shard and not self.skip_shards:
+            raise exn
         seen, skipped = self._add(3 if shard else 1)
         notes = "; ".join(getattr(exn, "__notes__", []))
         log.warning("skipped %s (%d of %d so far): %s%s", "shard" if shard else "sample", skipped, seen,
@@ -345,6 +352,14 @@ def build_train_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size
     ]
     skips = handler if isinstance(handler, SkipCounter) else None
     return ClipPipeline([s for s in stages if s is not None], skips, len(shard_urls), world_size, shared_epoch)
+
+
+def eval_skips(max_skip_ratio: float | None = None) -> SkipCounter:
+    """The handler of validation and ``mvmae eval``: a sample they cannot use (damaged, or without
+    the I-frames a clip needs: shards of mvmae before context frames) is skipped, counted and
+    named in a warning, as in training; too many (``max_skip_ratio``, None: no limit, as training)
+    raise TooManySkipsError. A shard that cannot be read stays an error naming its URL."""
+    return SkipCounter(max_skip_ratio, skip_shards=False)
 
 
 def build_eval_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size: int, *,

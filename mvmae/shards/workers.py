@@ -319,6 +319,8 @@ class WorkerPool(Work):
                                      ("video", "write"))
         self.attempts: Counter = Counter()  # shard index -> workers lost between its videos
         self.failed: list = []
+        self.num_redone = 0  # shards started again after a lost worker (their videos counted again)
+        self.shown = done  # videos reported so far: the count only moves forward, but for a redo
 
     def run(self, tasks: list) -> list:
         """Write every task's shard; returns the tasks given up after ``retries`` lost workers.
@@ -362,17 +364,27 @@ class WorkerPool(Work):
                 deaths = self.faults.record_death(entry, task.name, lost.cause)
                 log.warning("%s: the worker extracting it died (%s), %d of %d tries", entry.path,
                             lost.cause, deaths, self.config.retries + 1)
-            self.supervisor.submit(task, front=True)
+            self._redo(task)
         else:
             self._lost_between_videos(task, lost.cause + (" (time limit)" if lost.timed_out else ""))
-        self._report()
+        self._report(redone=True)
 
     def on_exit(self, pid: int) -> None:
         _remove_temporaries(self.config.out_dir, pid)
 
-    def _report(self) -> None:
+    def _report(self, redone: bool = False) -> None:
+        """Report the videos done: whole shards, plus each busy worker's finished videos (phase
+        ``video`` i: i done; ``write`` n: all n done, the tar being written). The count never goes
+        back, except after a lost worker (``redone``): its shard's videos are extracted again."""
         busy = self.supervisor.busy()
-        self.report(self.done + sum(w.index for w in busy if w.phase == "video"))
+        done = self.done + sum(w.index for w in busy if w.phase in ("video", "write"))
+        if done >= self.shown or redone:
+            self.shown = done
+            self.report(done)
+
+    def _redo(self, task) -> None:
+        self.num_redone += 1
+        self.supervisor.submit(task, front=True)
 
     def _lost_between_videos(self, task, cause: str) -> None:
         self.attempts[task.index] += 1
@@ -382,7 +394,7 @@ class WorkerPool(Work):
             self.failed.append(task)
         else:
             log.warning("%s: worker lost outside a video (%s); shard redone", task.name, cause)
-            self.supervisor.submit(task, front=True)
+            self._redo(task)
 
 
 def _remove_temporaries(out_dir: Path, pid: int) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mvmae.shards.clips import ClipConfig
-from mvmae.shards.reader import build_eval_pipeline, expand_urls, make_loader
+from mvmae.shards.reader import build_eval_pipeline, eval_skips, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict
 from mvmae.train.labels import scan_labels, stratified_subset, write_subset
@@ -370,14 +370,16 @@ class Finetuner:
     def validate(self, epoch: int) -> dict:
         model = self.ema.module if self.ema is not None else self.raw_model
         model.eval()
-        pipe = build_eval_pipeline(self.cfg.val, self._clip("center"), self.cfg.val_batch_size, read=self.cfg.read)
+        pipe = build_eval_pipeline(self.cfg.val, self._clip("center"), self.cfg.val_batch_size, read=self.cfg.read,
+                                   handler=eval_skips())
         stream = self.metrics_factory(len(self.classes))
         for batch in make_loader(pipe, self.cfg.workers, timeout_s=self.cfg.loader_timeout_s):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 logits = model(*(batch[k].to(self.device) for k in ("mv", "valid", "iframes")))
             stream.update(logits.float().cpu(), batch["label"], batch["key"])
         stream.gather()
-        return stream.compute() if self.dist.is_main else {}
+        skipped = skip_metrics(pipe.skips)  # a collective: every rank
+        return {**stream.compute(), **skipped} if self.dist.is_main else {}
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu",

@@ -185,3 +185,64 @@ def test_confusion_matrix_png_is_valid(reports, run):
         image.load()
         assert image.format == "PNG" and min(image.size) >= 100
         assert np.asarray(image.convert("L")).std() > 0  # something is drawn
+
+
+def damage_one_sample(src: Path, dst: Path) -> str:
+    """Copy shard ``src`` to ``dst`` with its first sample's ``cls`` member changed (its CRC32 in
+    the record no longer matches: a sample no clip can be cut from); returns that sample's key."""
+    import io
+    import tarfile
+
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        members = tin.getmembers()
+        key = members[0].name.split(".")[0]
+        for member in members:
+            data = tin.extractfile(member).read()
+            if member.name == f"{key}.cls":
+                data = b"7" if data != b"7" else b"8"
+            tout.addfile(member, io.BytesIO(data))
+    return key
+
+
+@pytest.fixture(scope="module")
+def damaged_val(trained, tmp_path_factory) -> dict:
+    """The val shards with one sample damaged: ``{"urls": [...], "key": the damaged sample}``."""
+    val = sorted(Path(trained["val"]).parent.glob("val-[0-9]*.tar"))
+    out = tmp_path_factory.mktemp("damaged")
+    key = damage_one_sample(val[0], out / val[0].name)
+    return {"urls": [str(out / val[0].name)] + [str(p) for p in val[1:]], "key": key}
+
+
+def test_eval_skips_counts_and_names_a_sample_it_cannot_use(trained, damaged_val, cli_runner, tmp_path):
+    """As training: the damaged sample is left out, counted in metrics.json and named in a
+    warning; the run completes. --max-skip-ratio is the opt-in limit."""
+    from mvmae.cli import main
+
+    args = ["eval", "--ckpt", str(trained["run"] / "best.pt"), "--workers", "0", "--out", str(tmp_path / "e")]
+    for url in damaged_val["urls"]:
+        args += ["--data", url]
+    result = cli_runner.invoke(main, args)
+    assert result.exit_code == 0, f"{result.output}\n{result.stderr}\n{result.exception!r}"
+    metrics = read_metrics(tmp_path / "e")
+    assert (metrics["num_samples"], metrics["num_samples_skipped"]) == (NUM_VAL - 1, 1)
+    assert f"sample {damaged_val['key']!r}" in result.stderr and "checksum mismatch" in result.stderr
+    assert "1 sample(s) skipped" in result.stdout
+
+
+def test_validation_skips_a_sample_it_cannot_use(trained, damaged_val, tmp_path):
+    """``Finetuner.validate`` over the damaged val shards: the epoch's metrics, the sample
+    counted as training counts its skips (``num_samples_skipped``), not an error."""
+    from mvmae.eval.metrics import StreamingMetrics
+    from mvmae.train.config import load_config
+    from mvmae.train.finetune import FinetuneConfig, Finetuner
+
+    train = [str(Path(trained["val"]).parent / "train-{000000..000003}.tar")]
+    cfg = load_config(FinetuneConfig, None, {**TRAIN, "epochs": 1, "train": train, "val": damaged_val["urls"],
+                                             "out": str(tmp_path / "run")})
+    finetuner = Finetuner(cfg, StreamingMetrics)
+    try:
+        metrics = finetuner.validate(0)
+    finally:
+        finetuner.close()
+    counts = (metrics["num_samples"], metrics["num_samples_skipped"], metrics["num_shards_skipped"])
+    assert counts == (NUM_VAL - 1, 1, 0)

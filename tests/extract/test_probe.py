@@ -22,6 +22,7 @@ REPORT_KEYS = {
     "path", "container", "codec", "profile", "level", "height", "width", "fps", "num_frames", "num_i",
     "num_p", "num_b", "num_reference_b", "gop_lengths", "longest_b_run", "max_num_ref_frames", "duration_s",
     "num_unparsed_packets", "num_frames_declared", "frame_interval_ms", "container_error",
+    "num_hidden", "num_i_shown", "rotation",
 }
 
 

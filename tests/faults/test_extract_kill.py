@@ -136,6 +136,8 @@ def test_kill_9_of_single_workers(kill_inputs, tmp_path) -> None:
     # had nothing in hand); a kill inside a video counts against that video in the faults file.
     deaths = stderr.count("killed by SIGKILL")
     assert 1 <= deaths <= 5, stderr
+    # each is a shard redone, which the summary names (the progress bar went back by its videos)
+    assert f"{deaths} shard(s) redone after a lost worker" in stdout, stdout
     in_video = stderr.count("the worker extracting it died (killed by SIGKILL)")
     assert sum(v["deaths"] for v in faults_of(out).values()) == in_video
     assert_uninterrupted(kill_inputs, out)

@@ -19,14 +19,13 @@ import torch
 from webdataset.handlers import ignore_and_continue
 
 from mvmae.extract.video import extract_video
-from mvmae.shards.inspect import verify_shards
-from mvmae.shards.job import JobConfig, run_job
 from mvmae.shards.clips import PIL_IFRAMES, ShardClipSource
 from mvmae.shards.reader import (TORCH_IFRAMES, ClipConfig, ReadConfig, SkipCounter, TooManySkipsError,
-                                 build_eval_pipeline, build_train_pipeline, decode_sources, expand_urls,
-                                 iter_samples, make_loader, read_shards, resolve_rank, sample_clips)
+                                 build_eval_pipeline, build_train_pipeline, decode_sources, eval_skips,
+                                 expand_urls, iter_samples, make_loader, read_shards, resolve_rank,
+                                 sample_clips)
 from mvmae.shards.sample import (MV_STEP, FormatVersionError, SampleCodec, SampleError, decode_sample,
-                                 dequantize_mv, update_record)
+                                 dequantize_mv, encode_sample, update_record)
 from mvmae.shards.writer import ShardFile
 from mvmae.synth import encode_h264
 
@@ -332,25 +331,32 @@ def make_intra_refresh_cut(path: Path, skip: int = 5) -> Path:
 
 @pytest.fixture(scope="module")
 def no_iframe_shard(tmp_path_factory) -> Path:
-    """A shard (``run_job``) of one sample without I-frames (``make_intra_refresh_cut``)."""
+    """A shard of one sample without I-frames (``make_intra_refresh_cut``), as mvmae wrote them
+    before context frames: extracted, its context frame dropped, written with ``encode_sample``."""
     d = tmp_path_factory.mktemp("no_iframe")
-    make_intra_refresh_cut(d / "cut.mp4")
-    (d / "list.txt").write_text("cut.mp4 0\n")
-    summary = run_job(JobConfig(input=d / "list.txt", out_dir=d / "shards"))
-    assert summary.num_ok == 1, summary
+    fields = extract_video(make_intra_refresh_cut(d / "cut.mp4"))
+    assert fields.meta["context_frame"] == {"index": 0, "frame_type": "P"} and len(fields.iframes) == 1
+    fields.iframes, fields.iframe_index = np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0, np.int64)
+    del fields.meta["context_frame"]
+    tar = d / "shards" / "train-000000.tar"
+    tar.parent.mkdir()
+    with ShardFile(tar) as shard:
+        shard.write(encode_sample("cut", fields, 0, "0", "cut.mp4"))
+        shard.commit()
     gc.collect()  # no PyAV garbage for forked DataLoader workers (see conftest.reader_dataset)
-    return d / "shards" / "train-000000.tar"
+    return tar
 
 
 @pytest.mark.parametrize("mode", ["train", "center"])
 def test_motion_only_clips_of_a_sample_without_iframes(no_iframe_shard, mode: str) -> None:
-    """A sample without I-frames (its record: no iframe_index, iframe_size [0, 0]) gives
-    motion-only clips (num_iframes=0), the box snapped to whole source px; with I-frames it is
-    skipped and counted as a bad sample (train) or refused (eval)."""
+    """A sample without I-frames (its record: no iframe_index, iframe_size [0, 0]; shards of
+    mvmae before context frames) gives motion-only clips (num_iframes=0), the box snapped to
+    whole source px; with I-frames it is skipped and counted as a bad sample: in training, and in
+    evaluation with ``eval_skips`` (validation and ``mvmae eval``); the plain eval pipeline is loud."""
     (raw,) = read_shards([{"url": str(no_iframe_shard)}])
     record = json.loads(raw["json"])
     assert (record["iframe_index"], record["iframe_size"], record["gop"]["num_i"]) == ([], [0, 0], 0)
-    assert verify_shards(str(no_iframe_shard)) == []
+    assert decode_sample(raw).iframes.shape == (0, 0, 0, 3)  # a sound sample, every member checked
     if mode == "train":
         pipeline = build_train_pipeline(str(no_iframe_shard), ClipConfig(num_iframes=0), 1)
     else:
@@ -370,6 +376,8 @@ def test_motion_only_clips_of_a_sample_without_iframes(no_iframe_shard, mode: st
     else:
         with pytest.raises(SampleError, match="no I-frame"):
             list(build_eval_pipeline(str(no_iframe_shard), CENTER, 1))
+        pipeline = build_eval_pipeline(str(no_iframe_shard), CENTER, 1, handler=eval_skips())
+        assert list(pipeline) == [] and (pipeline.skips.seen, pipeline.skips.skipped) == (1, 1)
 
 
 # --------------------------------------------------------------------------- order and splitting

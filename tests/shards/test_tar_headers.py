@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from mvmae.shards.stream import BLOCK, _ustar_header
+from mvmae.shards.tarstream import BLOCK, ustar_header as _ustar_header
 
 NAMES = ["key.mv.zst", "a/b/key.json", "d" * 99, "dir/" * 30 + "long_key.cls", "ümlaut_ключ.txt"]
 

@@ -59,7 +59,7 @@ def handle_errors(func):
     def wrapper(*args, **kwargs):
         from mvmae.extract.errors import VideoError
         from mvmae.files import WriteError
-        from mvmae.shards.job import JobError
+        from mvmae.job.job import JobError
         from mvmae.shards.sample import SampleError
         from mvmae.shards.stream import ShardError
         from mvmae.shards.videolist import VideoListError

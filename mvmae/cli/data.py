@@ -283,7 +283,7 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
     from tqdm import tqdm
 
     from mvmae.extract.decoder import ExtractConfig
-    from mvmae.shards.job import JobConfig, run_job
+    from mvmae.job.job import JobConfig, run_job
 
     part_index, num_parts = _parse_part(part)
     config = JobConfig(input=input_path, out_dir=out_dir, split=split, shard_size=shard_size,

@@ -6,9 +6,9 @@ shard ``j`` is named ``<split>-<j:06d>.tar``, and part ``i`` of ``N`` owns the s
 temporary name and renamed); re-running the same command skips complete shards and rewrites the
 rest, so a job killed at any moment finishes with every good video exactly once.
 
-Videos are extracted in supervised worker processes (:mod:`mvmae.shards.workers`): a video that
+Videos are extracted in supervised worker processes (:mod:`mvmae.job.workers`): a video that
 runs past the time limit or kills its worker is recorded as failed (``timeout``, ``crashed``) in
-the part's fault file (:mod:`mvmae.shards.faults`) and in its shard's stats, and the job goes on.
+the part's fault file (:mod:`mvmae.job.faults`) and in its shard's stats, and the job goes on.
 ``workers=0`` extracts in the calling process instead: no time limit, and a crash of the decoder
 ends the job.
 
@@ -35,10 +35,10 @@ from mvmae.extract.decoder import ExtractConfig
 from mvmae.extract.errors import VideoError
 from mvmae.extract.video import iter_segments
 from mvmae.files import FileLock, LockHeld, stale_temporaries
-from mvmae.shards.faults import FaultLog
+from mvmae.job.faults import FaultLog
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, encode_sample, update_record
 from mvmae.shards.videolist import VideoEntry, read_inputs
-from mvmae.shards.workers import WorkerPool
+from mvmae.job.workers import WorkerPool
 from mvmae.shards.writer import (ShardFile, WriteError, atomic_write_bytes, atomic_write_json, ensure_folder,
                                 remove_quietly)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from mvmae.console import LevelFormatter
-from mvmae.shards.faults import FaultLog
+from mvmae.job.faults import FaultLog
 from mvmae.shards.writer import WriteError, remove_quietly, stale_temporaries
 
 log = logging.getLogger(__name__)

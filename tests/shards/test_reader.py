@@ -20,7 +20,7 @@ from webdataset.handlers import ignore_and_continue
 
 from mvmae.extract.video import extract_video
 from mvmae.shards.inspect import verify_shards
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 from mvmae.shards.clips import PIL_IFRAMES, ShardClipSource
 from mvmae.shards.reader import (TORCH_IFRAMES, ClipConfig, ReadConfig, SkipCounter, TooManySkipsError,
                                  build_eval_pipeline, build_train_pipeline, decode_sources, expand_urls,

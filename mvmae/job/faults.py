@@ -59,6 +59,29 @@ class FaultLog:
                 if key not in self.videos or _count(v) > _count(self.videos[key]):
                     self.videos[key] = v
 
+    @classmethod
+    def detached(cls, job_id: str, videos: dict[str, dict]) -> "FaultLog":
+        """A log of ``videos`` (key -> record) kept in memory only: what a shard's run on another
+        machine (a Ray task) records, handed back to the driver, whose log :meth:`merge`s it."""
+        log_ = cls.__new__(cls)
+        log_.path, log_.job_id, log_.videos, log_._own = None, job_id, dict(videos), set()
+        return log_
+
+    def records(self, keys) -> dict[str, dict]:
+        """The records of ``keys`` (those it has)."""
+        return {k: self.videos[k] for k in keys if k in self.videos}
+
+    def merge(self, videos: dict[str, dict]) -> None:
+        """Take in records made elsewhere (a detached log's), the further along of two kept; saved."""
+        changed = False
+        for key, v in videos.items():
+            if key not in self.videos or _count(v) > _count(self.videos[key]):
+                self.videos[key] = v
+                self._own.add(key)
+                changed = True
+        if changed:
+            self._save()
+
     def _read(self, path: Path) -> dict[str, dict]:
         try:
             saved = json.loads(path.read_text())
@@ -104,6 +127,8 @@ class FaultLog:
                                                   "cause": ""})
 
     def _save(self) -> None:
+        if self.path is None:  # detached: the driver saves what it merges
+            return
         atomic_write_json(self.path, {"job": self.job_id,
                                       "videos": {k: self.videos[k] for k in sorted(self._own)}})
 

@@ -1,18 +1,22 @@
 """The Ray engine on a real local Ray instance (started once for the module, 2 CPUs): the same
 shards, byte for byte, as the local engine over the same list, the same stats, classes and
-manifest; ``kill -9`` of the Ray worker running a shard changes nothing (Ray runs the task again)."""
+manifest; ``kill -9`` of the Ray worker running a shard changes nothing (Ray runs the task again),
+nor does ``kill -9`` of the whole job (its driver) and a rerun of the same command."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from mvmae.cli import main
 from mvmae.extract.decoder import ExtractConfig
 from mvmae.job.job import JobConfig, run_job
 
@@ -52,12 +56,35 @@ def check_same_as_local(out: Path, dataset: dict) -> None:
     assert not [p for p in out.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
 
 
-def test_ray_job_equals_local_job(ray_instance, dataset, tmp_path) -> None:
+def _cli_args(dataset: dict, out: Path) -> list[str]:
+    return ["extract", "run", str(dataset["dir"].parent / "list.txt"), str(out), "--shard-size", str(sf.SHARD_SIZE),
+            "--iframe-size", "96", "--engine", "ray", "--workers", "2"]
+
+
+def test_ray_job_equals_local_job(ray_instance, dataset, tmp_path, cli_runner) -> None:
     summary = run_job(_config(dataset, tmp_path / "out"))
     assert (summary.shards_written, summary.shards_failed, summary.num_ok) == (sf.NUM_SHARDS, [], 12)
     check_same_as_local(tmp_path / "out", dataset)
-    again = run_job(_config(dataset, tmp_path / "out"))  # resume: the same command, nothing to do
-    assert (again.shards_written, again.shards_skipped) == (0, sf.NUM_SHARDS)
+    again = cli_runner.invoke(main, _cli_args(dataset, tmp_path / "out"))  # resume: nothing to do
+    assert again.exit_code == 0 and f"(0 written, {sf.NUM_SHARDS} already complete)" in again.output, again.output
+
+
+def test_whole_ray_job_killed_and_rerun(ray_instance, dataset, tmp_path) -> None:
+    """kill -9 of the job's driver (a CLI process joined to the cluster) part-way, then the
+    same command again: the shards of the local run, each once."""
+    address = ray.get_runtime_context().gcs_address
+    args = [sys.executable, "-m", "mvmae.cli", *_cli_args(dataset, tmp_path / "out"), "--ray-address", address]
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "out"
+    deadline = time.monotonic() + 120
+    while driver.poll() is None and not list(out.glob("train-0*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    assert len(list(out.glob("train-0*.json"))) < sf.NUM_SHARDS, "the job ended before it was killed"
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    check_same_as_local(out, dataset)
 
 
 def _shard_workers() -> list[int]:

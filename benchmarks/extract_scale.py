@@ -69,12 +69,15 @@ def same_shards(a: Path, b: Path) -> bool:
         (a / t).read_bytes() == (b / t).read_bytes() for t in tars)
 
 
-def upload_rates(shards: Path, work: Path) -> tuple[float, float, int]:
-    """(MB/s to the loopback S3 server, MB/s copied into a local folder, bytes)."""
+def upload_rates(shards: Path, work: Path) -> tuple[float, float, int, float]:
+    """(MB/s to the loopback S3 server, MB/s copied into a local folder, bytes, ms per object to S3)."""
     from moto.server import ThreadedMotoServer
 
     from mvmae.job.store import Store
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     files = sorted(shards.glob("train-0*.tar")) + sorted(shards.glob("train-0*.json"))
     num_bytes = sum(f.stat().st_size for f in files)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -101,7 +104,7 @@ def upload_rates(shards: Path, work: Path) -> tuple[float, float, int]:
         with open(dest / f.name, "rb+") as fh:
             os.fsync(fh.fileno())
     copy_s = time.perf_counter() - t0
-    return num_bytes / s3_s / 1e6, num_bytes / copy_s / 1e6, num_bytes
+    return num_bytes / s3_s / 1e6, num_bytes / copy_s / 1e6, num_bytes, 1000 * s3_s / len(files)
 
 
 def main() -> None:
@@ -129,7 +132,7 @@ def main() -> None:
             times[name].append(timed_job(listing, out, engine, workers))
             identical[name] &= same_shards(work / "out-0-local1", out)
     ray.shutdown()
-    s3_mb_s, copy_mb_s, num_bytes = upload_rates(work / "out-0-local1", work)
+    s3_mb_s, copy_mb_s, num_bytes, ms_per_object = upload_rates(work / "out-0-local1", work)
 
     print(f"{args.num_videos} videos ({args.frames} frames {args.size}), shards of 4; {cpu_model()}, "
           f"{os.cpu_count()} CPUs; {git_state()}; load {loadavg()}; median of {args.rounds} rounds")
@@ -141,7 +144,8 @@ def main() -> None:
         print(f"| {name} | {args.num_videos / median:.2f} | {base / median:.2f}x | {identical[name]} |")
     print(f"\nRay local instance start-up: {ray_start_s:.1f} s (not in the rates)")
     print(f"Upload of {num_bytes / 1e6:.1f} MB of shards: loopback S3 {s3_mb_s:.0f} MB/s, "
-          f"local folder copy {copy_mb_s:.0f} MB/s ({s3_mb_s / copy_mb_s:.2f}x)")
+          f"local folder copy {copy_mb_s:.0f} MB/s ({s3_mb_s / copy_mb_s:.2f}x); {ms_per_object:.0f} ms per "
+          f"object to S3")
     best = min(statistics.median(t) for t in times.values()) / args.num_videos  # s per video, this machine
     for machines in (1, 8, 64):
         hours = UAV_HUMAN_CLIPS * best / machines / 3600

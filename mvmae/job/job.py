@@ -45,7 +45,8 @@ from mvmae.extract.video import iter_segments
 from mvmae.files import FileLock, LockHeld, stale_temporaries
 from mvmae.job.engine import ShardRun, engine_of
 from mvmae.job.faults import FaultLog
-from mvmae.job.publish import built_stats, completed_stats, stats_if_complete, store_of, upload_shard, write_store_manifest
+from mvmae.job.publish import (built_stats, completed_stats, stats_if_complete, store_of, upload_shard,
+                               write_store_manifest)
 from mvmae.job.store import is_remote
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, encode_sample, update_record
 from mvmae.shards.videolist import VideoEntry, read_inputs

@@ -56,8 +56,10 @@ def build_on_ray(task: ShardTask, config: JobConfig, job_id: str, faults: dict[s
             if isinstance(value, dict):
                 built.append(value)
 
+    from mvmae.files import ensure_folder
     from mvmae.job.job import build_shard
 
+    ensure_folder(config.out_dir)  # on another node: the scratch folder (or shared OUT) may be new here
     local = dataclasses.replace(config, workers=1, engine="local")
     failed = _Pool(build_shard, local, job_id, detached, lambda n: None, 0).run([task])
     stats = built[-1] if built else None

@@ -41,6 +41,8 @@ class FaultLog:
     (``cause``: how the worker died the last time, e.g. "killed by SIGSEGV").
     """
 
+    on_save = None  # called with the path after each save (a job into object storage uploads it)
+
     def __init__(self, out_dir: Path, split: str, job_id: str, part_index: int = 0,
                  num_parts: int = 1) -> None:
         self.path, self.job_id = Path(out_dir) / fault_file_name(split, part_index, num_parts), job_id
@@ -131,6 +133,17 @@ class FaultLog:
             return
         atomic_write_json(self.path, {"job": self.job_id,
                                       "videos": {k: self.videos[k] for k in sorted(self._own)}})
+        if self.on_save is not None:
+            self.on_save(self.path)
+
+
+def merge_records(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict]:
+    """Two sets of records of one job (key -> record), the further along of each video's kept."""
+    out = dict(a)
+    for key, v in b.items():
+        if key not in out or _count(v) > _count(out[key]):
+            out[key] = v
+    return out
 
 
 def _count(record: dict) -> tuple[int, int]:

@@ -24,7 +24,7 @@ commit marker), and both removed from the scratch folder. A shard is complete wh
 (of this job) is in the bucket; a shard whose upload failed past the retries stays built in the
 scratch folder, is named in the summary, and is uploaded (not extracted again) by the next run.
 The job record, ``classes.json`` and the manifest (listed from the markers) are single PUTs; the
-fault files stay in the scratch folder.
+fault files are kept in the scratch folder and copied into the bucket after each save.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from mvmae.extract.video import iter_segments
 from mvmae.files import FileLock, LockHeld, stale_temporaries
 from mvmae.job.engine import ShardRun, engine_of
 from mvmae.job.faults import FaultLog
-from mvmae.job.publish import (built_stats, completed_stats, stats_if_complete, store_of, upload_shard,
-                               write_store_manifest)
+from mvmae.job.publish import (bring_faults, built_stats, completed_stats, send_faults, stats_if_complete,
+                               store_of, upload_shard, write_store_manifest)
 from mvmae.job.store import is_remote
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, encode_sample, update_record
 from mvmae.shards.videolist import VideoEntry, read_inputs
@@ -303,7 +303,12 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
     summary.shards_skipped = len(tasks) - len(todo)
     total = sum(len(t.entries) for t in tasks)
     done = total - sum(len(t.entries) for t in todo)
+    store = store_of(config)
+    if store is not None:
+        bring_faults(store, out, config.split, job_id)
     faults = FaultLog(out, config.split, job_id, config.part_index, config.num_parts)
+    if store is not None:
+        send_faults(store, faults)
     _remove_stale_temporaries(out, tasks, faults)
     if progress:
         progress(done, total)
@@ -320,7 +325,6 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
             for code, n in stats["failures_by_code"].items():
                 summary.failures_by_code[code] = summary.failures_by_code.get(code, 0) + n
     summary.num_ok = summary.num_videos - summary.num_failed
-    store = store_of(config)
     if store is None:
         write_manifest(out, config.split)
     else:

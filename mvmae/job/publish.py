@@ -3,7 +3,9 @@ the scratch folder, the commit markers read back, the manifest listed from them.
 
 A shard's tar is uploaded whole, then its stats JSON (the commit marker); both are then removed
 from the scratch folder. A marker of this job whose ``num_videos`` is the shard's is trusted (the
-tar is never listed). The manifest is one PUT of the videos of every marker, in order.
+tar is never listed). The manifest is one PUT of the videos of every marker, in order. The fault
+files live in the scratch folder and, copied after each save, in the bucket, where a run on
+another machine finds them (:func:`bring_faults`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mvmae.files import remove_quietly
+from mvmae.job.faults import FaultLog, merge_records
 from mvmae.job.store import Store, StoreError
+from mvmae.shards.writer import atomic_write_json
 
 if TYPE_CHECKING:
     from mvmae.job.job import JobConfig, ShardTask
@@ -88,3 +92,26 @@ def write_store_manifest(store: Store, split: str) -> str:
     name = f"{split}-manifest.jsonl"
     store.put_bytes(name, ("\n".join(lines) + "\n" if lines else "").encode())
     return store.url_of(name)
+
+
+def bring_faults(store: Store, scratch: Path, split: str, job_id: str) -> None:
+    """Before the job's :class:`FaultLog` is read: every part's fault file of this job in the
+    bucket merged into the scratch folder's copy (of two records of a video, the further along)."""
+    for name in store.names(f"{split}-faults*.json"):
+        remote = store.read_json(name)
+        if not isinstance(remote, dict) or remote.get("job") != job_id:
+            continue
+        local = _read_local_json(scratch / name)
+        videos = local["videos"] if isinstance(local, dict) and local.get("job") == job_id else {}
+        atomic_write_json(scratch / name, {"job": job_id, "videos": merge_records(videos, remote.get("videos", {}))})
+
+
+def send_faults(store: Store, faults: FaultLog) -> None:
+    """Have every later save of the fault file uploaded too (a failed upload only warned about:
+    the scratch copy holds the records, and the next save sends them)."""
+    def upload(path: Path) -> None:
+        try:
+            store.upload(path, path.name)
+        except StoreError as exc:
+            log.warning("fault records not uploaded (kept in %s): %s", path, exc)
+    faults.on_save = upload

@@ -1,7 +1,7 @@
 """A real S3 server on loopback (moto's ``ThreadedMotoServer``) behind a WSGI middleware that
 fails chosen requests on purpose: an S3 ``SlowDown`` 503, a dropped connection (no reply, the
 request not served), or a lost reply (the request served, a write done, then the connection
-dropped: a success that looks like a failure).
+dropped: a success that looks like a failure; for a GET, the body cut half-way).
 
 ``s3_server()`` starts one, points the standard AWS variables at it (``AWS_ENDPOINT_URL``,
 dummy credentials) for this process and the processes it starts, and creates a bucket.
@@ -84,12 +84,23 @@ class FaultMiddleware:
             _drop(environ)
             start_response("500 Dropped", [])  # never sent: the connection is gone
             return []
-        if kind == "lose_reply":
-            b"".join(self.app(environ, lambda *args: None))  # served (a write done), the reply lost
-            _drop(environ)
-            start_response("500 Dropped", [])
-            return []
+        if kind == "lose_reply":  # served (a write done); the reply lost, a body cut half-way
+            reply: dict = {}
+            body = b"".join(self.app(environ, lambda status, headers, *_: reply.update(status=status,
+                                                                                      headers=headers)))
+            if environ["REQUEST_METHOD"] != "GET" or len(body) < 2:
+                _drop(environ)
+                start_response("500 Dropped", [])
+                return []
+            start_response(reply["status"], reply["headers"])
+            return _cut_after(body[:len(body) // 2], environ)
         return self.app(environ, start_response)
+
+
+def _cut_after(head: bytes, environ) -> Iterator[bytes]:
+    """Send ``head``, then drop the connection (the client reads a body cut short)."""
+    yield head
+    _drop(environ)
 
 
 def _drain(environ) -> None:

@@ -152,3 +152,26 @@ def test_train_reader_over_s3(s3, dataset, bucket_shards) -> None:
         s3.faults.clear()
     assert collections.Counter(keys) == collections.Counter(sf.all_keys(dataset))
     assert pipeline.skips.summary()["shards_skipped"] == 0 and rule.hits == 1
+
+
+def test_fault_records_travel_through_the_bucket(s3, tmp_path) -> None:
+    """A job into object storage copies its fault file into the bucket after each save; a run
+    from another scratch folder (another machine) brings it back before reading its records."""
+    from mvmae.job.faults import FaultLog
+    from mvmae.job.publish import bring_faults, send_faults
+    from mvmae.job.store import Store
+    from mvmae.shards.videolist import VideoEntry
+
+    store = Store(s3.url("faults"), retries=1, retry_delay_s=0.01)
+    first = FaultLog(tmp_path / "a", "train", "job1")
+    (tmp_path / "a").mkdir()
+    send_faults(store, first)
+    entry = VideoEntry(source="v.mp4", path=tmp_path / "v.mp4", label=0, class_name="c", key="v")
+    first.record_timeout(entry, "train-000000", 4.0)
+    assert s3.keys("faults/") == ["faults/train-faults.json"]
+    (tmp_path / "b").mkdir()
+    bring_faults(store, tmp_path / "b", "train", "job1")
+    second = FaultLog(tmp_path / "b", "train", "job1")
+    assert second.excluded([entry], retries=2)["v"][0] == "timeout"
+    bring_faults(store, tmp_path / "c", "train", "other-job")  # another job's records are not taken
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())

@@ -55,6 +55,8 @@ from mvmae.shards.writer import (ShardFile, WriteError, atomic_write_bytes, atom
 
 log = logging.getLogger(__name__)
 
+STORE_SCHEMES = ("s3", "gs", "gcs", "memory")  # object storage an OUT may name (fsspec)
+
 
 class JobError(RuntimeError):
     """The job cannot run as asked: another job's folder, this part running already (names the path)."""
@@ -96,8 +98,13 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         self.input, self.out_dir = Path(self.input), Path(self.out_dir)
-        if self.out_url is not None and not is_remote(self.out_url):
-            raise ValueError(f"out_url must be an object storage URL (s3://...), got {self.out_url!r}")
+        if self.out_url is not None:
+            scheme = self.out_url.split("://", 1)[0]
+            if not is_remote(self.out_url) or scheme not in STORE_SCHEMES:
+                raise ValueError(f"{self.out_url}: OUT must be a folder or an object storage URL "
+                                 f"({', '.join(s + '://' for s in STORE_SCHEMES)})")
+            if scheme == "memory" and (self.workers or self.engine != "local"):
+                raise ValueError(f"{self.out_url}: memory:// lives in this process only: use --workers 0")
         if self.engine not in ("local", "ray"):
             raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
         if self.upload_retries < 0 or self.upload_retry_delay_s < 0:

@@ -23,6 +23,7 @@ from mvmae.job.job import JobConfig, run_job
 import shard_faults as sf
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray instance and about 90 s on 2 cores
 
 OUTPUTS = ("classes.json", "train-manifest.jsonl")
 

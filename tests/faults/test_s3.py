@@ -175,3 +175,24 @@ def test_fault_records_travel_through_the_bucket(s3, tmp_path) -> None:
     assert second.excluded([entry], retries=2)["v"][0] == "timeout"
     bring_faults(store, tmp_path / "c", "train", "other-job")  # another job's records are not taken
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
+
+
+def test_memory_url_is_another_store(dataset, tmp_path) -> None:
+    """Any fsspec store behind the same code: memory:// (in this process: --workers 0) gets the
+    local run's shards byte for byte."""
+    import fsspec
+
+    config = JobConfig(input=_list_file(dataset), out_dir=tmp_path / "scratch", out_url="memory://mvmae-test/shards",
+                       shard_size=sf.SHARD_SIZE, workers=0, extract=_extract_config())
+    assert run_job(config).shards_written == sf.NUM_SHARDS
+    fs = fsspec.filesystem("memory")
+    for tar in dataset["tars"]:
+        assert fs.cat_file(f"/mvmae-test/shards/{tar.name}") == tar.read_bytes()
+    assert fs.cat_file("/mvmae-test/shards/train-manifest.jsonl") == (dataset["dir"] / "train-manifest.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("url,reason", [("http://host/shards", "OUT must be a folder or an object storage URL"),
+                                        ("memory://x/shards", "use --workers 0")])
+def test_refused_out_urls(tmp_path, url, reason) -> None:
+    with pytest.raises(ValueError, match=reason):
+        JobConfig(input=tmp_path / "list.txt", out_dir=tmp_path, out_url=url, workers=1)

@@ -1,4 +1,4 @@
-"""Fixtures of the shard tests: real H.264 datasets (list files, class folders) and their shards."""
+"""Fixtures of the shard tests: the reader datasets (the job_* datasets are in tests/job_fixtures.py)."""
 
 from __future__ import annotations
 

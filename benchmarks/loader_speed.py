@@ -66,7 +66,7 @@ import torch  # noqa: E402
 from mvmae.extract.mvfield import Blocks, rasterize  # noqa: E402
 from mvmae.shards.clips import (ClipConfig, nearest_iframes, random_crop_box, resample_mv,  # noqa: E402
                                 snap_box)
-from mvmae.shards.job import JobConfig, run_job  # noqa: E402
+from mvmae.job.job import JobConfig, run_job  # noqa: E402
 from mvmae.shards.reader import TORCH_IFRAMES, build_train_pipeline, make_loader  # noqa: E402
 from mvmae.shards.sample import FORMAT_VERSION  # noqa: E402
 

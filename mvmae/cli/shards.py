@@ -1,4 +1,5 @@
-"""``mvmae shards inspect|verify|export``: looking into shards (local, brace patterns, http(s), ``pipe:``)."""
+"""``mvmae shards inspect|verify|export|manifest``: looking into shards (local, brace patterns,
+http(s), ``s3://``/``gs://``, ``pipe:``)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ URL forms (as webdataset reads them; several URLs may be given):
   shards/train-000000.tar                  a local file (or file:///abs/path.tar)
   'shards/train-{000000..000127}.tar'      a brace pattern (quote it for the shell)
   https://host/data/train-000000.tar       fetched with curl
+  's3://bucket/shards/train-{000000..000127}.tar'   object storage through fsspec
+                                           (pip install 'mvmae[s3]'; AWS_* credentials, AWS_ENDPOINT_URL)
   'pipe:aws s3 cp s3://bucket/train-000000.tar -'   a command's stdout
-A remote shard (anything but a local file) whose read fails (HTTP error, dropped or stalled
+A remote shard (anything but a local file) whose read fails (HTTP or S3 error, dropped or stalled
 connection, damaged tar) is read again after --retry-delay seconds, doubling, --retries times.
 """
 
@@ -36,7 +39,7 @@ def read_options(func):
         click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=defaults.stall_s,
                      show_default=True, help="Seconds without data after which a transfer is aborted."),
         click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
-                     default=defaults.connect_timeout_s, show_default=True, help="Seconds to connect (curl)."),
+                     default=defaults.connect_timeout_s, show_default=True, help="Seconds to connect (curl, s3)."),
         click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=defaults.max_time_s,
                      show_default=True,
                      help="Seconds reading one shard may take in all (its transfer and any pauses of the reader)."),
@@ -143,3 +146,19 @@ def shards_export(urls: tuple[str, ...], key: str, out: Path, read) -> None:
     click.echo(f"{key}: {fields.num_frames} frames ({types.count('I')} I, {types.count('P')} P, "
                f"{types.count('B')} B), segment {fields.meta['segment'] + 1} of "
                f"{fields.meta['num_segments']}, {len(fields.iframe_index)} I-frames -> {out}")
+
+
+@shards.command("manifest")
+@click.argument("out", metavar="OUT")
+@click.option("--split", default="train", show_default=True, help="Shard name prefix.")
+@handle_errors
+def shards_manifest(out: str, split: str) -> None:
+    """Rewrite OUT's <split>-manifest.jsonl from the stats .json of every complete shard there
+    (a folder, or object storage: s3://bucket/prefix). Run it after the parts of a job written
+    into one bucket at once have all finished: each part writes the manifest as it ends."""
+    from mvmae.job.job import write_manifest
+    from mvmae.job.publish import write_store_manifest
+    from mvmae.job.store import Store, is_remote
+
+    written = write_store_manifest(Store(out), split) if is_remote(out) else write_manifest(Path(out), split)
+    click.echo(str(written))

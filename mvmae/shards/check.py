@@ -29,7 +29,7 @@ from mvmae import __version__
 from mvmae.shards.check_codes import CODES, ERROR, WARNING
 from mvmae.shards.check_files import inspect_all, stream_problems
 from mvmae.shards.clips import ClipConfig
-from mvmae.shards.job import JobConfig
+from mvmae.job.job import JobConfig
 from mvmae.shards.videolist import VideoEntry, VideoListError, read_inputs
 from mvmae.shards.writer import atomic_write_bytes
 

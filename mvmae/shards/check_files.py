@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from mvmae.extract.errors import VideoError
 from mvmae.extract.probe import probe_video
 from mvmae.extract.video import segment_frames
-from mvmae.shards.workers import Lost, Supervisor, Work
+from mvmae.job.workers import Lost, Supervisor, Work
 
 if TYPE_CHECKING:
     from mvmae.shards.check import CheckConfig
@@ -70,7 +70,7 @@ def inspect_all(paths: list[str], config: CheckConfig,
 
     With ``workers`` 0, files are probed in this process (no time limit, and nothing isolates a
     crash). Otherwise batches of files go to supervised processes
-    (:class:`mvmae.shards.workers.Supervisor`): a worker that dies on a file (an FFmpeg crash, the
+    (:class:`mvmae.job.workers.Supervisor`): a worker that dies on a file (an FFmpeg crash, the
     OOM killer) or probes it for longer than ``config.timeout`` costs that file only, recorded
     ``unreadable`` with the reason or ``timeout``; the rest of its batch goes to another worker.
     """

@@ -1,7 +1,9 @@
 """Opening shard URLs as byte streams, every wait bounded (the transport half of ``stream.py``).
 
 URL forms, as webdataset names shards: local paths and ``file://`` URLs; ``http(s)://`` (and
-``ftp(s)``, ``sftp``, ``scp``) fetched with curl; ``pipe:<command>`` (the command's stdout, run by
+``ftp(s)``, ``sftp``, ``scp``) fetched with curl; object storage, ``s3://`` and ``gs://``, read
+through fsspec (:class:`ObjectStream`; ``pip install 'mvmae[s3]'``, credentials and
+``AWS_ENDPOINT_URL`` from the environment); ``pipe:<command>`` (the command's stdout, run by
 the shell); brace patterns (``train-{000000..000127}.tar``) and ``::``-separated lists, expanded
 by :func:`expand_urls`. Other schemes go to ``webdataset.gopen`` (their waits are not bounded).
 Nothing here imports webdataset (nor, through it, torch) unless such a scheme is opened.
@@ -37,6 +39,9 @@ from urllib.request import url2pathname
 import braceexpand
 
 CURL_SCHEMES = ("http", "https", "ftp", "ftps", "sftp", "scp")
+FSSPEC_SCHEMES = ("s3", "s3a", "gs", "gcs")  # object storage, read through fsspec
+LOCAL_SCHEMES = ("", "file")
+OBJECT_BLOCK = 8 << 20  # bytes per ranged GET of an object
 PIPE_OK_STATUS = (0, 141)  # 141: a pipeline's upstream command ended by SIGPIPE (as webdataset)
 READ_CHUNK = 1 << 20  # bytes of the buffer over a command's pipe
 EXIT_WAIT_S = 10.0  # how long a command that closed its stdout may take to exit
@@ -118,12 +123,80 @@ def open_shard(url: str, config: ReadConfig) -> BinaryIO:
     scheme = urlparse(url).scheme
     if scheme in CURL_SCHEMES:
         return io.BufferedReader(CommandStream(config.curl_command(url), url, config), READ_CHUNK)
+    if scheme in FSSPEC_SCHEMES:
+        return io.BufferedReader(ObjectStream(url, config), READ_CHUNK)
     if scheme == "pipe":
         command = CommandStream(url[len("pipe:"):], url, config, shell=True, ok_status=PIPE_OK_STATUS)
         return io.BufferedReader(command, READ_CHUNK)
     from webdataset.gopen import gopen  # gs:, hf:, ais: ... (webdataset imports torch)
 
     return gopen(url, "rb")
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency is not installed: the message names the extra to install."""
+
+
+def is_remote(out: str | Path) -> bool:
+    """Whether OUT names object storage (a URL whose scheme is not ``file``)."""
+    return urlparse(str(out)).scheme not in LOCAL_SCHEMES and "://" in str(out)
+
+
+def filesystem(url: str, connect_timeout_s: float | None = None, read_timeout_s: float | None = None):
+    """(fsspec filesystem, path) of a URL; s3 clients get the given timeouts. Raises
+    :class:`MissingExtraError` naming the extra when the scheme's package is missing."""
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise MissingExtraError(f"{url}: object storage needs fsspec: pip install 'mvmae[s3]'") from exc
+    scheme = urlparse(url).scheme
+    options = {}
+    if scheme in ("s3", "s3a") and (connect_timeout_s or read_timeout_s):
+        options["config_kwargs"] = {"connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s}
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as exc:
+        extra = "s3" if scheme in ("s3", "s3a") else "gcs" if scheme in ("gs", "gcs") else scheme
+        raise MissingExtraError(f"{url}: {exc}; pip install 'mvmae[{extra}]'") from exc
+
+
+class ObjectStream(io.RawIOBase):
+    """An object in storage (``s3://``, ``gs://``) read through fsspec, a raw binary stream whose
+    waits are bounded as a command's are: the client's connect and read timeouts
+    (``connect_timeout_s``, ``stall_s``; s3) and ``max_time_s`` for the whole stream. Every client
+    error (botocore, aiohttp, ...) comes out as an OSError (TimeoutError past ``max_time_s``)
+    naming the URL, for :class:`stream.ShardReader` to retry."""
+
+    def __init__(self, url: str, config: ReadConfig) -> None:
+        super().__init__()
+        self.url, self.config = url, config
+        self._deadline = time.monotonic() + config.max_time_s
+        fs, path = filesystem(url, config.connect_timeout_s, config.stall_s)
+        self._file = self._call(lambda: fs.open(path, "rb", block_size=OBJECT_BLOCK, cache_type="readahead"))
+
+    def _call(self, fn):
+        try:
+            return fn()
+        except OSError:
+            raise
+        except Exception as exc:  # a client's own error type: an OSError for the retries
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if time.monotonic() > self._deadline:
+            raise TimeoutError(f"{self.url}: not done after max_time_s={self.config.max_time_s:g} s")
+        data = self._call(lambda: self._file.read(len(buffer)))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._file.close()
+        super().close()
 
 
 class CommandStream(io.RawIOBase):

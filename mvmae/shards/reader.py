@@ -9,7 +9,8 @@ a list), then ``webdataset.DataPipeline(*stages)``::
     -> sample_clips (clips.py, in groups of samples; I-frames through torch_iframes.py)
     -> batched(collate_clips) -> torch tensors
 
-URLs: local paths, ``file:``, ``http(s)://`` (read with curl), ``pipe:`` commands, every wait
+URLs: local paths, ``file:``, ``http(s)://`` (read with curl), ``s3://`` and ``gs://`` (fsspec),
+``pipe:`` commands, every wait
 bounded by :class:`ReadConfig` (``fetch.py``), and anything else ``webdataset.gopen`` opens; brace
 patterns (``train-{000000..000127}.tar``), ``::``-separated lists, or a list of any of these.
 Shards are read by ``stream.ShardReader``, the reader ``mvmae shards verify`` uses too.

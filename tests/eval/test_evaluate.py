@@ -49,7 +49,7 @@ def trained(tmp_path_factory) -> dict:
     ``{"val": brace pattern of the 3 val shards, "run": the training folder (best.pt, last.pt,
     metrics.jsonl), "labels": {val key: label} read from the shards}``."""
     from mvmae.eval.metrics import StreamingMetrics
-    from mvmae.shards.job import JobConfig, run_job
+    from mvmae.job.job import JobConfig, run_job
     from mvmae.synth import SynthConfig, make_dataset
     from mvmae.train.config import load_config
     from mvmae.train.finetune import FinetuneConfig, Finetuner

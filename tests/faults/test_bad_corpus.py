@@ -19,7 +19,7 @@ from job_outputs import read_manifest, read_samples
 from mvmae.cli import main
 from mvmae.extract import errors
 from mvmae.extract.video import extract_video
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 
 # edge_media name -> the VideoError class its failure belongs to (its code or a subclass's).
 FAILING = {

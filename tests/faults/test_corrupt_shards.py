@@ -37,7 +37,8 @@ HTTP_FLAGS = ["--retries", "1", "--retry-delay", "0.01", "--stall-timeout", "2",
 class Damage:
     """What a case did and what must follow. key: the sample the problem names (None: '-');
     reason: the exact reason (tar damage) or, for a damaged sample, the member it must name;
-    lost: keys the reader cannot deliver; sample_skips / shard_skips: what SkipCounter counts."""
+    lost: keys the reader cannot deliver; sample_skips / shard_skips: what SkipCounter counts;
+    resynced: a damaged header read past (reported once the shard is read, never retried)."""
 
     key: str | None
     reason: str
@@ -45,6 +46,7 @@ class Damage:
     sample_skips: int = 0
     shard_skips: int = 0
     exact: bool = True
+    resynced: bool = False
 
 
 def _members(tar: Path, key: str) -> list[tuple[str, tuple[int, int, int]]]:
@@ -74,25 +76,40 @@ def zeroed_data(tar: Path, keys: list[str]) -> Damage:
     return Damage(keys[1], name.split(".", 1)[1], {keys[1]}, sample_skips=1, exact=False)
 
 
+def _resynced(lost: str, reason: str, resumed: int) -> Damage:
+    """A damaged header read past: only ``lost`` is missing, the shard reported once read."""
+    return Damage(lost, f"tar damaged: {reason}; resynced at byte {resumed}; 1 sample(s) lost: {lost}", {lost},
+                  shard_skips=1, resynced=True)
+
+
 def flipped_header(tar: Path, keys: list[str]) -> Damage:
-    (first, _), (second, (header, _, _)) = _members(tar, keys[1])[:2]
+    (first, _), (second, (header, _, _)), (_, (resumed, _, _)) = _members(tar, keys[1])[:3]
     sf.flip_member_header(tar, second)
-    return Damage(keys[0], f"tar unreadable after this sample: invalid tar header at byte {header} "
-                           f"(bad checksum), after member {first}", {keys[1], keys[2]}, shard_skips=1)
+    return _resynced(keys[1], f"invalid tar header at byte {header} (bad checksum), after member {first}", resumed)
 
 
 def flipped_first_header(tar: Path, keys: list[str]) -> Damage:
-    sf.flip_member_header(tar, _members(tar, keys[0])[0][0])
-    return Damage(None, "tar unreadable: invalid tar header at byte 0 (bad checksum)", set(keys), shard_skips=1)
+    (first, _), (_, (resumed, _, _)) = _members(tar, keys[0])[:2]
+    sf.flip_member_header(tar, first)
+    return _resynced(keys[0], "invalid tar header at byte 0 (bad checksum)", resumed)
 
 
 def garbage_header(tar: Path, keys: list[str]) -> Damage:
-    (first, _), (_, (header, _, _)) = _members(tar, keys[1])[:2]
+    (first, _), (_, (header, _, _)), (_, (resumed, _, _)) = _members(tar, keys[1])[:3]
     data = bytearray(tar.read_bytes())
     data[header:header + 512] = np.random.default_rng(0).integers(0, 256, 512, np.uint8).tobytes()
     tar.write_bytes(bytes(data))
-    return Damage(keys[0], f"tar unreadable after this sample: invalid tar header at byte {header} "
-                           f"(invalid header), after member {first}", {keys[1], keys[2]}, shard_skips=1)
+    return _resynced(keys[1], f"invalid tar header at byte {header} (invalid header), after member {first}",
+                     resumed)
+
+
+def last_header(tar: Path, keys: list[str]) -> Damage:
+    """The header of a sample's last member: the next sample is whole and delivered."""
+    *_, (before, _), (last, (header, _, _)) = _members(tar, keys[1])
+    resumed = _members(tar, keys[2])[0][1][0]
+    sf.flip_member_header(tar, last)
+    return _resynced(keys[1], f"invalid tar header at byte {header} (bad checksum), after member {before}",
+                     resumed)
 
 
 def cut_mid_member(tar: Path, keys: list[str]) -> Damage:
@@ -127,11 +144,19 @@ def cut_end_of_archive(tar: Path, keys: list[str]) -> Damage:
 
 
 def zeroed_header(tar: Path, keys: list[str]) -> Damage:
-    (first, _), (_, (header, _, _)) = _members(tar, keys[1])[:2]
+    (first, _), (_, (header, _, _)), (_, (resumed, _, _)) = _members(tar, keys[1])[:3]
     sf.zero_block(tar, header)
-    return Damage(keys[0], f"tar unreadable after this sample: data after the end-of-archive block at byte "
-                           f"{header} (a zeroed header, or tars concatenated), after member {first}",
-                  {keys[1], keys[2]}, shard_skips=1)
+    return _resynced(keys[1], f"a zeroed block at byte {header} where a header should be, after member {first}",
+                     resumed)
+
+
+def concatenated(tar: Path, keys: list[str]) -> Damage:
+    """Another tar after the end-of-archive blocks: not resynced (the shard is not what was written)."""
+    last, (_, data, size) = _members(tar, keys[2])[-1]
+    end = data + -(-size // 512) * 512
+    tar.write_bytes(tar.read_bytes() + tar.read_bytes())
+    return Damage(keys[2], f"tar unreadable after this sample: data after the end-of-archive block at byte {end} "
+                           f"(tars concatenated?), after member {last}", set(), shard_skips=1)
 
 
 def emptied(tar: Path, keys: list[str]) -> Damage:
@@ -145,7 +170,7 @@ CASES = {
     "zeroed_data": zeroed_data, "flip_header": flipped_header, "flip_first_header": flipped_first_header,
     "garbage_header": garbage_header, "cut_mid_member": cut_mid_member, "cut_mid_header": cut_mid_header,
     "cut_between_samples": cut_between_samples, "cut_end_of_archive": cut_end_of_archive,
-    "zeroed_header": zeroed_header, "empty": emptied,
+    "zeroed_header": zeroed_header, "empty": emptied, "last_header": last_header, "concatenated": concatenated,
 }
 
 
@@ -185,7 +210,8 @@ def test_verify_names_shard_key_and_member(damaged, cli_runner) -> None:
 
 
 def test_verify_over_http_names_the_url(damaged, cli_runner) -> None:
-    """Over HTTP (a remote shard: tar damage is retried once, then reported)."""
+    """Over HTTP (a remote shard: tar damage is retried once, then reported; a resynced header,
+    damage in the stored bytes, is reported without a retry)."""
     sf.require_curl()
     damage = damaged["damage"]
     with sf.fault_server(damaged["folder"]) as server:
@@ -195,7 +221,7 @@ def test_verify_over_http_names_the_url(damaged, cli_runner) -> None:
     *lines, summary = result.stdout.splitlines()
     url = server.url(damaged["shard"].name)
     check_problems([Problem(*_parse(line, url)) for line in lines], url, damage,
-                   " (2 attempts)" if damage.shard_skips else "")
+                   " (2 attempts)" if damage.shard_skips and not damage.resynced else "")
     assert summary.endswith(f"{len(lines)} problem(s) in 1 shard(s)")
 
 

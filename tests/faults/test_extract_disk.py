@@ -21,7 +21,7 @@ import pytest
 from extract_faults import (check_visible, good_clips, kill_group, linked_list, outputs,
                             start_job, temporaries, worker_pids)
 from job_outputs import read_manifest, read_samples
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 
 NUM_SHARDS = 8  # 12 short clips, bikes.mp4 and 2 bad files, 2 per shard
 

@@ -21,7 +21,7 @@ from extract_faults import (check_visible, faults_of, good_clips, group_members,
                             process_group, process_state, run_cli, start_job,
                             stop_worker_on_a_video, temporaries, wait_for, worker_pids)
 from job_outputs import read_manifest, read_samples
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 
 NUM_SHARDS = 11  # 12 copies of bikes.mp4, 6 short clips and 4 bad files, 2 per shard
 SUMMARY = "22 videos: 18 ok, 4 failed; 18 samples in 11 shards"

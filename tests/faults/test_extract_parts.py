@@ -21,7 +21,7 @@ from extract_faults import (CLI, check_visible, faults_of, good_clips, kill_grou
                             no_core_dumps, outputs, run_cli, start_job, stop_worker_on_a_video,
                             temporaries, wait_for)
 from job_outputs import read_manifest, read_samples
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 from mvmae.shards.writer import temporary_path
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 
 from mvmae.cli import main
 from mvmae.shards.check import CheckConfig, check_dataset
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 from mvmae.shards.reader import ClipConfig, build_eval_pipeline, eval_skips
 
 from job_outputs import read_manifest

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from mvmae.shards.stream import BLOCK, _ustar_header
+from mvmae.shards.tarstream import BLOCK, ustar_header as _ustar_header
 
 NAMES = ["key.mv.zst", "a/b/key.json", "d" * 99, "dir/" * 30 + "long_key.cls", "ümlaut_ключ.txt"]
 
@@ -54,3 +54,34 @@ def test_written_shard_headers_take_the_fast_path() -> None:
     data = buf.getvalue()
     parsed = [_ustar_header(data[i * 2 * BLOCK:i * 2 * BLOCK + BLOCK]) for i in range(len(NAMES))]
     assert parsed == [(n, 3, tarfile.REGTYPE) for n in NAMES]
+
+
+def test_two_damaged_headers_lose_two_samples(tmp_path) -> None:
+    """Resync twice in one shard: each damaged header costs its own sample only; the shard is
+    reported once, after the rest was delivered, naming both damages and both samples lost."""
+    from mvmae.shards.sample import MEMBERS
+    from mvmae.shards.stream import ShardReadError, ShardReader
+
+    keys = [f"s{i}" for i in range(5)]
+    buf, offsets = io.BytesIO(), {}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key in keys:
+            for member in MEMBERS:
+                offsets[f"{key}.{member}"] = buf.tell()
+                data = bytes(range(256)) * 3  # 768 bytes: two data blocks after each header
+                info = tarfile.TarInfo(f"{key}.{member}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    data = bytearray(buf.getvalue())
+    for name in (f"s1.{MEMBERS[1]}", f"s3.{MEMBERS[0]}"):
+        data[offsets[name] + 3] ^= 0x20  # a name byte: the checksum no longer holds
+    shard = tmp_path / "shard.tar"
+    shard.write_bytes(bytes(data))
+    got = []
+    with pytest.raises(ShardReadError) as info:
+        got.extend(s["__key__"] for s in ShardReader(str(shard)))
+    assert got == ["s0", "s2", "s4"]
+    assert info.value.key == "s1"
+    assert info.value.reason.count("invalid tar header") == 2 and "2 sample(s) lost: s1, s3" in info.value.reason
+    assert f"resynced at byte {offsets[f's1.{MEMBERS[2]}']}" in info.value.reason
+    assert f"resynced at byte {offsets[f's3.{MEMBERS[1]}']}" in info.value.reason

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from mvmae.cli import main
 from mvmae.extract.probe import probe_video
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 from mvmae.shards.videolist import read_inputs
 from mvmae.synth import SynthConfig, make_dataset, pool_classes, split_counts
 

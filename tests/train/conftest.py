@@ -40,7 +40,7 @@ def motion_shards(tmp_path_factory) -> dict:
     Same keys as ``synth_shards``: ``{"dir", "shards", "train", "val", "num_train": 72,
     "num_val": 24}``. Read-only for tests.
     """
-    from mvmae.shards.job import JobConfig, run_job
+    from mvmae.job.job import JobConfig, run_job
     from mvmae.synth import SynthConfig, make_dataset
 
     root = tmp_path_factory.mktemp("motion_shards")

@@ -19,7 +19,7 @@ import pytest
 
 from mvmae.cli import main
 from mvmae.extract.export import load_export
-from mvmae.shards.job import JobConfig, run_job
+from mvmae.job.job import JobConfig, run_job
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, decode_sample
 from mvmae.shards.stream import ShardError, ShardReader
 

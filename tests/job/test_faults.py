@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mvmae.shards.faults import CRASHED, TIMEOUT, FaultLog
+from mvmae.job.faults import CRASHED, TIMEOUT, FaultLog
 from mvmae.shards.videolist import VideoEntry
 
 

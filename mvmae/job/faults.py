@@ -41,6 +41,8 @@ class FaultLog:
     (``cause``: how the worker died the last time, e.g. "killed by SIGSEGV").
     """
 
+    on_save = None  # called with the path after each save (a job into object storage uploads it)
+
     def __init__(self, out_dir: Path, split: str, job_id: str, part_index: int = 0,
                  num_parts: int = 1) -> None:
         self.path, self.job_id = Path(out_dir) / fault_file_name(split, part_index, num_parts), job_id
@@ -58,6 +60,29 @@ class FaultLog:
             for key, v in videos.items():
                 if key not in self.videos or _count(v) > _count(self.videos[key]):
                     self.videos[key] = v
+
+    @classmethod
+    def detached(cls, job_id: str, videos: dict[str, dict]) -> "FaultLog":
+        """A log of ``videos`` (key -> record) kept in memory only: what a shard's run on another
+        machine (a Ray task) records, handed back to the driver, whose log :meth:`merge`s it."""
+        log_ = cls.__new__(cls)
+        log_.path, log_.job_id, log_.videos, log_._own = None, job_id, dict(videos), set()
+        return log_
+
+    def records(self, keys) -> dict[str, dict]:
+        """The records of ``keys`` (those it has)."""
+        return {k: self.videos[k] for k in keys if k in self.videos}
+
+    def merge(self, videos: dict[str, dict]) -> None:
+        """Take in records made elsewhere (a detached log's), the further along of two kept; saved."""
+        changed = False
+        for key, v in videos.items():
+            if key not in self.videos or _count(v) > _count(self.videos[key]):
+                self.videos[key] = v
+                self._own.add(key)
+                changed = True
+        if changed:
+            self._save()
 
     def _read(self, path: Path) -> dict[str, dict]:
         try:
@@ -104,8 +129,21 @@ class FaultLog:
                                                   "cause": ""})
 
     def _save(self) -> None:
+        if self.path is None:  # detached: the driver saves what it merges
+            return
         atomic_write_json(self.path, {"job": self.job_id,
                                       "videos": {k: self.videos[k] for k in sorted(self._own)}})
+        if self.on_save is not None:
+            self.on_save(self.path)
+
+
+def merge_records(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict]:
+    """Two sets of records of one job (key -> record), the further along of each video's kept."""
+    out = dict(a)
+    for key, v in b.items():
+        if key not in out or _count(v) > _count(out[key]):
+            out[key] = v
+    return out
 
 
 def _count(record: dict) -> tuple[int, int]:

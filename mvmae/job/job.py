@@ -6,9 +6,9 @@ shard ``j`` is named ``<split>-<j:06d>.tar``, and part ``i`` of ``N`` owns the s
 temporary name and renamed); re-running the same command skips complete shards and rewrites the
 rest, so a job killed at any moment finishes with every good video exactly once.
 
-Videos are extracted in supervised worker processes (:mod:`mvmae.shards.workers`): a video that
+Videos are extracted in supervised worker processes (:mod:`mvmae.job.workers`): a video that
 runs past the time limit or kills its worker is recorded as failed (``timeout``, ``crashed``) in
-the part's fault file (:mod:`mvmae.shards.faults`) and in its shard's stats, and the job goes on.
+the part's fault file (:mod:`mvmae.job.faults`) and in its shard's stats, and the job goes on.
 ``workers=0`` extracts in the calling process instead: no time limit, and a crash of the decoder
 ends the job.
 
@@ -17,6 +17,14 @@ lock ``.<split>-part-<i>of<N>.lock`` while it runs (a second run of the same par
 the files every part writes (``<split>-job.json``, the manifest) are written under the short-lived
 lock ``.<split>-job.lock``. A part removes only the temporary files nobody can be writing: those
 of its own shards and files, and those of dead processes of its own machine.
+
+With ``out_url`` (object storage, :mod:`mvmae.job.store`) ``out_dir`` is a local scratch folder:
+each shard is built there as above, then its tar uploaded whole and its stats JSON after it (the
+commit marker), and both removed from the scratch folder. A shard is complete when its marker
+(of this job) is in the bucket; a shard whose upload failed past the retries stays built in the
+scratch folder, is named in the summary, and is uploaded (not extracted again) by the next run.
+The job record, ``classes.json`` and the manifest (listed from the markers) are single PUTs; the
+fault files are kept in the scratch folder and copied into the bucket after each save.
 """
 
 from __future__ import annotations
@@ -35,14 +43,19 @@ from mvmae.extract.decoder import ExtractConfig
 from mvmae.extract.errors import VideoError
 from mvmae.extract.video import iter_segments
 from mvmae.files import FileLock, LockHeld, stale_temporaries
-from mvmae.shards.faults import FaultLog
+from mvmae.job.engine import ShardRun, engine_of
+from mvmae.job.faults import FaultLog
+from mvmae.job.publish import (bring_faults, built_stats, completed_stats, send_faults, stats_if_complete,
+                               store_of, upload_shard, write_store_manifest)
+from mvmae.job.store import is_remote
 from mvmae.shards.sample import FORMAT_VERSION, RECORD, encode_sample, update_record
 from mvmae.shards.videolist import VideoEntry, read_inputs
-from mvmae.shards.workers import WorkerPool
 from mvmae.shards.writer import (ShardFile, WriteError, atomic_write_bytes, atomic_write_json, ensure_folder,
                                 remove_quietly)
 
 log = logging.getLogger(__name__)
+
+STORE_SCHEMES = ("s3", "gs", "gcs", "memory")  # object storage an OUT may name (fsspec)
 
 
 class JobError(RuntimeError):
@@ -59,6 +72,11 @@ class JobConfig:
     video_timeout: seconds one video may take before its worker is killed (code ``timeout``).
     retries: further tries of a video whose worker died (then code ``crashed``), and of a shard
     whose worker was lost between videos (then the shard is reported failed).
+    engine: what runs the shards (:mod:`mvmae.job.engine`): "local" or "ray" (ray_address: a
+    cluster to join; None starts a local instance).
+    out_url: object storage the shards go to (``out_dir`` is then the local scratch folder they
+    are built in); upload_retries / upload_retry_delay_s: retries of a failed PUT or GET, the
+    delay before the first (doubling).
     """
 
     input: Path
@@ -72,9 +90,25 @@ class JobConfig:
     retries: int = 2
     video_timeout: float = 600.0
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    out_url: str | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    upload_retries: int = 4
+    upload_retry_delay_s: float = 1.0
 
     def __post_init__(self) -> None:
         self.input, self.out_dir = Path(self.input), Path(self.out_dir)
+        if self.out_url is not None:
+            scheme = self.out_url.split("://", 1)[0]
+            if not is_remote(self.out_url) or scheme not in STORE_SCHEMES:
+                raise ValueError(f"{self.out_url}: OUT must be a folder or an object storage URL "
+                                 f"({', '.join(s + '://' for s in STORE_SCHEMES)})")
+            if scheme == "memory" and (self.workers or self.engine != "local"):
+                raise ValueError(f"{self.out_url}: memory:// lives in this process only: use --workers 0")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
+        if self.upload_retries < 0 or self.upload_retry_delay_s < 0:
+            raise ValueError("upload_retries and upload_retry_delay_s must be >= 0")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.workers < 0:
@@ -179,6 +213,27 @@ def write_shard(task: ShardTask, config: JobConfig, job_id: str,
     return stats
 
 
+def build_shard(task: ShardTask, config: JobConfig, job_id: str,
+                excluded: dict[str, tuple[str, str]] | None = None,
+                on_phase: Callable[[str, int], None] | None = None) -> dict:
+    """What an engine runs per shard: :func:`write_shard`, then for a job into object storage the
+    upload (:func:`publish.upload_shard`; on_phase("upload", n) before). A shard built by an
+    earlier run whose upload failed is uploaded without being extracted again. Returns the stats;
+    with ``"upload_error"`` added when the upload failed past its retries (the shard then stays
+    in the scratch folder for the next run)."""
+    store = store_of(config)
+    if store is None:
+        return write_shard(task, config, job_id, excluded, on_phase)
+    stats = built_stats(task, config, job_id)
+    if stats is not None:
+        log.info("%s: built by an earlier run, uploading it", task.name)
+    else:
+        stats = write_shard(task, config, job_id, excluded, on_phase)
+    if on_phase is not None:
+        on_phase("upload", len(task.entries))
+    return upload_shard(store, task, config, stats)
+
+
 def _failed_record(entry: VideoEntry, code: str, reason: str) -> dict:
     return {"source": entry.source, "label": entry.label, "class_name": entry.class_name,
             "key": entry.key, "status": "failed", "code": code, "reason": reason, "keys": [], "warnings": []}
@@ -262,18 +317,22 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
     summary.shards_skipped = len(tasks) - len(todo)
     total = sum(len(t.entries) for t in tasks)
     done = total - sum(len(t.entries) for t in todo)
+    store = store_of(config)
+    if store is not None:
+        bring_faults(store, out, config.split, job_id)
     faults = FaultLog(out, config.split, job_id, config.part_index, config.num_parts)
+    if store is not None:
+        send_faults(store, faults)
     _remove_stale_temporaries(out, tasks, faults)
     if progress:
         progress(done, total)
-    failed, summary.shards_redone = _run_tasks(todo, config, job_id, faults,
-                                               lambda n: progress and progress(n, total), done)
+    run = ShardRun(config, job_id, faults, lambda n: progress and progress(n, total), done, build_shard)
+    failed = engine_of(config).run(todo, run)
+    summary.shards_redone = run.num_redone
     summary.shards_written = len(todo) - len(failed)
     summary.shards_failed = [t.name for t in failed]
-    for t in tasks:
-        stats_path = out / f"{t.name}.json"
-        if stats_path.exists():
-            stats = json.loads(stats_path.read_text())
+    for stats in completed_stats(tasks, config, job_id):
+        if stats is not None:
             summary.num_videos += stats["num_videos"]
             summary.num_failed += stats["num_failed"]
             summary.num_samples += stats["num_samples"]
@@ -283,7 +342,10 @@ def _run(config: JobConfig, progress: Callable[[int, int], None] | None) -> JobS
             for code, n in stats.get("warnings_by_code", {}).items():
                 summary.warnings_by_code[code] = summary.warnings_by_code.get(code, 0) + n
     summary.num_ok = summary.num_videos - summary.num_failed
-    write_manifest(out, config.split)
+    if store is None:
+        write_manifest(out, config.split)
+    else:
+        write_store_manifest(store, config.split)
     summary.seconds = time.monotonic() - t0
     return summary
 
@@ -310,6 +372,15 @@ def _claim_folder(config: JobConfig, job_id: str, classes: list[str]) -> None:
            "input": str(config.input), "split": config.split, "shard_size": config.shard_size,
            "max_seconds": config.max_seconds, "num_parts": config.num_parts,
            "extract": asdict(config.extract)}
+    store = store_of(config)
+    if store is not None:  # no lock in a bucket: parts write the same record, whichever is last
+        previous = store.read_json(job_path.name)
+        if previous is not None and previous.get("job") != job_id:
+            raise JobError(f"{store.url}: holds '{config.split}' shards of a different job (other inputs, "
+                           f"shard size or extraction options); use another URL or --split")
+        store.put_json(job_path.name, job)
+        store.put_json("classes.json", classes)
+        return
     with _job_lock(out, config.split):
         if job_path.exists():
             previous = json.loads(job_path.read_text())
@@ -324,6 +395,9 @@ def _claim_folder(config: JobConfig, job_id: str, classes: list[str]) -> None:
 
 
 def _complete(task: ShardTask, config: JobConfig, job_id: str) -> bool:
+    store = store_of(config)
+    if store is not None:  # the marker is uploaded after its tar: trusted, the tar not listed
+        return stats_if_complete(task, job_id, store.read_json(f"{task.name}.json")) is not None
     stats_path = config.out_dir / f"{task.name}.json"
     if not (config.out_dir / f"{task.name}.tar").exists() or not stats_path.exists():
         return False
@@ -332,22 +406,6 @@ def _complete(task: ShardTask, config: JobConfig, job_id: str) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return stats.get("job") == job_id and stats.get("num_videos") == len(task.entries)
-
-
-def _run_tasks(todo: list[ShardTask], config: JobConfig, job_id: str, faults: FaultLog,
-               report: Callable[[int], None], done: int) -> tuple[list[ShardTask], int]:
-    """Write the shards of ``todo``; returns those still failing after the retries, and how many
-    shard attempts were started again after a lost worker. ``report(videos done)`` only grows,
-    but for such a redo."""
-    if config.workers == 0:  # in this process: no time limit, no protection from crashes
-        for task in todo:
-            write_shard(task, config, job_id, faults.excluded(task.entries, config.retries),
-                        lambda phase, i, base=done: report(base + i))
-            done += len(task.entries)
-            report(done)
-        return [], 0
-    pool = WorkerPool(write_shard, config, job_id, faults, report, done)
-    return pool.run(todo), pool.num_redone
 
 
 def write_manifest(out_dir: Path, split: str) -> Path:

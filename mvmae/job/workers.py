@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from mvmae.console import LevelFormatter
-from mvmae.shards.faults import FaultLog
+from mvmae.job.faults import FaultLog
 from mvmae.shards.writer import WriteError, remove_quietly, stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -341,6 +341,8 @@ class WorkerPool(Work):
 
     def on_done(self, task, value) -> None:
         self.done += len(task.entries)
+        if isinstance(value, dict) and "upload_error" in value:  # built, not uploaded: the next run
+            self.failed.append(task)
         self._report()
 
     def on_message(self, task, kind: str, value) -> None:
@@ -404,11 +406,12 @@ def _remove_temporaries(out_dir: Path, pid: int) -> None:
 
 
 def _write_shard_in_worker(write_shard: Callable, config, job_id: str, payload: tuple,
-                           send: Callable) -> None:
+                           send: Callable) -> dict | None:
     """Write one shard in a worker, its progress and a write error sent to the parent (which
-    stops the job on it)."""
+    stops the job on it); returns the shard's stats (None after a write error)."""
     task, excluded = payload
     try:
-        write_shard(task, config, job_id, excluded, lambda phase, i: send("phase", (phase, i)))
+        return write_shard(task, config, job_id, excluded, lambda phase, i: send("phase", (phase, i)))
     except WriteError as exc:
         send("write_error", (exc.path, exc.errno, exc.reason))
+        return None

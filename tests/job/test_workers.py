@@ -1,4 +1,4 @@
-"""The supervision of extraction workers (``mvmae.shards.workers``), made to hit its races on purpose.
+"""The supervision of extraction workers (``mvmae.job.workers``), made to hit its races on purpose.
 
 The shard "writers" here are small functions of this module run in real spawned workers, talking
 to the real supervising parent through real pipes; they stand for ``job.write_shard`` so that a
@@ -12,10 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-from mvmae.shards.faults import FaultLog
-from mvmae.shards.job import JobConfig, ShardTask
+from mvmae.job.faults import FaultLog
+from mvmae.job.job import JobConfig, ShardTask
 from mvmae.shards.videolist import VideoEntry
-from mvmae.shards.workers import WorkerPool
+from mvmae.job.workers import WorkerPool
 
 WAIT_S = 120  # a bound on every wait for another process (never reached when things work)
 

@@ -1,0 +1,109 @@
+"""The Ray engine (``mvmae extract run --engine ray``; ``pip install 'mvmae[ray]'``): one Ray task
+per shard, each running the same supervised extraction as a local job with one worker.
+
+Inside its task a shard is built by :class:`mvmae.job.workers.WorkerPool` exactly as locally
+(the same ``build`` function, so the same bytes): a video past the time limit or one that kills
+its worker process is recorded (``timeout``/``crashed``) and the shard redone without it, so one
+bad video never costs a Ray retry. The task records faults in a detached
+:class:`~mvmae.job.faults.FaultLog` seeded with the driver's records of its videos and hands them
+back; only the driver saves fault records (and, after the engine, the job record and manifest).
+Ray's own retries (``max_retries``) cover a task whose Ray worker process or node dies: the task
+is run again from the start, and since a shard becomes visible only whole (a rename, or the
+commit marker after the upload) a repeat writes the same bytes again.
+
+Without an address a local Ray instance is started with ``config.workers`` CPUs (one task
+each) and stopped at the end; with one, the job joins that cluster (``ray.init(address)``), whose
+nodes need mvmae installed and, for a local OUT, the same shared folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from mvmae.job.faults import FaultLog
+from mvmae.job.workers import WorkerPool
+from mvmae.shards.fetch import MissingExtraError
+
+if TYPE_CHECKING:
+    from mvmae.job.engine import ShardRun
+    from mvmae.job.job import JobConfig, ShardTask
+
+log = logging.getLogger(__name__)
+
+RAY_TASK_RETRIES = 3  # Ray's retries of a shard whose Ray worker or node died
+
+
+def import_ray():
+    """The ray module; :class:`MissingExtraError` naming the extra when it is not installed."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingExtraError("--engine ray needs Ray: pip install 'mvmae[ray]'") from exc
+    return ray
+
+
+def build_on_ray(task: ShardTask, config: JobConfig, job_id: str, faults: dict[str, dict]) -> dict:
+    """One shard, in a Ray task: the local supervisor with one worker. Returns ``{"stats":
+    stats or None, "failed": bool, "faults": records of its videos}``."""
+    detached = FaultLog.detached(job_id, faults)
+    built: list[dict] = []
+
+    class _Pool(WorkerPool):
+        def on_done(self, task_, value) -> None:
+            super().on_done(task_, value)
+            if isinstance(value, dict):
+                built.append(value)
+
+    from mvmae.files import ensure_folder
+    from mvmae.job.job import build_shard
+
+    ensure_folder(config.out_dir)  # on another node: the scratch folder (or shared OUT) may be new here
+    local = dataclasses.replace(config, workers=1, engine="local")
+    failed = _Pool(build_shard, local, job_id, detached, lambda n: None, 0).run([task])
+    stats = built[-1] if built else None
+    return {"stats": stats, "failed": bool(failed) or stats is None or "upload_error" in stats,
+            "faults": detached.records(e.key for e in task.entries)}
+
+
+class RayEngine:
+    """One Ray task per shard (see the module docstring). address: the cluster to join (None:
+    start a local instance with ``config.workers`` CPUs)."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+
+    def run(self, tasks: list[ShardTask], run: ShardRun) -> list[ShardTask]:
+        ray = import_ray()
+        started = not ray.is_initialized()
+        if started:
+            options = {} if self.address else {"num_cpus": max(1, run.config.workers)}
+            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING, **options)
+        try:
+            return self._run(ray, tasks, run)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, ray, tasks: list[ShardTask], run: ShardRun) -> list[ShardTask]:
+        remote = ray.remote(num_cpus=1, max_retries=RAY_TASK_RETRIES, retry_exceptions=False)(build_on_ray)
+        refs = {remote.remote(t, run.config, run.job_id, run.faults.records(e.key for e in t.entries)): t
+                for t in tasks}
+        pending, failed, done = list(refs), [], run.done
+        run.report(done)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            task = refs[ready[0]]
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:  # its workers kept dying, or a bug
+                log.error("%s: the Ray task failed: %s", task.name, str(exc).splitlines()[0] if str(exc) else exc)
+                failed.append(task)
+                continue
+            run.faults.merge(result["faults"])
+            if result["failed"]:
+                failed.append(task)
+            done += len(task.entries)
+            run.report(done)
+        return sorted(failed, key=lambda t: t.index)

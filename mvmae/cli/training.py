@@ -181,6 +181,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (reproducible resume).")
 @click.option("--steps-per-epoch", type=int, help="Batches per epoch from resampled shards (0: one pass).")
 @click.option("--flip-prob", type=float, help="Horizontal flips (negate dx): 0 for left/right classes [default: 0.5].")
+@click.option("--rotate/--no-rotate", default=None,
+              help="Random quarter turns of field and I-frames (top-down footage: no direction is up) [default: off].")
 @click.option("--crop-area", type=(float, float), default=None, help="Random crop area range [default: 0.35 1.0].")
 @click.option("--seed", type=int, help="[default: 0]")
 @handle_errors

@@ -60,7 +60,9 @@ class ClipConfig:
     mv_size cells; the defaults (224 px, 14 cells) put one cell on each 16x16-px patch of a
     ViT-B/16 input. min_valid_ratio: an output cell is valid when at least this fraction of its
     area is covered by source cells with vectors.
-    Train augmentation: flip_prob (horizontal flip of I-frames and field, dx negated),
+    Train augmentation: flip_prob (horizontal flip of I-frames and field, dx negated), rotate
+    (a random number of quarter turns of I-frames and field, positions and vectors turned together:
+    for top-down footage, where no direction is "up"),
     crop_area (fraction of the source frame's area) and crop_aspect (width/height of the box in
     source px) of a random resized crop, drawn as torchvision's ``RandomResizedCrop``.
     eval_crop: ``center`` (the largest centred square, aspect kept) or ``full`` (the whole frame
@@ -77,6 +79,7 @@ class ClipConfig:
     mv_size: int = 14
     min_valid_ratio: float = 0.5
     flip_prob: float = 0.5
+    rotate: bool = False
     crop_area: tuple[float, float] = (0.35, 1.0)
     crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
     eval_crop: str = "center"
@@ -120,7 +123,8 @@ class Clip:
     iframe_index: int64 (K,) display index of each I-frame relative to the sample start;
     frame_index: int64 (T,) display index of each clip frame (-1: padding); start: display index
     of the first clip frame; clip_index: which clip of the sample (``multi``); crop_box: the
-    normalized (y0, x0, y1, x1) box of the source frame that was resized; flipped: mirrored.
+    normalized (y0, x0, y1, x1) box of the source frame that was resized; flipped: mirrored;
+    quarter_turns: counterclockwise quarter turns on screen, after the flip.
     """
 
     mv: np.ndarray
@@ -134,6 +138,7 @@ class Clip:
     clip_index: int = 0
     crop_box: Box = FULL_BOX
     flipped: bool = False
+    quarter_turns: int = 0
 
 
 def clip_starts(num_frames: int, config: ClipConfig, rng: np.random.Generator | None) -> list[int]:
@@ -254,12 +259,26 @@ def flip_field(mv: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return mv, valid[..., ::-1].copy()
 
 
+def rotate_field(mv: np.ndarray, valid: np.ndarray, turns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a square field ``turns`` quarter turns counterclockwise on screen (y down): cells
+    move with ``np.rot90`` and each turn maps (dx, dy) to (dy, -dx). mv (T, 2, m, m), valid (T, m, m)."""
+    turns %= 4
+    if turns == 0:
+        return mv, valid
+    mv = np.rot90(mv, turns, axes=(-2, -1))  # (T, 2, m, m), positions turned
+    dx, dy = mv[:, 0], mv[:, 1]
+    for _ in range(turns):
+        dx, dy = dy, -dx
+    return np.ascontiguousarray(np.stack([dx, dy], axis=1)), np.ascontiguousarray(np.rot90(valid, turns, axes=(-2, -1)))
+
+
 @dataclass
 class ClipPlan:
     """Everything random about a sample's clips, drawn before anything is decoded: for clip c,
     ``starts[c]``, ``frame_index[c]`` int64 (T,) (-1: padding), ``positions[c]`` (K,) in
     ``iframe_index``, ``boxes[c]`` normalized and ``pixel_boxes[c]`` in I-frame px (the same box,
-    snapped to whole I-frame pixels; source pixels for a sample without I-frames), ``flips[c]``."""
+    snapped to whole I-frame pixels; source pixels for a sample without I-frames), ``flips[c]``,
+    ``turns[c]`` (quarter turns)."""
 
     starts: list[int]
     frame_index: np.ndarray
@@ -267,6 +286,7 @@ class ClipPlan:
     boxes: list[Box]
     pixel_boxes: list[PixelBox]
     flips: list[bool]
+    turns: list[int]
 
 
 def plan_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator | None = None) -> ClipPlan:
@@ -279,12 +299,14 @@ def plan_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator 
     starts = clip_starts(n, config, rng)
     # a sample without I-frames (motion-only clips) has no I-frame pixels: snap to source pixels
     snap_to = source.iframe_shape if len(source.iframe_index) else source.size
-    boxes, pixel_boxes, flips = [], [], []
+    boxes, pixel_boxes, flips, turns = [], [], [], []
     for _ in starts:
         if config.mode == "train":
             box, flipped = random_crop_box(source.size, config, rng), bool(rng.random() < config.flip_prob)
+            turns.append(int(rng.integers(4)) if config.rotate else 0)  # no draw when off: same clips
         else:
             box, flipped = eval_crop_box(source.size, config), False
+            turns.append(0)
         box, box_px = snap_box(box, snap_to)
         boxes.append(box)
         pixel_boxes.append(box_px)
@@ -292,7 +314,7 @@ def plan_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator 
     return ClipPlan(starts=starts, frame_index=np.stack([clip_frame_index(s, n, config) for s in starts]),
                     positions=[nearest_iframes(source.iframe_index, clip_centre(s, n, config), config.num_iframes)
                                if config.num_iframes else np.zeros(0, np.int64) for s in starts],
-                    boxes=boxes, pixel_boxes=pixel_boxes, flips=flips)
+                    boxes=boxes, pixel_boxes=pixel_boxes, flips=flips, turns=turns)
 
 
 def clip_fields(source: ClipSource, plan: ClipPlan, config: ClipConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -304,7 +326,7 @@ def clip_fields(source: ClipSource, plan: ClipPlan, config: ClipConfig) -> list[
     for c, (box, flipped) in enumerate(zip(plan.boxes, plan.flips)):
         mv, valid = resample_mv(mv_all[c * t:(c + 1) * t], valid_all[c * t:(c + 1) * t], source.size,
                                 source.grid, box, config, source.mv_step)
-        fields.append(flip_field(mv, valid) if flipped else (mv, valid))
+        fields.append(rotate_field(*(flip_field(mv, valid) if flipped else (mv, valid)), plan.turns[c]))
     return fields
 
 
@@ -319,12 +341,13 @@ def crop_iframes(plan: ClipPlan, images: dict[int, np.ndarray], config: ClipConf
     """Each clip's I-frames, cropped, resized (by ``ops``) and flipped: [uint8 (K, 3, S, S)],
     S = iframe_size."""
     out = []
-    for pos, box_px, flipped in zip(plan.positions, plan.pixel_boxes, plan.flips):
+    for pos, box_px, flipped, turns in zip(plan.positions, plan.pixel_boxes, plan.flips, plan.turns):
         if not len(pos):  # num_iframes 0: motion only
             out.append(np.zeros((0, 3, config.iframe_size, config.iframe_size), np.uint8))
             continue
         iframes = ops.crop_resize([images[int(p)] for p in pos], box_px, config.iframe_size)
-        out.append(iframes[..., ::-1].copy() if flipped else iframes)
+        iframes = iframes[..., ::-1] if flipped else iframes
+        out.append(np.ascontiguousarray(np.rot90(iframes, turns, axes=(-2, -1))) if turns or flipped else iframes)
     return out
 
 
@@ -332,9 +355,9 @@ def assemble_clips(source: ClipSource, plan: ClipPlan, fields: list, iframes: li
     """The :class:`Clip` objects of a plan, its fields (``clip_fields``) and I-frames (``crop_iframes``)."""
     return [Clip(mv=mv, valid=valid, iframes=images, iframe_index=source.iframe_index[pos].astype(np.int64),
                  frame_index=plan.frame_index[c], label=source.label, key=source.key, start=start,
-                 clip_index=c, crop_box=box, flipped=flipped)
-            for c, (start, pos, box, flipped, (mv, valid), images)
-            in enumerate(zip(plan.starts, plan.positions, plan.boxes, plan.flips, fields, iframes))]
+                 clip_index=c, crop_box=box, flipped=flipped, quarter_turns=turns)
+            for c, (start, pos, box, flipped, turns, (mv, valid), images)
+            in enumerate(zip(plan.starts, plan.positions, plan.boxes, plan.flips, plan.turns, fields, iframes))]
 
 
 def make_clips(source: ClipSource, config: ClipConfig, rng: np.random.Generator | None = None,

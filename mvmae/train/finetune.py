@@ -47,7 +47,8 @@ class FinetuneConfig(ShardReading):
     """One fine-tuning run. train/val: shard URLs; classes: classes.json (default: beside the
     first local train shard); pretrained: Motion encoder pretraining checkpoint (its token spec
     wins over the token fields here); init: weights-only start from a classifier checkpoint.
-    flip_prob, crop_area: train augmentation; a horizontal flip negates dx, so set flip_prob=0
+    flip_prob, rotate, crop_area: train augmentation (rotate: random quarter turns, for top-down
+    footage); a horizontal flip negates dx, so set flip_prob=0
     when classes differ by left/right direction (``mvmae synth`` classes do). read,
     loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
 
@@ -87,6 +88,7 @@ class FinetuneConfig(ShardReading):
     keep_last: int = 3
     best_metric: str = "macro_f1"
     flip_prob: float = 0.5
+    rotate: bool = False
     crop_area: tuple[float, float] = (0.35, 1.0)
 
     def __post_init__(self) -> None:
@@ -288,7 +290,7 @@ class Finetuner:
         """The reader's clips (``model.classifier_clip``), augmented in ``train`` mode."""
         if mode != "train":
             return classifier_clip(self.cfg.model, self.spec, mode)
-        return classifier_clip(self.cfg.model, self.spec, mode, flip_prob=self.cfg.flip_prob,
+        return classifier_clip(self.cfg.model, self.spec, mode, flip_prob=self.cfg.flip_prob, rotate=self.cfg.rotate,
                                crop_area=self.cfg.crop_area)
 
     def _state(self, phase: int, trainable: list[str]) -> dict:

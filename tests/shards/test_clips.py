@@ -196,6 +196,30 @@ def test_flip_negates_dx_and_mirrors_everything() -> None:
     assert red[:, -1].mean() > red[:, 0].mean()
 
 
+@pytest.mark.parametrize("turns, expected", [(1, (-1.0, -2.0)), (2, (-2.0, 1.0)), (3, (1.0, 2.0))])
+def test_rotation_turns_positions_and_vectors_together(turns, expected) -> None:
+    """A pan of (+2, -1) px/frame (right and up) turned counterclockwise on screen: a quarter turn
+    makes it (-1, -2) (up and left); the picture and the valid mask turn with np.rot90."""
+    src = uniform_source()
+    src.valid[5, :, :4] = False  # an asymmetric hole, to see the turn
+    src.mv[5, :, :, :4] = 0.0
+    config = ClipConfig(flip_prob=0.0, crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0))
+    turned = None
+    for seed in range(40):  # the draw that gives this many turns, with the same start and crop
+        (clip,) = make_clips(src, ClipConfig(**{**config.__dict__, "rotate": True}), np.random.default_rng(seed))
+        if clip.quarter_turns == turns:
+            turned = clip
+            break
+    assert turned is not None
+    (plain,) = make_clips(src, config, np.random.default_rng(seed))
+    assert plain.start == turned.start and plain.crop_box == turned.crop_box
+    np.testing.assert_array_equal(turned.valid, np.rot90(plain.valid, turns, axes=(-2, -1)))
+    np.testing.assert_array_equal(turned.iframes, np.rot90(plain.iframes, turns, axes=(-2, -1)))
+    scale = float(plain.mv[:, 0][plain.valid][0]) / 2.0  # vectors are in output I-frame px
+    dx, dy = turned.mv[:, 0][turned.valid], turned.mv[:, 1][turned.valid]
+    assert np.allclose(dx, expected[0] * scale) and np.allclose(dy, expected[1] * scale)
+
+
 def test_random_crop_box_within_bounds_and_area() -> None:
     config = ClipConfig(crop_area=(0.3, 0.6), crop_aspect=(0.75, 1.333))
     rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ nodes join: which node holds rank 0 is not fixed (tests must not depend on it).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,11 +63,31 @@ def wait_nodes(procs: list[subprocess.Popen], timeout_s: float) -> list[int]:
         raise AssertionError(f"the nodes were still running after {timeout_s} s: an epoch hung")
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc's parent links."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
 def kill_nodes(procs: list[subprocess.Popen]) -> None:
-    """SIGKILL to each launcher's process group (the launcher, its workers, their loaders)."""
+    """SIGKILL to each launcher and everything below it: torchrun starts each worker in a session
+    of its own, so the launcher's process group alone would leave the workers training."""
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         proc.wait()
 
 

@@ -57,8 +57,9 @@ def test_slurm_array_extraction_as_written(tiny_clips, tmp_path):
            "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_CPUS_PER_TASK": "1"}
     out = tmp_path / "shards"
     for task in ("3", "4"):
-        result = subprocess.run(["bash", str(REPO / "examples/slurm/extract.sbatch"), str(tmp_path / "lists/train.txt"),
-                                 str(out), "train", "--shard-size", "1"], env={**env, "SLURM_ARRAY_TASK_ID": task}, cwd=REPO,
+        script = [str(REPO / "examples/slurm/extract.sbatch"), str(tmp_path / "lists/train.txt"), str(out),
+                  "train", "--shard-size", "1"]
+        result = subprocess.run(["bash", *script], env={**env, "SLURM_ARRAY_TASK_ID": task}, cwd=REPO,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         if task == "3":  # part 0 of 2: shards 0 and 2 of the 4

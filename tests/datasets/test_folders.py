@@ -42,7 +42,8 @@ def _split(root: Path, out: Path, seed: int) -> tuple[list, list, list[str]]:
 def test_stratified_and_seeded(class_tree, tmp_path):
     train, val, classes = _split(class_tree, tmp_path / "a", seed=0)
     assert classes == ["empty", "jump", "run", "sit", "wave"]
-    for split, expected in ((val, {"jump": 2, "run": 1, "wave": 1}), (train, {"jump": 8, "run": 4, "sit": 1, "wave": 1})):
+    expected_counts = ((val, {"jump": 2, "run": 1, "wave": 1}), (train, {"jump": 8, "run": 4, "sit": 1, "wave": 1}))
+    for split, expected in expected_counts:
         counts: dict[str, int] = {}
         for entry in split:
             assert entry.path.parent.name in (classes[entry.label], "nested")

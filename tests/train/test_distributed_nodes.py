@@ -1,7 +1,7 @@
 """Multi-node ``pretrain`` and ``train``: two torchrun launchers on loopback acting as two nodes
 (``nodes.py``), each rank reading its own share of shards that do not divide evenly over
-ranks x DataLoader workers (5 shards for 2 ranks x 2 workers; 3 shards, so one worker per rank
-idles): no epoch hangs, checkpoints and logs are written once, and validation over both ranks
+ranks x DataLoader workers (5 shards for 2 ranks x 2 workers in pretraining; 3 in fine-tuning,
+so one worker of rank 1 idles): no epoch hangs, checkpoints and logs are written once, and validation over both ranks
 equals one process evaluating the same checkpoint on the same shards.
 """
 
@@ -69,13 +69,13 @@ def _written_once(out: Path) -> None:
         "best.pt", "config.yaml", "epoch_0000.pt", "epoch_0001.pt", "last.pt", "metrics.jsonl"]
 
 
-@pytest.mark.parametrize("train", ["5shards", "3shards"])
-def test_two_nodes_pretrain_over_uneven_shards(train, uneven_shards, synth_shards, synth_codebook, tmp_path):
-    """Each epoch ends when the rank with the fewest batches runs out (``in_lockstep``): every
-    rank takes the same number of optimizer steps, and both nodes finish."""
-    shards = uneven_shards["train"] if train == "5shards" else synth_shards["train"]
+def test_two_nodes_pretrain_over_uneven_shards(uneven_shards, synth_codebook, tmp_path):
+    """5 shards for 2 ranks x 2 workers (3 + 2 per rank; 2 + 1 and 1 + 1 per worker): each epoch
+    ends when the rank with the fewest batches runs out (``in_lockstep``), every rank takes the
+    same number of optimizer steps, and both nodes finish."""
     out = tmp_path / "run"
-    texts = _run_nodes(["pretrain", "--config", _yaml(tmp_path, "pretrain", PRETRAIN), "--train", shards,
+    config = _yaml(tmp_path, "pretrain", PRETRAIN)
+    texts = _run_nodes(["pretrain", "--config", config, "--train", uneven_shards["train"],
                         "--codebook", str(synth_codebook), "--out", str(out)], tmp_path / "logs")
     assert [t.count("pretraining done") for t in texts] == [1, 1]
     _written_once(out)
@@ -85,11 +85,12 @@ def test_two_nodes_pretrain_over_uneven_shards(train, uneven_shards, synth_shard
     assert [r["epoch"] for r in epochs] == [0, 1] and all(math.isfinite(r["loss"]) for r in epochs)
 
 
-def test_two_nodes_train_validate_like_one_process(uneven_shards, tmp_path):
-    """Fine-tuning on two nodes: val metrics (each rank scores its own val shard, gathered) equal
-    ``mvmae eval`` of the last checkpoint in one process over the same val shards."""
+def test_two_nodes_train_validate_like_one_process(uneven_shards, synth_shards, tmp_path):
+    """Fine-tuning on two nodes over 3 train shards, fewer than 2 ranks x 2 workers (one worker of
+    rank 1 idles): val metrics (each rank scores its own val shard, gathered) equal ``mvmae eval``
+    of the last checkpoint in one process over the same val shards."""
     out = tmp_path / "run"
-    texts = _run_nodes(["train", "--config", _yaml(tmp_path, "train", TRAIN), "--train", uneven_shards["train"],
+    texts = _run_nodes(["train", "--config", _yaml(tmp_path, "train", TRAIN), "--train", synth_shards["train"],
                         "--val", uneven_shards["val"], "--out", str(out)], tmp_path / "logs")
     assert [t.count("training done") for t in texts] == [1, 1]
     _written_once(out)

@@ -57,6 +57,7 @@ def handle_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from mvmae.datasets.lists import DatasetError
         from mvmae.extract.errors import VideoError
         from mvmae.files import WriteError
         from mvmae.job.job import JobError
@@ -71,8 +72,8 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (VideoError, JobError, VideoListError, ShardError, SampleError, WriteError, StoreError,
-                MissingExtraError) as exc:
+        except (DatasetError, VideoError, JobError, VideoListError, ShardError, SampleError, WriteError,
+                StoreError, MissingExtraError) as exc:
             if debug:
                 raise
             fail(str(exc))
@@ -101,6 +102,7 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
     Typical use:
       mvmae demo                                 the whole pipeline on synthetic data
       mvmae probe clips/*.mp4                    look at the streams first
+      mvmae datasets uavhuman videos/ --out lists/   a benchmark's split lists
       mvmae check train.txt                      pre-flight over a dataset list
       mvmae extract run train.txt shards/        the dataset to shards (resumable)
       mvmae codebook 'shards/train-{000000..000009}.tar' --size 1024 --out codebook.npz

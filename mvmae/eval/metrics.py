@@ -247,11 +247,13 @@ class StreamingMetrics:
         if _dist_active():
             scores = np.concatenate(all_gather_rows(scores))
             labels = np.concatenate(all_gather_rows(labels))
-            all_keys: list[list[str] | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(all_keys, keys)
-            if any((k is None) != (keys is None) for k in all_keys):
+            # A rank without samples (fewer val shards than ranks) passed neither keys nor not.
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (keys, self._num_updates))
+            all_keys = [k for k, num_updates in parts if num_updates]
+            if any((k is None) != (all_keys[0] is None) for k in all_keys):
                 raise ValueError("some ranks passed keys and others did not")
-            keys = None if keys is None else [k for part in all_keys for k in part]
+            keys = None if not all_keys or all_keys[0] is None else [k for part in all_keys for k in part]
         if drop_duplicate_keys and keys is not None:
             scores, labels, keys = _drop_duplicates(scores, labels, keys)
         self._scores, self._labels, self._keys = [scores], [labels], keys

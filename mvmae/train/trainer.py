@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mvmae.shards.clips import ClipConfig
-from mvmae.shards.reader import ReadConfig, SkipCounter, build_train_pipeline, make_loader
+from mvmae.shards.reader import ReadConfig, SkipCounter, build_train_pipeline, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.distributed import DistInfo, all_reduce_sum, in_lockstep
 
@@ -83,9 +83,14 @@ def epoch_batches(cfg: TrainingData, clip: ClipConfig, epoch: int, dist: DistInf
 def steps_per_epoch(cfg: TrainingData, clip: ClipConfig, dist: DistInfo, **pipeline: Any) -> int:
     """Optimizer steps per epoch: ``cfg.steps_per_epoch``, else counted over one pass of the
     loader (epoch 0; the same options as ``epoch_batches``). Raises ValueError when an epoch has
-    fewer batches than ``accum_steps``."""
+    fewer batches than ``accum_steps``, or a rank would have no shard (fewer shards than ranks)."""
     if cfg.steps_per_epoch:
         return cfg.steps_per_epoch
+    num_shards = len(expand_urls(cfg.train))
+    if num_shards < dist.world_size:  # a rank without a shard would end every epoch at once
+        raise ValueError(f"{num_shards} shard(s) in {cfg.train} for {dist.world_size} ranks: each rank "
+                         "needs one; extract with a smaller --shard-size, or draw shards with replacement "
+                         "(--steps-per-epoch N)")
     batches, _ = epoch_batches(cfg, clip, 0, dist, **pipeline)
     num_batches = sum(1 for _ in batches)
     if num_batches < cfg.accum_steps:

@@ -104,3 +104,18 @@ def test_torchrun_two_processes_stay_in_sync(tmp_path):
     assert ranks[0]["params"].keys() == ranks[1]["params"].keys()
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
+
+
+def test_fewer_shards_than_ranks_is_refused_before_any_collective(synth_shards):
+    """One pass over 3 shards cannot feed 4 ranks (a rank without a shard would end every epoch
+    at its first batch): refused with what to do, on every rank alike (no process group needed)."""
+    from types import SimpleNamespace
+
+    from mvmae.shards.clips import ClipConfig
+    from mvmae.train.trainer import steps_per_epoch
+
+    cfg = SimpleNamespace(train=[synth_shards["train"]], steps_per_epoch=0)
+    info = DistInfo(3, 4, 0, torch.device("cpu"), False)
+    with pytest.raises(ValueError, match=r"3 shard\(s\) in .* for 4 ranks: each rank needs one; .*--steps-per-epoch"):
+        steps_per_epoch(cfg, ClipConfig(mode="train"), info)
+    assert steps_per_epoch(SimpleNamespace(train=cfg.train, steps_per_epoch=5), ClipConfig(mode="train"), info) == 5

@@ -62,7 +62,8 @@ from mvmae.synth import SynthConfig, make_dataset  # noqa: E402
 from mvmae.train import checkpoint as ckpt  # noqa: E402
 from mvmae.train.codebook import Codebook, CodebookConfig, build_codebook  # noqa: E402
 from mvmae.train.motion_encoder import MotionEncoder  # noqa: E402
-from mvmae.train.pretrain import MASKINGS, PretrainConfig, Pretrainer, build_model, masked_loss  # noqa: E402
+from mvmae.train.pretext import PretextOptions, pretext_loss  # noqa: E402
+from mvmae.train.pretrain import MASKINGS, PretrainConfig, Pretrainer, build_model  # noqa: E402
 from mvmae.train.tokenizer import TokenSpec, tokenize  # noqa: E402
 
 
@@ -190,7 +191,8 @@ def measure_throughput(args: argparse.Namespace, data: dict, codebook: Path, wor
                 t, generator = trainers[masking], torch.Generator().manual_seed(r)
                 t0 = time.process_time()
                 for _ in range(steps):
-                    loss, _ = masked_loss(t.model, batch, t.spec, t.book, t.masking, "ids", generator, t.device)
+                    loss, _ = pretext_loss(t.model, batch, t.spec, t.book, t.masking, PretextOptions(), generator,
+                                           t.device)
                     loss.backward()
                     t.optimizer.step()
                     t.optimizer.zero_grad(set_to_none=True)

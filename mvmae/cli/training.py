@@ -26,9 +26,10 @@ from mvmae.cli.base import handle_errors, main
 @click.option("--camera", type=click.Choice(["median", "affine", "none"]), default="median",
               show_default=True, help="Camera-motion compensation before tokenizing.")
 @click.option("--scale-px", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="px/frame that map to 1.0 in token vectors.")
+              help="px/frame (of the output I-frame) that map to 1.0 in token vectors.")
 @click.option("--static-threshold", type=click.FloatRange(min=0), default=0.125, show_default=True,
-              help="Mean token vector length (normalised) below which a token is static (code 0).")
+              help="Mean token vector length (normalised: x --scale-px px/frame) below which a token is "
+                   "static (code 0); 0.125 at --scale-px 4 is 0.5 px/frame.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=200_000, show_default=True,
               help="Tokens sampled from the shards for k-means.")
 @click.option("--clips-per-video", type=click.IntRange(min=1), default=2, show_default=True)
@@ -61,7 +62,8 @@ def codebook(shards: tuple[str, ...], size: int, out: Path, token: str, num_fram
     book.save(out)
     s = book.stats
     click.echo(f"codebook of {book.size} codes from {s['num_tokens']} tokens (dim {book.token_dim}): "
-               f"perplexity {s['perplexity']:.1f}, dead codes {s['dead_codes']}, static "
+               f"perplexity {s['perplexity']:.1f} ({s['moving_perplexity']:.1f} over moving tokens), dead codes "
+               f"{s['dead_codes']}, static "
                f"{s['static_ratio']:.1%}, quantization error {s['quantization_error']:.3f} -> {out}")
 
 
@@ -98,7 +100,7 @@ def _overrides(**values) -> dict:
 @click.option("--predict", type=click.Choice(["ids", "vectors"]),
               help="Targets: codebook ids (cross-entropy) or token vectors (MSE) [default: ids].")
 @click.option("--static-weight", type=float,
-              help="Loss weight of masked targets whose code is static (0: left out of the loss) [default: 0.1].")
+              help="Loss weight of masked targets whose code is static (0: left out of the loss) [default: 0].")
 @click.option("--norm-targets/--no-norm-targets", default=None,
               help="--predict vectors: standardise each target token over its values [default: off].")
 @click.option("--seed", type=int, help="Seed of data order, masks and init [default: 0].")
@@ -124,7 +126,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
     if not cfg.train or not cfg.codebook:
         raise click.UsageError("--train and --codebook are required (on the command line or in --config)")
     metrics = Pretrainer(cfg).run()
-    shown = ("loss", "masked_acc", "acc_moving", "acc_moving_baseline", "info_gain", "masked_mse", "mse_moving",
+    shown = ("loss", "masked_acc", "acc_moving", "acc_moving_baseline", "info_gain", "info_gain_moving",
+             "masked_mse", "mse_moving",
              "no_visible_motion_ratio", "tokens_per_s")
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
     click.echo(f"pretraining done: {summary} -> {cfg.out}")
@@ -163,6 +166,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--schedule", type=click.Choice(["two_phase", "full"]),
               help="two_phase: pretrained encoders frozen, then their top blocks at a lower LR; full: every "
                    "parameter from the start, layer-wise LR decay in pretrained encoders [default: two_phase].")
+@click.option("--scratch-lr-scale", type=float,
+              help="LR of encoders that were not pretrained (they train whole) / LR [default: 0.1].")
 @click.option("--layer-decay", type=float, help="--schedule full: LR factor per encoder layer down [default: 0.75].")
 @click.option("--label-fraction", type=float,
               help="Train on this share of each class's samples (stratified, at least 1 each) [default: 1].")
@@ -180,7 +185,7 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA [default: on].")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (reproducible resume).")
 @click.option("--steps-per-epoch", type=int, help="Batches per epoch from resampled shards (0: one pass).")
-@click.option("--flip-prob", type=float, help="Horizontal flips (negate dx): 0 for left/right classes [default: 0.5].")
+@click.option("--flip-prob", type=float, help="Horizontal flips (negate dx, swapping left/right and cw/ccw classes); 0.5 where classes are mirror-symmetric [default: 0].")
 @click.option("--rotate/--no-rotate", default=None,
               help="Random quarter turns of field and I-frames (top-down footage: no direction is up) [default: off].")
 @click.option("--crop-area", type=(float, float), default=None, help="Random crop area range [default: 0.35 1.0].")

@@ -30,7 +30,8 @@ CODEBOOK_VERSION = 1
 class CodebookConfig:
     """size: number of codes K (code 0 = static). token: 'tubelet' clusters whole token vectors,
     'vector' clusters single (dx, dy) vectors. static_threshold: mean vector length (in the
-    normalised units of the tokens) below which a token is static. max_tokens: sample size."""
+    normalised units of the tokens: x the token spec's scale_px px/frame) below which a token is
+    static; the default 0.125 is 0.5 px/frame at the default scale_px 4. max_tokens: sample size."""
 
     size: int = 1024
     token: str = "tubelet"
@@ -83,16 +84,19 @@ class Codebook:
         return torch.where(static, torch.zeros_like(ids), ids)
 
     def usage(self, tokens: torch.Tensor) -> dict:
-        """Code usage on ``tokens``: perplexity, dead codes, static share, quantization error."""
+        """Code usage on ``tokens``: perplexity (over all tokens, and over the moving ones: how
+        many moving codes are really in use), dead codes, static share, quantization error."""
         ids = self.assign(tokens)
         counts = torch.bincount(ids, minlength=self.size).double()
         p = counts / counts.sum()
         nz = p[p > 0]
+        moving = counts[1:][counts[1:] > 0] / counts[1:].sum().clamp(min=1)
         recon = torch.from_numpy(self.centroids).to(tokens.device)[ids]  # (N, D')
         err = (self._features(tokens.float()) - recon).norm(dim=1)
         return {
             "num_tokens": int(len(ids)),
             "perplexity": float(torch.exp(-(nz * nz.log()).sum())),
+            "moving_perplexity": float(torch.exp(-(moving * moving.log()).sum())),
             "dead_codes": int((counts[1:] == 0).sum()),
             "static_ratio": float(p[0]),
             "quantization_error": float(err.mean()),

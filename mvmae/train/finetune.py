@@ -67,6 +67,7 @@ class FinetuneConfig(ShardReading):
     unfreeze_blocks: int = 2
     encoder_lr_scale: float = 0.1
     layer_decay: float = 0.75
+    scratch_lr_scale: float = 0.1
     label_fraction: float = 1.0
     label_seed: int = 0
     lr: float = 5e-5
@@ -87,7 +88,7 @@ class FinetuneConfig(ShardReading):
     deterministic: bool = False
     keep_last: int = 3
     best_metric: str = "macro_f1"
-    flip_prob: float = 0.5
+    flip_prob: float = 0.0
     rotate: bool = False
     crop_area: tuple[float, float] = (0.35, 1.0)
 
@@ -153,8 +154,13 @@ def param_groups(model: MVMAEClassifier, cfg: FinetuneConfig, encoders: list[nn.
     (frozen in phase 1 but in the optimizer from the start, so phase 2 needs no new optimizer).
     ``full``: everything trains; the encoders get layer-wise LR decay (``layer_lr_scales``)."""
     encoder_ids = {id(p) for enc in encoders for p in enc.parameters()}
+    scratch_ids = {id(p) for enc in model.encoders() if not any(enc is e for e in encoders) for p in enc.parameters()}
     named = list(model.named_parameters())
-    groups = [{"name": "new", "lr_scale": 1.0, "params": [(n, p) for n, p in named if id(p) not in encoder_ids]}]
+    groups = [{"name": "new", "lr_scale": 1.0,
+               "params": [(n, p) for n, p in named if id(p) not in encoder_ids | scratch_ids]}]
+    if scratch_ids:  # encoders that were not pretrained train whole, at their own scale
+        groups.append({"name": "encoders_scratch", "lr_scale": cfg.scratch_lr_scale,
+                       "params": [(n, p) for n, p in named if id(p) in scratch_ids]})
     if cfg.schedule == "full":
         for e, enc in enumerate(encoders):
             for depth, (scale, params) in enumerate(layer_lr_scales(enc, cfg.layer_decay)):

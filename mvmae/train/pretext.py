@@ -14,6 +14,8 @@ Diagnostics, summed over an epoch (``PretextStats``) and reported by ``PretextSt
   ``acc_moving_baseline``: the same for always answering the most frequent moving code;
 - ``info_gain``: entropy of the valid masked targets' code distribution minus the model's
   cross-entropy on them, in nats (> 0: the model knows more than the targets' prior);
+  ``info_gain_moving``: the same over the moving targets alone (with ``static_weight`` 0 the
+  model never answers "static", so ``info_gain`` over all targets is no fair judge);
 - ``visible_moving_mean``: moving tokens (a code other than static) the encoder sees per clip;
   ``no_visible_motion_ratio``: share of the clips with moving tokens that show it none.
 
@@ -34,7 +36,7 @@ from mvmae.train.tokens import token_valid
 
 # Layout of the summed statistics (then one count per code).
 _FIELDS = ("clips", "clips_moving", "clips_blind", "visible_moving", "targets", "ce_sum",
-           "correct", "moving_targets", "moving_correct", "sq_err_sum", "moving_sq_err_sum")
+           "correct", "moving_targets", "moving_correct", "moving_ce_sum", "sq_err_sum", "moving_sq_err_sum")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class PretextOptions:
     norm_targets: standardise each vector target over its values ('vectors' only)."""
 
     predict: str = "ids"
-    static_weight: float = 0.1
+    static_weight: float = 0.0
     norm_targets: bool = False
 
 
@@ -86,17 +88,23 @@ class PretextStats:
             out["mse_moving"] = ratio(self.get("moving_sq_err_sum"), moving)
             return out
         counts = self.code_counts
-        p = counts[counts > 0] / max(counts.sum().item(), 1.0)
-        entropy = float(-(p * p.log()).sum())
+        entropy, moving_entropy = _entropy(counts), _entropy(counts[1:])
         out.update({
             "masked_acc": ratio(self.get("correct"), targets),
             "acc_moving": ratio(self.get("moving_correct"), moving),
             "acc_moving_baseline": ratio(float(counts[1:].max()) if len(counts) > 1 else 0.0, moving),
             "target_entropy": entropy,
             "info_gain": entropy - ratio(self.get("ce_sum"), targets),
+            "info_gain_moving": moving_entropy - ratio(self.get("moving_ce_sum"), moving),
             "static_target_ratio": ratio(float(counts[0]), targets),
         })
         return out
+
+
+def _entropy(counts: torch.Tensor) -> float:
+    """Entropy in nats of the distribution of ``counts``."""
+    p = counts[counts > 0] / max(counts.sum().item(), 1.0)
+    return float(-(p * p.log()).sum())
 
 
 def _visibility(stats: PretextStats, moving: torch.Tensor, visible_index: torch.Tensor) -> None:
@@ -131,6 +139,7 @@ def _ids_loss(out: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, valid
         stats.add("correct", right.sum())
         stats.add("moving_targets", moving.sum())
         stats.add("moving_correct", (right & moving).sum())
+        stats.add("moving_ce_sum", (ce.detach() * moving).sum())
         stats.code_counts.add_(torch.bincount(ids[valid].cpu(), minlength=stats.num_codes).double())
     return _weighted_mean(ce, weights)
 

@@ -56,7 +56,7 @@ class PretrainConfig(ShardReading):
     decoder_depth: int = 4
     decoder_heads: int = 3
     predict: str = "ids"
-    static_weight: float = 0.1
+    static_weight: float = 0.0
     norm_targets: bool = False
     epochs: int = 400
     warmup_epochs: int = 20

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
 
@@ -33,14 +32,7 @@ TRAIN = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread: OpenMP threads spinning against other jobs on two shared cores make
-    the CPU runs several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

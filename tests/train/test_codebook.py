@@ -49,6 +49,7 @@ def test_clusters_are_recovered():
     s = book.stats
     expected = perplexity(np.array([800] + [400] * len(CENTRES)))  # static share 0.2, 0.1 each
     assert s["perplexity"] == pytest.approx(expected, rel=1e-4)
+    assert s["moving_perplexity"] == pytest.approx(len(CENTRES), rel=1e-4)  # the moving codes used evenly
     assert s["dead_codes"] == 0 and s["num_tokens"] == len(tokens)
     assert s["static_ratio"] == pytest.approx(0.2)
     # Moving tokens sit ~NOISE * sqrt(4) from their centre, static ones ~0.02 from zero.
@@ -207,7 +208,8 @@ def test_cli_end_to_end(synth_shards, cli_runner, tmp_path, token):
     # The printed summary is the stored stats.
     line = result.stdout.strip().splitlines()[-1]
     assert line.startswith(f"codebook of 16 codes from {s['num_tokens']} tokens (dim 16)")
-    assert f"perplexity {s['perplexity']:.1f}" in line and f"dead codes {s['dead_codes']}" in line
+    assert f"perplexity {s['perplexity']:.1f} ({s['moving_perplexity']:.1f} over moving tokens)" in line
+    assert f"dead codes {s['dead_codes']}" in line
     assert f"static {s['static_ratio']:.1%}" in line
     assert f"quantization error {s['quantization_error']:.3f}" in line and str(out) in line
 

@@ -33,6 +33,8 @@ def test_a_perfect_predictor_gains_the_targets_entropy():
     entropy = float(-(p * p.log()).sum())
     assert m["target_entropy"] == pytest.approx(entropy, rel=1e-6)
     assert m["info_gain"] == pytest.approx(entropy, abs=1e-3)
+    moving = torch.tensor([1, 2, 1]) / 4
+    assert m["info_gain_moving"] == pytest.approx(float(-(moving * moving.log()).sum()), abs=1e-3)
     assert m["acc_moving"] == 1.0 and m["acc_moving_baseline"] == pytest.approx(2 / 4)
     assert m["masked_acc"] == 1.0 and m["static_target_ratio"] == pytest.approx(0.6)
 

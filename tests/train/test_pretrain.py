@@ -32,15 +32,7 @@ RUN_YAML = {"model_size": "micro", "decoder_dim": 32, "decoder_depth": 1, "decod
             "log_every": 1, "seed": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread in this module (the torchrun children get OMP_NUM_THREADS=1): on two
-    cores shared with other jobs, two OpenMP threads spin against the other processes and make
-    the runs several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +107,8 @@ def test_cli_summary_line(pretrain, tmp_path):
     ok(result)
     (record,) = read_metrics(out)
     line = result.stdout.strip().splitlines()[-1]
-    shown = ("loss", "masked_acc", "acc_moving", "acc_moving_baseline", "info_gain", "no_visible_motion_ratio",
-             "tokens_per_s")
+    shown = ("loss", "masked_acc", "acc_moving", "acc_moving_baseline", "info_gain", "info_gain_moving",
+             "no_visible_motion_ratio", "tokens_per_s")
     summary = ", ".join(f"{k} {record[k]:.4g}" for k in shown)
     assert line == f"pretraining done: {summary} -> {out}"
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
 
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import load_config
@@ -28,12 +27,7 @@ RUN = {"model_size": "micro", "decoder_dim": 32, "decoder_depth": 1, "decoder_he
 TORN = b'{"step": 4, "epoch": 1, "lo'  # what a kill in the middle of a record leaves
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
 
 def config(shards: dict, codebook: Path, out: Path, **changes) -> PretrainConfig:

@@ -26,12 +26,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
 
 def config(shards: dict, out, **overrides) -> FinetuneConfig:
@@ -58,6 +53,10 @@ def test_an_encoder_that_was_not_pretrained_trains_whole_from_the_first_step(syn
     assert pretrained_encoders(model, cfg) == []
     trainable = set_phase(model, 1, cfg.unfreeze_blocks, [])
     assert set(trainable) == {n for n, _ in model.named_parameters()}
+    optimizer = build_optimizer(param_groups(model, cfg, []), cfg.lr, cfg.weight_decay)
+    scale = {id(p): g["lr"] / cfg.lr for g in optimizer.param_groups for p in g["params"]}
+    assert scale[id(model.motion_encoder.embed.weight)] == pytest.approx(cfg.scratch_lr_scale) == 0.1
+    assert scale[id(model.head[1].weight)] == 1.0
     tuner = Finetuner(cfg, StreamingMetrics)
     before = tuner.raw_model.motion_encoder.embed.weight.detach().clone()
     tuner.run()

@@ -14,8 +14,6 @@ reference with a bootstrap 95% interval.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import statistics
 import sys
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import learning  # noqa: E402
-from common import cpu_model, git_state, loadavg  # noqa: E402
+from common import loadavg  # noqa: E402
 
 VARIANTS = {
     "reference (mv, concat, no DPTAM, scratch)": {},
@@ -35,18 +33,12 @@ VARIANTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = learning.arguments(__doc__, seeds=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrained", default="", help="a pretraining checkpoint for the pretrained variant")
-    parser.add_argument("--pool", type=int, default=1440)
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mvmae-bench-learning"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    learning.one_thread()
     t0 = time.perf_counter()
-    print(f"# ablations -- {git_state()}, {cpu_model()}, load {loadavg()}")
-    data = learning.build_data(args.work_dir, pool=args.pool)
+    data = learning.start(args, "ablations")
     variants = dict(VARIANTS)
     if args.pretrained:
         variants["pretrained"] = {"pretrained": args.pretrained}

@@ -22,15 +22,13 @@ Every run is cached in the work dir (``learning._cached``): run it again to resu
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import learning  # noqa: E402
-from common import cpu_model, git_state, loadavg  # noqa: E402
+from common import loadavg  # noqa: E402
 
 
 def gates(work: Path, data: learning.Data, epochs: int) -> list[tuple[str, dict]]:
@@ -103,22 +101,16 @@ def plot(table: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = learning.arguments(__doc__, seeds=[0, 1, 2, 3, 4])
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.25, 0.1])
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
     parser.add_argument("--masking", default="mgm")
-    parser.add_argument("--pool", type=int, default=1440)
     parser.add_argument("--no-gates", action="store_true")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mvmae-bench-learning"))
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("label_efficiency.png"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    learning.one_thread()
     t0 = time.perf_counter()
-    print(f"# label efficiency -- {git_state()}, {cpu_model()}, load {loadavg()}")
-    data = learning.build_data(args.work_dir, pool=args.pool)
+    data = learning.start(args, "label efficiency")
     if not args.no_gates:
         print("gates (test split):")
         gates(args.work_dir, data, args.epochs)

@@ -13,6 +13,7 @@ tubelets of 4 frames x 1 cell (4 x 8 x 8 = 256 tokens a segment), a micro Motion
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -148,3 +149,23 @@ def bootstrap_ci(values: list[float], seed: int = 0, rounds: int = 10_000) -> tu
 def one_thread() -> None:
     """One intra-op thread: two cores shared with other jobs spin with more (pretrain_masking.py)."""
     torch.set_num_threads(1)
+
+
+def arguments(doc: str, seeds: list[int]) -> argparse.ArgumentParser:
+    """The options every learning benchmark has: --seeds, --pool, --work-dir."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--pool", type=int, default=1440, help="unlabelled clips")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mvmae-bench-learning"),
+                        help="data and runs (cached: a second run resumes)")
+    return parser
+
+
+def start(args: argparse.Namespace, title: str) -> Data:
+    """Quiet logs, one thread, the header line; the data, built or reused."""
+    from common import cpu_model, git_state, loadavg
+
+    logging.basicConfig(level=logging.WARNING)
+    one_thread()
+    print(f"# {title} -- {git_state()}, {cpu_model()}, load {loadavg()}")
+    return build_data(args.work_dir, pool=args.pool)

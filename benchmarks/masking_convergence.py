@@ -21,8 +21,6 @@ clips (``learning.build_data``), same model, optimizer, schedule and data; a che
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import learning  # noqa: E402
-from common import cpu_model, git_state, loadavg  # noqa: E402
+from common import loadavg  # noqa: E402
 
 from mvmae.shards.reader import build_eval_pipeline  # noqa: E402
 from mvmae.train.codebook import Codebook  # noqa: E402
@@ -116,22 +114,16 @@ def measure_step(data: learning.Data, maskings: list[str], rounds: int = 5) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = learning.arguments(__doc__, seeds=[0, 1, 2])
     parser.add_argument("--maskings", nargs="+", default=["random", "tube", "mgm", "mofo", "videoms"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8, help="pretraining epochs")
     parser.add_argument("--probe-epochs", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument("--no-convergence", action="store_true", help="diagnostics and step cost only")
-    parser.add_argument("--pool", type=int, default=1440)
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mvmae-bench-learning"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    learning.one_thread()
     t0 = time.perf_counter()
-    print(f"# masking strategies -- {git_state()}, {cpu_model()}, load {loadavg()}")
-    data = learning.build_data(args.work_dir, pool=args.pool)
+    data = learning.start(args, "masking strategies")
     folders = {(m, s): learning.pretrain(args.work_dir, f"pt-{m}-s{s}", data, m, args.epochs, s)
                for s in args.seeds for m in args.maskings}
     print("pretext diagnostics at the last epoch (pool + train clips):")

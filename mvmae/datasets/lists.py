@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvmae.files import atomic_open, ensure_folder
-
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".ts", ".webm", ".h264", ".264")
+from mvmae.shards.videolist import VIDEO_SUFFIXES
 
 
 class DatasetError(ValueError):

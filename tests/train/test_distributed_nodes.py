@@ -36,7 +36,7 @@ TRAIN = {"model": {"inputs": "mv", "motion_size": "micro", "num_segments": 2, "d
 def uneven_shards(synth_shards, tmp_path_factory) -> dict:
     """The synthetic videos again, in shards of 2: train = the first 5 shards (10 videos), val =
     2 shards (4 videos)."""
-    from mvmae.shards.job import JobConfig, run_job
+    from mvmae.job.job import JobConfig, run_job
 
     shards = tmp_path_factory.mktemp("uneven_shards")
     for split in ("train", "val"):

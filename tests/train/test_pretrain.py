@@ -119,12 +119,16 @@ def test_loss_decreases(pretrain, tmp_path):
     epochs = read_metrics(out)
     assert len(epochs) == 6
     first, last = epochs[0], epochs[-1]
-    # Chance level is ln(32) = 3.47 nats. About 88% of the targets are the static code, so the
-    # accuracy jumps once the decoder predicts it; the loss keeps falling as the logits sharpen.
-    # Observed (seed 0): loss 3.28 -> 2.15, masked accuracy 0.44 -> 0.85; generous margins.
+    # Chance level is ln(32) = 3.47 nats. The loss is over the moving targets only (static_weight
+    # 0: about 88% of the targets are the static code, which a model could otherwise predict
+    # everywhere), so it falls slowly. Observed (seed 0): 3.45 -> 3.31. On these 12 videos the
+    # moving codes are not yet predicted better than their most frequent one after 6 epochs
+    # (acc_moving 0.04 against 0.11): that the pretext is learned is shown on the trajectories set
+    # by benchmarks/masking_convergence.py, not here.
+    losses = [r["loss"] for r in epochs]
     assert first["loss"] > 3.0
-    assert last["loss"] < 0.85 * first["loss"], [r["loss"] for r in epochs]
-    assert last["masked_acc"] > first["masked_acc"] + 0.2
+    assert last["loss"] < 0.98 * first["loss"], losses
+    assert all(math.isfinite(r["info_gain_moving"]) for r in epochs)
 
 
 # --- resume ------------------------------------------------------------------------------------
@@ -314,7 +318,10 @@ def test_predict_vectors(pretrain, synth_codebook, tmp_path):
     epochs = read_metrics(out)
     assert len(epochs) == 2
     for r in epochs:
-        assert "masked_acc" not in r and r["masked_mse"] == pytest.approx(r["loss"]) and r["loss"] > 0
+        # The loss is over the moving targets (static_weight 0), batch by batch; mse_moving is
+        # the same squared error summed over the epoch's moving targets.
+        assert "masked_acc" not in r and r["loss"] > 0 and r["mse_moving"] == pytest.approx(r["loss"], rel=0.3)
+        assert 0 < r["masked_mse"] < r["mse_moving"]  # static targets are nearly zero vectors
     head = ckpt.load_checkpoint(out / "last.pt")[ckpt.MODEL]["decoder.head.weight"]
     assert head.shape == (Codebook.load(synth_codebook).token_dim, RUN_YAML["decoder_dim"])
 

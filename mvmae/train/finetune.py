@@ -47,10 +47,12 @@ class FinetuneConfig(ShardReading):
     """One fine-tuning run. train/val: shard URLs; classes: classes.json (default: beside the
     first local train shard); pretrained: Motion encoder pretraining checkpoint (its token spec
     wins over the token fields here); init: weights-only start from a classifier checkpoint.
+    schedule: ``two_phase`` or ``full`` (``SCHEDULES``); layer_decay: per encoder layer, ``full``
+    only; scratch_lr_scale: LR of encoders that were not pretrained (they train whole) / lr.
+    label_fraction, label_seed: a stratified subset of the train samples (``labels``).
     flip_prob, rotate, crop_area: train augmentation (rotate: random quarter turns, for top-down
-    footage); a horizontal flip negates dx, so set flip_prob=0
-    when classes differ by left/right direction (``mvmae synth`` classes do). read,
-    loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
+    footage); a horizontal flip negates dx, swapping left/right and cw/ccw classes, hence the
+    default 0. read, loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
 
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
@@ -96,8 +98,8 @@ class FinetuneConfig(ShardReading):
         super().__post_init__()
         if self.phase1_epochs < 0:  # more than epochs: the whole run is phase 1
             raise ValueError(f"phase1_epochs must be >= 0, got {self.phase1_epochs}")
-        if self.encoder_lr_scale <= 0 or self.lr <= 0:
-            raise ValueError("lr and encoder_lr_scale must be > 0")
+        if self.encoder_lr_scale <= 0 or self.scratch_lr_scale <= 0 or self.lr <= 0:
+            raise ValueError("lr, encoder_lr_scale and scratch_lr_scale must be > 0")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema decay must be in [0, 1), got {self.ema}")
         if self.schedule not in SCHEDULES:

@@ -152,7 +152,8 @@ def set_phase(model: MVMAEClassifier, phase: int, k: int, encoders: list[nn.Modu
 def param_groups(model: MVMAEClassifier, cfg: FinetuneConfig, encoders: list[nn.Module]) -> list[dict]:
     """The optimizer's groups over the pretrained ``encoders`` and the new parts (the rest).
 
-    ``two_phase``: new parts at lr x 1; the encoders' top blocks at lr x encoder_lr_scale
+    Encoders of the model that are not in ``encoders`` (not pretrained) train whole in their own
+    group at lr x scratch_lr_scale, whatever the schedule. ``two_phase``: new parts at lr x 1; the encoders' top blocks at lr x encoder_lr_scale
     (frozen in phase 1 but in the optimizer from the start, so phase 2 needs no new optimizer).
     ``full``: everything trains; the encoders get layer-wise LR decay (``layer_lr_scales``)."""
     encoder_ids = {id(p) for enc in encoders for p in enc.parameters()}

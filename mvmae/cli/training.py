@@ -172,7 +172,7 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--label-fraction", type=float,
               help="Train on this share of each class's samples (stratified, at least 1 each) [default: 1].")
 @click.option("--label-seed", type=int, help="Seed of the --label-fraction draw [default: 0].")
-@click.option("--phase1-epochs", type=int, help="Epochs with both encoders frozen [default: 6].")
+@click.option("--phase1-epochs", type=int, help="Epochs with the pretrained encoders frozen [default: 6].")
 @click.option("--unfreeze-blocks", type=int, help="Top encoder blocks trained in phase 2 [default: 2].")
 @click.option("--encoder-lr-scale", type=float, help="LR of unfrozen encoder blocks / LR [default: 0.1].")
 @click.option("--lr", type=float, help="LR of the new parts [default: 5e-5].")
@@ -195,9 +195,10 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
     """Fine-tune the MV-MAE classifier in two phases, validating after every epoch.
 
     \b
-    Phase 1 (epochs 0-5): Context and Motion encoders frozen; temporal transformer, fusion and
+    Phase 1 (epochs 0-5): pretrained Context and Motion encoders frozen (one that was not
+    pretrained trains whole from the start, at --scratch-lr-scale); temporal transformer, fusion and
     head train. Phase 2 (epochs 6-50): the top 2 blocks of each encoder train too, at 10x lower LR.
-    Validation logs top-1/5, macro-F1, macro precision and recall, mean class accuracy;
+    --schedule full trains everything from the start instead. Validation logs top-1/5, macro-F1, macro precision and recall, mean class accuracy;
     best.pt follows macro-F1.
     \b
     Example:

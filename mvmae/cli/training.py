@@ -155,8 +155,10 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
               help="Motion encoder size when not pretrained [default: small].")
 @click.option("--fusion", type=click.Choice(["concat", "afm"]), help="Feature fusion [default: concat].")
 @click.option("--dptam/--no-dptam", default=None, help="Double-pooling temporal attention on motion features.")
-@click.option("--motion-pool", type=click.Choice(["mean", "motion"]),
-              help="Pool motion tokens by plain mean (published) or motion-weighted mean [default: mean].")
+@click.option("--motion-pool", type=click.Choice(["motion", "mean", "attention"]),
+              help="Pool a segment's motion tokens: mean weighted by each token's camera-compensated "
+                   "motion (the few moving tokens carry the class), plain mean (published), or a "
+                   "learnt attention query [default: motion].")
 @click.option("--segments", type=int, help="Segments per clip [default: 8].")
 @click.option("--dim", type=int, help="Temporal transformer width [default: 512].")
 @click.option("--segment-frames", type=int, help="MV frames per segment when not pretrained [default: 16].")

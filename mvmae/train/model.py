@@ -39,9 +39,10 @@ class ClassifierConfig:
     ``segment_frames``; it must equal the token spec's num_frames). dim: width of the fused
     segment tokens and the Temporal Transformer. arch: ``mvmae`` or ``cnn3d`` (the baseline of
     ``baseline.CNN3DClassifier``, ``cnn_width`` channels in its first stage). motion_pool:
-    ``mean`` over a segment's tokens (published); ``motion``: a mean weighted by each token's
-    camera-compensated motion magnitude, so the few moving tokens are not drowned by static
-    background (no parameters); ``attention``: a learnt query attends over the tokens."""
+    ``motion`` (default): a mean weighted by each token's camera-compensated motion
+    magnitude, so the few moving tokens are not drowned by static background (no parameters; on
+    the trajectories set the plain mean fits 36% of the training clips, this 97%); ``mean`` over
+    a segment's tokens (published); ``attention``: a learnt query attends over the tokens."""
 
     num_classes: int = 155
     arch: str = "mvmae"
@@ -50,7 +51,7 @@ class ClassifierConfig:
     context_weights: str = ""
     motion_size: str = "small"
     motion_pos: str = "joint"
-    motion_pool: str = "mean"
+    motion_pool: str = "motion"
     fusion: str = "concat"
     dptam: bool = False
     num_segments: int = 8

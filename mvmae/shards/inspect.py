@@ -215,10 +215,10 @@ def sample_fields(decoded: ShardSample) -> VideoFields:
                        grid=int(record["grid"]), fps=fps, size=tuple(int(v) for v in record["size"]), meta=meta)
 
 
-def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path,
-                  config: ReadConfig | None = None) -> VideoFields:
-    """Write sample ``key`` as an export-schema ``.npz`` (plus ``source`` and ``label``), after
-    the checks of ``mvmae shards verify`` (``sample.decode_sample``).
+def read_sample(urls: str | Iterable[str], key: str, config: ReadConfig | None = None) -> tuple[VideoFields, dict]:
+    """Sample ``key`` of the shards as :class:`VideoFields` (``sample_fields``) and its
+    ``{"source", "label", "url"}``, after the checks of ``mvmae shards verify``
+    (``sample.decode_sample``).
 
     Raises :class:`ShardError` naming the key when no shard holds it, or why it is bad.
     """
@@ -226,10 +226,18 @@ def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path,
     try:
         decoded = decode_sample(sample, with_iframes=True, check=True)
         fields = sample_fields(decoded)
-        extra = {"source": decoded.record["source"], "label": decoded.record["label"]}
+        extra = {"source": decoded.record["source"], "label": decoded.record["label"], "url": sample["__url__"]}
     except KeyError as exc:
         raise ShardError(sample["__url__"], key, f"incomplete record (KeyError: {exc})") from exc
     except SampleError as exc:
         raise ShardError(sample["__url__"], key, _reason(exc, key)) from exc
-    save_export(out_path, fields, extra=extra)
+    return fields, extra
+
+
+def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path,
+                  config: ReadConfig | None = None) -> VideoFields:
+    """Write sample ``key`` as an export-schema ``.npz`` (plus ``source`` and ``label``): see
+    ``read_sample``."""
+    fields, extra = read_sample(urls, key, config)
+    save_export(out_path, fields, extra={"source": extra["source"], "label": extra["label"]})
     return fields

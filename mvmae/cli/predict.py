@@ -27,14 +27,18 @@ from mvmae.cli.base import fail, handle_errors, main
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Extraction processes (0: extract in this process).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--grid", type=click.Choice(["4", "8", "16"]), default="8", show_default=True,
-              help="MV cell size in px: the --grid the training shards were extracted with.")
-@click.option("--iframe-size", type=click.IntRange(min=0), default=256, show_default=True,
-              help="I-frame short side in px: the --iframe-size the training shards were extracted with.")
-@click.option("--raw", is_flag=True, help="Unresolved vectors: when the training shards were extracted with --raw.")
+@click.option("--grid", type=click.Choice(["4", "8", "16"]),
+              help="MV cell size in px [default: the training shards', recorded in the checkpoint; else 8].")
+@click.option("--iframe-size", type=click.IntRange(min=0),
+              help="I-frame short side in px [default: the training shards', recorded in the checkpoint; "
+                   "else 256].")
+@click.option("--raw/--resolved", "raw", default=None,
+              help="FFmpeg's unresolved vectors or resolved ones [default: as the training shards, recorded "
+                   "in the checkpoint; else resolved].")
 @handle_errors
 def predict(videos: tuple[str, ...], ckpt: Path, top_k: int, clips: int, crops: int, as_json: bool,
-            out: Path | None, workers: int, device: str, grid: str, iframe_size: int, raw: bool) -> None:
+            out: Path | None, workers: int, device: str, grid: str | None, iframe_size: int | None,
+            raw: bool | None) -> None:
     """Classify raw videos with a trained classifier: the top classes and their scores per video.
 
     \b
@@ -43,23 +47,25 @@ def predict(videos: tuple[str, ...], ckpt: Path, top_k: int, clips: int, crops: 
     Example:
       mvmae predict --ckpt runs/train/best.pt clips/*.mp4 --clips 4 --crops 2
 
-    Each video is extracted in memory and read back as training read it (clip config, token spec
-    and class names from the checkpoint; MVs quantized and I-frames JPEG-coded as in a shard),
+    Each video is extracted in memory as the training shards were and read back as training read
+    them (extraction options, clip config, token spec and class names from the checkpoint; MVs
+    quantized and I-frames JPEG-coded as in a shard),
     over the same views as `mvmae eval`, so the two agree on shards of the same videos. A video
     that cannot be extracted is named on stderr and the others predicted; the exit status is then 1.
     """
     from tqdm import tqdm
 
     from mvmae.eval.predict import PredictConfig, expand_inputs, predict_videos
-    from mvmae.extract.decoder import ExtractConfig
     from mvmae.files import atomic_open
 
     paths = expand_inputs(videos)
     if not paths:
         raise click.UsageError(f"no video found in {', '.join(videos)}")
     cfg = PredictConfig(ckpt=str(ckpt), clips=clips, crops=crops, workers=min(workers, len(paths)), device=device,
-                        extract=ExtractConfig(grid=int(grid), iframe_short_side=iframe_size, raw=raw))
-    classes, predictions = predict_videos(cfg, paths)
+                        extract={k: v for k, v in (("grid", grid and int(grid)), ("iframe_short_side", iframe_size),
+                                                   ("raw", raw)) if v is not None})
+    predictor, predictions = predict_videos(cfg, paths)
+    classes = predictor.classes
     records, failed = [], 0
     # disable=None: no bar when stderr is not a terminal.
     bar = tqdm(predictions, total=len(paths), unit="video", desc="predict", disable=True if len(paths) < 2 else None)

@@ -1,7 +1,8 @@
 """``mvmae predict``: a trained classifier on raw videos, no shards.
 
-Each video is extracted in memory (in worker processes), encoded as ``mvmae extract run`` stores
-it in a shard (MVs quantized to 0.25 px per frame, I-frames as JPEG) and read back through the
+Each video is extracted in memory (in worker processes) with the options the training shards were
+extracted with (recorded in the checkpoint by ``mvmae train``), encoded as ``mvmae extract run``
+stores it in a shard (MVs quantized to 0.25 px per frame, I-frames as JPEG) and read back through the
 reader ``mvmae eval`` uses, so the model sees what ``mvmae eval`` would see on shards of the same
 videos: the same ``clips`` x ``crops`` views (clip config and token spec from the checkpoint), the
 softmax of each view averaged per video, the checkpoint's class names. A whole video is one sample
@@ -31,6 +32,7 @@ from mvmae.shards.reader import collate_clips, sample_clips
 from mvmae.shards.sample import SampleError, encode_sample
 from mvmae.shards.sources import ShardClipSource
 from mvmae.shards.videolist import VIDEO_SUFFIXES, VideoListError
+from mvmae.train import checkpoint as ckpt
 from mvmae.train.finetune import load_classifier
 from mvmae.train.model import classifier_clip
 
@@ -43,16 +45,16 @@ SAMPLE_KEY = "video"  # the key of each video's in-memory sample (never written 
 @dataclass
 class PredictConfig:
     """ckpt: a classifier checkpoint of ``mvmae train``. clips, crops: views per video, as
-    ``mvmae eval``. extract: how videos are extracted (the ``extract run`` options the training
-    shards were made with). workers: extraction processes (0: in this process). device: auto,
-    cpu, cuda, ..."""
+    ``mvmae eval``. extract: ``ExtractConfig`` fields that override how the training shards were
+    extracted (recorded in the checkpoint; ``extract run``'s defaults for a checkpoint of an older
+    mvmae). workers: extraction processes (0: in this process). device: auto, cpu, cuda, ..."""
 
     ckpt: str
     clips: int = 1
     crops: int = 1
     workers: int = 2
     device: str = "auto"
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    extract: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.clips < 1 or not 1 <= self.crops <= len(CROPS):
@@ -130,12 +132,17 @@ def encode_video(path: str, config: ExtractConfig) -> tuple[dict | None, str | N
 
 
 class Predictor:
-    """A classifier checkpoint with the clip configs of its views: ``predict(sample)``."""
+    """A classifier checkpoint with the clip configs of its views and the extraction options of its
+    training shards (``extract``): ``predict(video, sample)``."""
 
     def __init__(self, cfg: PredictConfig) -> None:
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                                    else "cpu" if cfg.device == "auto" else cfg.device)
         self.model, self.classes, train_cfg = load_classifier(cfg.ckpt, self.device)
+        recorded = ckpt.load_checkpoint(cfg.ckpt)[ckpt.EXTRA].get("extraction") or {}
+        self.extract = ExtractConfig(**{**recorded, **cfg.extract})
+        log.info(f"extraction: {self.extract} ({'recorded in ' + cfg.ckpt if recorded else 'defaults'}"
+                 f"{', overridden: ' + str(cfg.extract) if cfg.extract else ''})")
         mode = "multi" if cfg.clips > 1 else "center"
         self.clips = [classifier_clip(train_cfg.model, train_cfg.tokens, mode, num_clips=cfg.clips, eval_crop=crop)
                       for crop in CROPS[: cfg.crops]]
@@ -152,20 +159,21 @@ class Predictor:
         return Prediction(video, softmax(logits.numpy()).mean(0), num_views=len(views))
 
 
-def predict_videos(cfg: PredictConfig, videos: Sequence[str | Path]) -> tuple[list[str], Iterator[Prediction]]:
-    """(class names, the predictions of ``videos`` in their order, as they come)."""
+def predict_videos(cfg: PredictConfig, videos: Sequence[str | Path]) -> tuple[Predictor, Iterator[Prediction]]:
+    """(the predictor: its ``classes``, its ``extract`` options; the predictions of ``videos`` in
+    their order, as they come)."""
     predictor = Predictor(cfg)
-    return predictor.classes, _predictions(predictor, cfg, [str(v) for v in videos])
+    return predictor, _predictions(predictor, cfg, [str(v) for v in videos])
 
 
 def _predictions(predictor: Predictor, cfg: PredictConfig, videos: list[str]) -> Iterator[Prediction]:
     if cfg.workers == 0:
-        encoded: Iterable = (encode_video(v, cfg.extract) for v in videos)
+        encoded: Iterable = (encode_video(v, predictor.extract) for v in videos)
         yield from _predict_encoded(predictor, videos, encoded)
         return
     # spawn: a forked child would inherit this process's torch and PyAV threads (see job.py).
     with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        encoded = pool.map(encode_video, videos, [cfg.extract] * len(videos))
+        encoded = pool.map(encode_video, videos, [predictor.extract] * len(videos))
         yield from _predict_encoded(predictor, videos, encoded)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -183,6 +184,28 @@ def _check_stats(url: str, path: Path, keys: list[str]) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- export
+
+
+def extraction_options(urls: str | Iterable[str], config: ReadConfig | None = None) -> dict:
+    """The ``extract run`` options the shards were made with, from the record of the first sample
+    that reads: ``ExtractConfig`` fields ``grid``, ``iframe_short_side``, ``raw`` and
+    ``skip_loop_filter`` (one a record of an older mvmae lacks is left out). Shards that cannot
+    be read are passed over (training skips them too); {} when none can."""
+    for url in expand_urls(urls):
+        try:
+            with closing(iter(ShardReader(url, config))) as samples:  # stops the read (a curl) at once
+                raw = next(samples, None)
+            record = parse_record(raw) if raw is not None else None
+        except (OSError, ShardError, SampleError):
+            continue
+        if record is None:
+            continue
+        extraction = record.get("extraction") or {}
+        found = {"grid": record.get("grid"), "iframe_short_side": extraction.get("iframe_short_side"),
+                 "raw": extraction["method"] == "raw" if "method" in extraction else None,
+                 "skip_loop_filter": extraction.get("skip_loop_filter")}
+        return {k: v for k, v in found.items() if v is not None}
+    return {}
 
 
 def find_sample(urls: str | Iterable[str], key: str, config: ReadConfig | None = None) -> dict:

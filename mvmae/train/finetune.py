@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mvmae.shards.clips import ClipConfig
+from mvmae.shards.inspect import extraction_options
 from mvmae.shards.reader import build_eval_pipeline, eval_skips, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict
@@ -224,6 +225,8 @@ class Finetuner:
         self.device = self.dist.device
         self.out = Path(cfg.out)
         self.classes = read_classes(cfg)
+        # How the train shards were extracted: `mvmae predict` extracts new videos the same way.
+        self.extraction = extraction_options(cfg.train, cfg.read) if self.dist.is_main else {}
         cfg.model.num_classes = len(self.classes)
         pretrained = load_pretrained_motion(cfg.pretrained) if cfg.pretrained else None
         if pretrained is not None:
@@ -303,7 +306,7 @@ class Finetuner:
                 ckpt.STEP: self.step, ckpt.STEPS_PER_EPOCH: self.steps_per_epoch,
                 ckpt.RNG: ckpt.capture_rng_state(), ckpt.PHASE: phase,
                 ckpt.TRAINABLE: trainable, ckpt.CONFIG: config_to_dict(self.cfg),
-                ckpt.EXTRA: {"kind": "classifier", "classes": self.classes,
+                ckpt.EXTRA: {"kind": "classifier", "classes": self.classes, "extraction": self.extraction,
                              "ema": self.ema.module.state_dict() if self.ema else None}}
 
     def _load(self, state: dict) -> None:

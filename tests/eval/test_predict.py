@@ -70,6 +70,18 @@ def test_predict_agrees_with_eval_on_shards_of_the_same_videos(trained, cli_runn
             assert top["score"] == pytest.approx(reference["scores"][top["index"]], abs=1e-5)
 
 
+def test_the_extraction_options_come_from_the_checkpoint(trained):
+    """``mvmae train`` records how its shards were extracted; predict extracts that way, a given
+    option overriding the recorded one."""
+    from mvmae.eval.predict import PredictConfig, Predictor
+    from mvmae.train import checkpoint as ckpt
+
+    recorded = ckpt.load_checkpoint(trained["ckpt"])[ckpt.EXTRA]["extraction"]
+    assert recorded == {"grid": 8, "iframe_short_side": 256, "raw": False, "skip_loop_filter": "none"}
+    extract = Predictor(PredictConfig(str(trained["ckpt"]), extract={"grid": 16})).extract
+    assert (extract.grid, extract.iframe_short_side, extract.raw) == (16, 256, False)
+
+
 def test_human_output_and_folder_input(trained, cli_runner, tmp_path):
     folder = tmp_path / "new"
     videos = sorted((trained["dir"] / "videos").rglob("*_000.mp4"))[:2]

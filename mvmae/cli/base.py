@@ -136,6 +136,8 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
       mvmae pretrain --train URLS --codebook codebook.npz --out runs/pretrain
       mvmae train --train URLS --val URLS --pretrained runs/pretrain/last.pt --out runs/train
       mvmae eval --ckpt runs/train/best.pt --data URLS --out runs/eval
+      mvmae predict --ckpt runs/train/best.pt new/*.mp4   top classes of new videos
+      mvmae shards show URLS --key K --out k.png        a sample's motion fields as arrows
     """
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING

@@ -253,9 +253,10 @@ def _refuse_pretrained_conflicts(path: str, flags: dict[str, tuple[str, object]]
     given = {key: value for key, value in flags.values() if value is not None}
     for key, mine, theirs in pretrained.conflicts(given):
         flag = next(name for name, (k, _) in flags.items() if k == key)
-        raise ConfigError(f"{flag} {mine} conflicts with --pretrained {path}, whose Motion encoder has "
-                          f"{key.split('.')[-1]} {theirs}: leave the flag out (the checkpoint brings its "
-                          f"architecture and token spec)")
+        part, name = key.split(".")
+        whose = "Motion encoder has" if part == "model" else "token spec has"
+        raise ConfigError(f"{flag} {mine} conflicts with --pretrained {path}, whose {whose} {name} {theirs}: "
+                          f"leave the flag out (the checkpoint brings its architecture and token spec)")
 
 
 def _echo_views_table(metrics: dict) -> None:

@@ -138,7 +138,9 @@ def test_train_after_a_tiny_pretrain_takes_its_encoder(tiny_pretrain, synth_shar
 @pytest.mark.parametrize(("flag", "value", "named"), [
     ("--motion-size", "small", "--motion-size small conflicts with --pretrained {ckpt}, whose Motion encoder has "
                                "motion_size tiny"),
-    ("--mv-size", "14", "--mv-size 14 conflicts with --pretrained {ckpt}, whose Motion encoder has mv_size 8"),
+    ("--mv-size", "14", "--mv-size 14 conflicts with --pretrained {ckpt}, whose token spec has mv_size 8"),
+    ("--segment-frames", "8", "--segment-frames 8 conflicts with --pretrained {ckpt}, whose token spec has "
+                              "num_frames 16"),
 ])
 def test_a_flag_against_the_pretrained_checkpoint_is_one_line(tiny_pretrain, synth_shards, cli_runner, tmp_path,
                                                              flag, value, named):

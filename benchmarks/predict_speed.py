@@ -32,7 +32,8 @@ from common import REPO, cpu_model, git_state, loadavg  # noqa: E402
 sys.path.insert(0, str(REPO / "tests"))
 import media  # noqa: E402
 
-from mvmae.eval.predict import Predictor, PredictConfig, encode_video  # noqa: E402
+from mvmae.eval.predict import Predictor, PredictConfig  # noqa: E402
+from mvmae.shards.encoded import encode_video  # noqa: E402
 from mvmae.train import checkpoint as ckpt  # noqa: E402
 from mvmae.train.config import config_to_dict, load_config  # noqa: E402
 from mvmae.train.finetune import FinetuneConfig  # noqa: E402

@@ -27,9 +27,9 @@ import torch
 from mvmae.eval.evaluate import CROPS
 from mvmae.eval.views import softmax
 from mvmae.extract.decoder import ExtractConfig
-from mvmae.extract.errors import VideoError
+from mvmae.shards.encoded import encode_video
 from mvmae.shards.reader import collate_clips, sample_clips
-from mvmae.shards.sample import SampleError, encode_sample
+from mvmae.shards.sample import SampleError
 from mvmae.shards.sources import ShardClipSource
 from mvmae.shards.videolist import VIDEO_SUFFIXES, VideoListError
 from mvmae.train import checkpoint as ckpt
@@ -39,7 +39,6 @@ from mvmae.train.model import classifier_clip
 log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
-SAMPLE_KEY = "video"  # the key of each video's in-memory sample (never written anywhere)
 
 
 @dataclass
@@ -115,20 +114,6 @@ def _read_list(path: Path) -> list[Path]:
             video = path.parent / line.rsplit(maxsplit=1)[0]
         found.append(video)
     return found
-
-
-def encode_video(path: str, config: ExtractConfig) -> tuple[dict | None, str | None]:
-    """(the video as an in-memory shard sample, None), or (None, why it cannot be extracted).
-    Runs in the extraction workers."""
-    from mvmae.extract.video import extract_video
-
-    try:
-        fields = extract_video(path, config)
-        return encode_sample(SAMPLE_KEY, fields, 0, "", str(path)), None
-    except VideoError as exc:
-        return None, exc.reason
-    except (OSError, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {exc}"
 
 
 class Predictor:

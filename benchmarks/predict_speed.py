@@ -8,8 +8,8 @@ depend on them) of three sizes: the CPU-sized one of the benchmarks (micro Motio
 only, 2 segments of 16 frames at 8 x 8 cells), the Motion encoder ``small`` alone and the
 command's defaults (``small`` + ``vit_base_patch16_224`` on 8 segments of 16 frames at 14 x 14
 cells, 224-px I-frames). Each is timed through ``mvmae.eval.predict`` with one view, the micro one
-also with ``--clips 4 --crops 2`` (8 views; the larger ones take minutes per video so): extraction (in this process: ``workers=0``) and encoding as a
-shard sample, then clips and the model. Reported: the median of ``--repeats`` runs after one
+also with ``--clips 4 --crops 2`` (8 views; the larger ones take minutes per video so): extraction
+(in this process: ``workers=0``) and encoding as a shard sample, then clips and the model. Reported: the median of ``--repeats`` runs after one
 warm-up, and how many times faster than real time the whole is. The process is pinned to one CPU
 with one torch thread. Timings are printed, never asserted.
 """
@@ -55,8 +55,8 @@ def make_checkpoint(folder: Path, name: str, overrides: dict) -> Path:
     model = build_classifier(cfg.model, cfg.tokens)
     extra = {"kind": "classifier", "classes": [f"class{i}" for i in range(NUM_CLASSES)], "ema": None,
              "extraction": {"grid": 8, "iframe_short_side": 256, "raw": False, "skip_loop_filter": "none"}}
-    return ckpt.save_checkpoint(folder / f"{name}.pt", {ckpt.MODEL: model.state_dict(), ckpt.CONFIG: config_to_dict(cfg),
-                                                        ckpt.EXTRA: extra})
+    state = {ckpt.MODEL: model.state_dict(), ckpt.CONFIG: config_to_dict(cfg), ckpt.EXTRA: extra}
+    return ckpt.save_checkpoint(folder / f"{name}.pt", state)
 
 
 def time_predict(predictor: Predictor, clip: Path) -> tuple[float, float]:

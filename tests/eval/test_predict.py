@@ -92,7 +92,8 @@ def test_human_output_and_folder_input(trained, cli_runner, tmp_path):
                                       "--workers", "0"])
     ok(result)
     lines = result.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == [str(folder / v.name) for v in sorted(videos, key=lambda p: p.name)]
+    expected = sorted(str(folder / v.name) for v in videos)
+    assert [line.split(":")[0] for line in lines] == expected
     classes = json.loads((trained["shards"] / "classes.json").read_text())
     for line in lines:
         shown = line.split(": ", 1)[1].split(", ")

@@ -26,7 +26,8 @@ def test_own_model_example_trains_and_validates(synth_shards) -> None:
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    losses = [float(m.group(1)) for m in map(re.compile(r"epoch \d: loss ([\d.]+) over 3 batches").fullmatch, lines[:-1])]
+    epoch_line = re.compile(r"epoch \d: loss ([\d.]+) over 3 batches")
+    losses = [float(m.group(1)) for m in map(epoch_line.fullmatch, lines[:-1])]
     assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
     top1 = re.fullmatch(r"val top-1 ([\d.]+) over 4 clips of 4 classes", lines[-1])
     assert top1 and 0 <= float(top1.group(1)) <= 1

@@ -48,6 +48,33 @@ def _configure_logging(level: int) -> None:
     log.setLevel(level)
 
 
+class UrlsOption(click.Option):
+    """A repeatable option that also takes several values after one flag, up to the next
+    argument that starts with '-': ``--train a.tar b.tar`` (what a shell glob such as
+    ``--train shards/*.tar`` expands to) is ``--train a.tar --train b.tar``. For commands without
+    positional arguments, which the following values would otherwise be."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, multiple=True, **kwargs)
+
+    def add_to_parser(self, parser, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        # click's parser stores one value per flag; the values after it are taken from the
+        # arguments still to parse (the parser's state), where they would be positional.
+        for name in self.opts:
+            option = parser._long_opt.get(name) or parser._short_opt.get(name)
+            option.process = self._greedy(option.process)
+
+    @staticmethod
+    def _greedy(process):
+        def take_all(value, state) -> None:
+            process(value, state)
+            while state.rargs and not state.rargs[0].startswith("-"):
+                process(state.rargs.pop(0), state)
+
+        return take_all
+
+
 def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
 
@@ -109,6 +136,8 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
       mvmae pretrain --train URLS --codebook codebook.npz --out runs/pretrain
       mvmae train --train URLS --val URLS --pretrained runs/pretrain/last.pt --out runs/train
       mvmae eval --ckpt runs/train/best.pt --data URLS --out runs/eval
+      mvmae predict --ckpt runs/train/best.pt new/*.mp4   top classes of new videos
+      mvmae shards show URLS --key K --out k.png        a sample's motion fields as arrows
     """
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING

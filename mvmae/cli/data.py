@@ -187,8 +187,10 @@ def extract() -> None:
 
 @extract.command("video", epilog=EXPORT_SCHEMA_HELP)
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False),
               help="Output .npz in the export schema (written atomically).")
+@click.option("--show", "show", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also (or only) draw the fields as arrows into this .png, as `mvmae shards show`.")
 @click.option("--grid", type=click.Choice(["4", "8", "16"]), default="8", show_default=True,
               help="MV cell size in px.")
 @click.option("--iframe-size", type=click.IntRange(min=0), default=256, show_default=True,
@@ -201,29 +203,37 @@ def extract() -> None:
               help="'nokey' skips deblocking on non-key frames: faster at 720p+, I-frames and raw "
                    "vectors unchanged, ~2% of resolved cells may pick another reference.")
 @handle_errors
-def video(path: Path, out: Path, grid: str, iframe_size: int, raw: bool, threads: int,
+def video(path: Path, out: Path | None, show: Path | None, grid: str, iframe_size: int, raw: bool, threads: int,
           skip_loop_filter: str) -> None:
     """Extract one H.264 video into an .npz in the export schema.
 
     Motion vectors are resolved to their real reference picture (matching each block against the
     candidate references in the decoded picture buffer) and normalised to px per display frame,
-    for P- and B-frames alike. Cells without a vector are marked invalid.
+    for P- and B-frames alike. Cells without a vector are marked invalid. --show draws them (the
+    first I-frame, a P- and a B-frame field; see `mvmae shards show --help`).
     """
     from mvmae.extract.decoder import ExtractConfig
     from mvmae.extract.export import save_export
     from mvmae.extract.video import extract_video
 
+    if out is None and show is None:
+        raise click.UsageError("give --out FILE.npz, --show FILE.png or both")
     config = ExtractConfig(grid=int(grid), iframe_short_side=iframe_size, raw=raw, threads=threads,
                            skip_loop_filter=skip_loop_filter)
     fields = extract_video(path, config)
-    save_export(out, fields)
+    if out is not None:
+        save_export(out, fields)
+    if show is not None:
+        from mvmae.extract.figure import plot_motion
+
+        plot_motion(fields, show, title=f"{path.name} ({fields.meta['method']} vectors)")
     types = bytes(fields.frame_types).decode()
     valid_ratio = float(fields.valid.mean()) if fields.valid.size else 0.0
     h, w = fields.valid.shape[1:]
     click.echo(f"{path}: {fields.num_frames} frames ({types.count('I')} I, {types.count('P')} P, "
                f"{types.count('B')} B), grid {fields.grid} px ({h}x{w} cells, "
                f"{valid_ratio:.0%} valid), {len(fields.iframe_index)} I-frames, "
-               f"method {fields.meta['method']} -> {out}")
+               f"method {fields.meta['method']} -> {', '.join(str(p) for p in (out, show) if p is not None)}")
 
 
 def _parse_part(value: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""``mvmae shards inspect|verify|export|manifest``: looking into shards (local, brace patterns,
+"""``mvmae shards inspect|verify|export|show|manifest``: looking into shards (local, brace patterns,
 http(s), ``s3://``/``gs://``, ``pipe:``)."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def read_options(func):
 
 @main.group()
 def shards() -> None:
-    """Read shards back: counts, integrity checks, one sample to .npz."""
+    """Read shards back: counts, integrity checks, one sample to .npz or a picture."""
 
 
 @shards.command("inspect", epilog=SHARD_URLS_HELP)
@@ -146,6 +146,38 @@ def shards_export(urls: tuple[str, ...], key: str, out: Path, read) -> None:
     click.echo(f"{key}: {fields.num_frames} frames ({types.count('I')} I, {types.count('P')} P, "
                f"{types.count('B')} B), segment {fields.meta['segment'] + 1} of "
                f"{fields.meta['num_segments']}, {len(fields.iframe_index)} I-frames -> {out}")
+
+
+@shards.command("show", epilog=SHARD_URLS_HELP)
+@click.argument("urls", metavar="URL...", nargs=-1, required=True)
+@click.option("--key", required=True, help="Sample key (the video's stem; <stem>_<k> for segment k).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Output .png (written atomically).")
+@read_options
+@handle_errors
+def shards_show(urls: tuple[str, ...], key: str, out: Path, read) -> None:
+    """Draw one sample's motion fields as arrows: a picture to look at what the shards hold.
+
+    \b
+    Three panels: the first I-frame with the field of the frame after it over it, then the
+    field of a P-frame and of a B-frame (those with the most moving cells) over their I-frame.
+    Arrows start at each cell's centre along (dx, dy), coloured by length (px per frame, one
+    scale for all panels) and lengthened by the factor in each panel's title; grey cells have
+    no vector (intra blocks). The shards are read in order until the key is found.
+    """
+    from mvmae.extract.figure import plot_motion
+    from mvmae.shards.inspect import read_sample
+
+    fields, extra = read_sample(urls, key, read)
+    segment = (f", segment {fields.meta['segment'] + 1} of {fields.meta['num_segments']}"
+               if fields.meta["num_segments"] > 1 else "")
+    plot_motion(fields, out, title=f"{key} ({fields.meta['class_name']}{segment}) in {extra['url']}")
+    click.echo(f"{key}: {_frame_counts(fields)}{segment} -> {out}")
+
+
+def _frame_counts(fields) -> str:
+    types = bytes(fields.frame_types).decode()
+    return f"{fields.num_frames} frames ({types.count('I')} I, {types.count('P')} P, {types.count('B')} B)"
 
 
 @shards.command("manifest")

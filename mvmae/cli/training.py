@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mvmae.cli.base import handle_errors, main
+from mvmae.cli.base import UrlsOption, handle_errors, main
 
 
 @main.command()
@@ -83,7 +83,8 @@ def _overrides(**values) -> dict:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="YAML with any PretrainConfig field; command-line flags override it.")
-@click.option("--train", "train", multiple=True, help="Shard URL or brace pattern (repeatable).")
+@click.option("--train", "train", cls=UrlsOption,
+              help="Shard URLs or brace patterns: several after one flag (a shell glob), or the flag repeated.")
 @click.option("--codebook", "codebook_path", help="Codebook .npz from `mvmae codebook`.")
 @click.option("--masking", type=click.Choice(["random", "tube", "mgm", "mofo", "videoms"]),
               help="Masking strategy [default: mgm].")
@@ -91,7 +92,8 @@ def _overrides(**values) -> dict:
 @click.option("--model-size", type=click.Choice(["micro", "tiny", "small", "base"]),
               help="Motion encoder size [default: small = 384-d, 12 blocks, 6 heads].")
 @click.option("--epochs", type=int, help="Passes over the shards [default: 400].")
-@click.option("--warmup-epochs", type=int, help="Linear warmup [default: 20].")
+@click.option("--warmup-epochs", type=int,
+              help="Linear warmup; one longer than the run is cut to a tenth of it, with a warning [default: 20].")
 @click.option("--steps-per-epoch", type=int, help="Batches per epoch from resampled shards (0: one pass).")
 @click.option("--batch-size", type=int, help="Clips per step and process [default: 32].")
 @click.option("--accum-steps", type=int, help="Gradient accumulation steps [default: 1].")
@@ -137,11 +139,15 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @main.command("train")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="YAML with any FinetuneConfig field (nested: model.*, tokens.*); flags override it.")
-@click.option("--train", "train", multiple=True, help="Training shard URL or brace pattern (repeatable).")
-@click.option("--val", "val", multiple=True, help="Validation shard URL or brace pattern (repeatable).")
+@click.option("--train", "train", cls=UrlsOption,
+              help="Training shard URLs or brace patterns: several after one flag (a shell glob), or the flag "
+                   "repeated.")
+@click.option("--val", "val", cls=UrlsOption, help="Validation shard URLs or brace patterns, as --train.")
 @click.option("--out", "out", help="Output folder: checkpoints, config.yaml, metrics.jsonl, tensorboard/.")
 @click.option("--classes", help="classes.json of the extraction job [default: beside the first train shard].")
-@click.option("--pretrained", help="Motion encoder checkpoint from `mvmae pretrain` (else from scratch).")
+@click.option("--pretrained",
+              help="Motion encoder checkpoint from `mvmae pretrain`: its weights, architecture and token spec "
+                   "(else from scratch).")
 @click.option("--init", "init", help="Start from a classifier checkpoint's weights (nothing else).")
 @click.option("--resume", is_flag=True, default=None,
               help="Continue from OUT/last.pt, any phase (from the start if there is none yet), with the same "
@@ -165,6 +171,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--mv-size", type=int, help="MV cells per side when not pretrained [default: 14].")
 @click.option("--iframe-size", type=int, help="I-frame size px when not pretrained [default: 224].")
 @click.option("--epochs", type=int, help="Total epochs [default: 51: phase 1 = 0-5, phase 2 = 6-50].")
+@click.option("--warmup-epochs", type=int,
+              help="Linear warmup; one longer than the run is cut to a tenth of it, with a warning [default: 1].")
 @click.option("--schedule", type=click.Choice(["two_phase", "full"]),
               help="two_phase: pretrained encoders frozen, then their top blocks at a lower LR; full: every "
                    "parameter from the start, layer-wise LR decay in pretrained encoders [default: two_phase].")
@@ -221,6 +229,9 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
     cfg = load_config(FinetuneConfig, config_path, overrides)
     if not cfg.train:
         raise click.UsageError("--train is required (on the command line or in --config)")
+    if cfg.pretrained:
+        _refuse_pretrained_conflicts(cfg.pretrained, {f"--{k.replace('_', '-')}": (nested[k], v)
+                                                      for k, v in flags.items() if k in _PRETRAINED_FLAGS})
     metrics = Finetuner(cfg, StreamingMetrics).run()
     if metrics:
         from mvmae.eval.report import format_table
@@ -228,6 +239,26 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
         click.echo(format_table(metrics))
     click.echo(f"training done -> {cfg.out} (best.pt by {cfg.best_metric}, last.pt, metrics.jsonl)")
 
+
+
+# The flags of `mvmae train` that a --pretrained checkpoint fixes.
+_PRETRAINED_FLAGS = ("motion_size", "segment_frames", "mv_size", "iframe_size")
+
+
+def _refuse_pretrained_conflicts(path: str, flags: dict[str, tuple[str, object]]) -> None:
+    """A one-line error when a flag (name -> (config key, value or None)) asks for another value
+    than pretraining checkpoint ``path`` brings (its Motion encoder's architecture, its tokens)."""
+    from mvmae.train.config import ConfigError
+    from mvmae.train.pretrained import load_pretrained_motion
+
+    pretrained = load_pretrained_motion(path)
+    given = {key: value for key, value in flags.values() if value is not None}
+    for key, mine, theirs in pretrained.conflicts(given):
+        flag = next(name for name, (k, _) in flags.items() if k == key)
+        part, name = key.split(".")
+        whose = "Motion encoder has" if part == "model" else "token spec has"
+        raise ConfigError(f"{flag} {mine} conflicts with --pretrained {path}, whose {whose} {name} {theirs}: "
+                          f"leave the flag out (the checkpoint brings its architecture and token spec)")
 
 
 def _echo_views_table(metrics: dict) -> None:
@@ -242,7 +273,8 @@ def _echo_views_table(metrics: dict) -> None:
 @main.command("eval")
 @click.option("--ckpt", "ckpt", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Classifier checkpoint from `mvmae train` (best.pt or last.pt).")
-@click.option("--data", "data", multiple=True, required=True, help="Shard URL or brace pattern (repeatable).")
+@click.option("--data", "data", cls=UrlsOption, required=True,
+              help="Shard URLs or brace patterns: several after one flag (a shell glob), or the flag repeated.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Report folder: metrics.json, per_class.csv, confusion_matrix.csv/.png, predictions.")
 @click.option("--clips", type=click.IntRange(min=1), default=1, show_default=True,

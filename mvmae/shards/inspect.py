@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -185,6 +186,28 @@ def _check_stats(url: str, path: Path, keys: list[str]) -> list[Problem]:
 # ----------------------------------------------------------------------------- export
 
 
+def extraction_options(urls: str | Iterable[str], config: ReadConfig | None = None) -> dict:
+    """The ``extract run`` options the shards were made with, from the record of the first sample
+    that reads: ``ExtractConfig`` fields ``grid``, ``iframe_short_side``, ``raw`` and
+    ``skip_loop_filter`` (one a record of an older mvmae lacks is left out). Shards that cannot
+    be read are passed over (training skips them too); {} when none can."""
+    for url in expand_urls(urls):
+        try:
+            with closing(iter(ShardReader(url, config))) as samples:  # stops the read (a curl) at once
+                raw = next(samples, None)
+            record = parse_record(raw) if raw is not None else None
+        except (OSError, ShardError, SampleError):
+            continue
+        if record is None:
+            continue
+        extraction = record.get("extraction") or {}
+        found = {"grid": record.get("grid"), "iframe_short_side": extraction.get("iframe_short_side"),
+                 "raw": extraction["method"] == "raw" if "method" in extraction else None,
+                 "skip_loop_filter": extraction.get("skip_loop_filter")}
+        return {k: v for k, v in found.items() if v is not None}
+    return {}
+
+
 def find_sample(urls: str | Iterable[str], key: str, config: ReadConfig | None = None) -> dict:
     """The raw sample ``key`` (the first one, reading the shards in order)."""
     urls = expand_urls(urls)
@@ -215,10 +238,10 @@ def sample_fields(decoded: ShardSample) -> VideoFields:
                        grid=int(record["grid"]), fps=fps, size=tuple(int(v) for v in record["size"]), meta=meta)
 
 
-def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path,
-                  config: ReadConfig | None = None) -> VideoFields:
-    """Write sample ``key`` as an export-schema ``.npz`` (plus ``source`` and ``label``), after
-    the checks of ``mvmae shards verify`` (``sample.decode_sample``).
+def read_sample(urls: str | Iterable[str], key: str, config: ReadConfig | None = None) -> tuple[VideoFields, dict]:
+    """Sample ``key`` of the shards as :class:`VideoFields` (``sample_fields``) and its
+    ``{"source", "label", "url"}``, after the checks of ``mvmae shards verify``
+    (``sample.decode_sample``).
 
     Raises :class:`ShardError` naming the key when no shard holds it, or why it is bad.
     """
@@ -226,10 +249,18 @@ def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path,
     try:
         decoded = decode_sample(sample, with_iframes=True, check=True)
         fields = sample_fields(decoded)
-        extra = {"source": decoded.record["source"], "label": decoded.record["label"]}
+        extra = {"source": decoded.record["source"], "label": decoded.record["label"], "url": sample["__url__"]}
     except KeyError as exc:
         raise ShardError(sample["__url__"], key, f"incomplete record (KeyError: {exc})") from exc
     except SampleError as exc:
         raise ShardError(sample["__url__"], key, _reason(exc, key)) from exc
-    save_export(out_path, fields, extra=extra)
+    return fields, extra
+
+
+def export_sample(urls: str | Iterable[str], key: str, out_path: str | Path,
+                  config: ReadConfig | None = None) -> VideoFields:
+    """Write sample ``key`` as an export-schema ``.npz`` (plus ``source`` and ``label``): see
+    ``read_sample``."""
+    fields, extra = read_sample(urls, key, config)
+    save_export(out_path, fields, extra={"source": extra["source"], "label": extra["label"]})
     return fields

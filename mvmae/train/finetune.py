@@ -23,14 +23,16 @@ from torch import nn
 from tqdm import tqdm
 
 from mvmae.shards.clips import ClipConfig
+from mvmae.shards.inspect import extraction_options
 from mvmae.shards.reader import build_eval_pipeline, eval_skips, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.config import config_to_dict
 from mvmae.train.labels import scan_labels, stratified_subset, write_subset
 from mvmae.train.distributed import all_reduce_mean, init_distributed, wrap_ddp
 from mvmae.train.model import ClassifierConfig, MVMAEClassifier, build_classifier, classifier_clip, top_blocks
+from mvmae.train.pretrained import PretrainedMotion, adopt_pretrained, load_pretrained_motion
 from mvmae.train.run_folder import RunFolder
-from mvmae.train.schedule import build_optimizer, lr_at, set_lr
+from mvmae.train.schedule import build_optimizer, lr_at, set_lr, warmup_steps
 from mvmae.train.tokenizer import TokenSpec
 from mvmae.train.trainer import (
     ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
@@ -98,6 +100,8 @@ class FinetuneConfig(ShardReading):
         super().__post_init__()
         if self.phase1_epochs < 0:  # more than epochs: the whole run is phase 1
             raise ValueError(f"phase1_epochs must be >= 0, got {self.phase1_epochs}")
+        if self.warmup_epochs < 0:  # longer than the run: cut to a share of it (schedule.warmup_steps)
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.encoder_lr_scale <= 0 or self.scratch_lr_scale <= 0 or self.lr <= 0:
             raise ValueError("lr, encoder_lr_scale and scratch_lr_scale must be > 0")
         if not 0 <= self.ema < 1:
@@ -204,16 +208,6 @@ def pretrained_encoders(model: MVMAEClassifier, cfg: FinetuneConfig) -> list[nn.
     return found
 
 
-def load_pretrained_motion(path: str) -> tuple[dict, TokenSpec]:
-    """Motion encoder weights and token spec from a ``mvmae pretrain`` checkpoint."""
-    state = ckpt.load_checkpoint(path)
-    extra = state.get(ckpt.EXTRA) or {}
-    if extra.get("kind") != "pretrain":
-        raise ValueError(f"{path}: not a pretraining checkpoint of mvmae pretrain")
-    weights = {k[len("encoder."):]: v for k, v in state[ckpt.MODEL].items() if k.startswith("encoder.")}
-    return weights, TokenSpec(**extra["token_spec"])
-
-
 class Finetuner:
     """A fine-tuning run: model, optimizer, EMA, loaders, checkpoints, logs.
 
@@ -231,17 +225,22 @@ class Finetuner:
         self.device = self.dist.device
         self.out = Path(cfg.out)
         self.classes = read_classes(cfg)
+        # How the train shards were extracted: `mvmae predict` extracts new videos the same way.
+        self.extraction = extraction_options(cfg.train, cfg.read) if self.dist.is_main else {}
         cfg.model.num_classes = len(self.classes)
-        motion_weights = None
-        if cfg.pretrained:
-            motion_weights, cfg.tokens = load_pretrained_motion(cfg.pretrained)
+        pretrained = load_pretrained_motion(cfg.pretrained) if cfg.pretrained else None
+        if pretrained is not None:
+            adopt_pretrained(cfg, pretrained)
         self.spec = cfg.tokens
         self.manager = ckpt.CheckpointManager(self.out, cfg.keep_last, cfg.best_metric, "max")
         self.folder = RunFolder(self.manager, cfg, self.dist, inputs={"classes": self.classes})
         with self.folder.setting_up():  # a failure from here on releases the folder
-            self._build(motion_weights)
+            self._build(pretrained)
             self.subset = self._label_subset()
             self.steps_per_epoch = steps_per_epoch(cfg, self._clip("train"), self.dist, **self._pipeline())
+            self.warmup_steps, note = warmup_steps(cfg.warmup_epochs, cfg.epochs, self.steps_per_epoch)
+            if note and self.dist.is_main:
+                log.warning(note)
             state = self.folder.state
             if state is not None:
                 self._load(state)
@@ -251,12 +250,12 @@ class Finetuner:
             log.info(f"resumed from {self.manager.last_path}: epoch {self.epoch} (phase "
                      f"{cfg.phase(self.epoch)}), step {self.step}")
 
-    def _build(self, motion_weights: dict | None) -> None:
+    def _build(self, pretrained: PretrainedMotion | None) -> None:
         """Model (Motion encoder from ``pretrained``, weights from ``init``), optimizer, EMA."""
         cfg = self.cfg
         model = build_classifier(cfg.model, self.spec)
-        if motion_weights is not None and hasattr(model, "motion_encoder"):
-            model.motion_encoder.load_state_dict(motion_weights)
+        if pretrained is not None and hasattr(model, "motion_encoder"):
+            model.motion_encoder.load_state_dict(pretrained.weights)
             log.info(f"Motion encoder initialised from {cfg.pretrained}")
         if cfg.init:
             model.load_state_dict(ckpt.load_checkpoint(cfg.init)[ckpt.MODEL])
@@ -307,7 +306,7 @@ class Finetuner:
                 ckpt.STEP: self.step, ckpt.STEPS_PER_EPOCH: self.steps_per_epoch,
                 ckpt.RNG: ckpt.capture_rng_state(), ckpt.PHASE: phase,
                 ckpt.TRAINABLE: trainable, ckpt.CONFIG: config_to_dict(self.cfg),
-                ckpt.EXTRA: {"kind": "classifier", "classes": self.classes,
+                ckpt.EXTRA: {"kind": "classifier", "classes": self.classes, "extraction": self.extraction,
                              "ema": self.ema.module.state_dict() if self.ema else None}}
 
     def _load(self, state: dict) -> None:
@@ -342,7 +341,7 @@ class Finetuner:
 
     def train_epoch(self, epoch: int, phase: int) -> dict:
         cfg = self.cfg
-        total, warmup = cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch
+        total = cfg.epochs * self.steps_per_epoch
         sums, n = torch.zeros(2), 0
         # A last unfinished accumulation of the previous epoch is not in the checkpoint: drop it,
         # so a resumed run and an uninterrupted one take the same steps.
@@ -352,7 +351,7 @@ class Finetuner:
                    desc=f"epoch {epoch} (phase {phase})", disable=not self.dist.is_main, unit="batch")
         for i, batch in enumerate(bar):
             if i % cfg.accum_steps == 0:
-                set_lr(self.optimizer, lr_at(self.step, cfg.lr, warmup, total, cfg.min_lr))
+                set_lr(self.optimizer, lr_at(self.step, cfg.lr, self.warmup_steps, total, cfg.min_lr))
             mv, valid, iframes, label = (batch[k].to(self.device, non_blocking=True)
                                          for k in ("mv", "valid", "iframes", "label"))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):

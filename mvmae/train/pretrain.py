@@ -26,7 +26,7 @@ from mvmae.train.masking import build_masking
 from mvmae.train.motion_encoder import MaskedMotionModel, MotionDecoderConfig, motion_encoder_config
 from mvmae.train.pretext import PretextOptions, PretextStats, pretext_loss
 from mvmae.train.run_folder import RunFolder
-from mvmae.train.schedule import build_optimizer, lr_at, set_lr
+from mvmae.train.schedule import build_optimizer, lr_at, set_lr, warmup_steps
 from mvmae.train.tokenizer import TokenSpec
 from mvmae.train.trainer import (
     ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
@@ -41,7 +41,8 @@ class PretrainConfig(ShardReading):
     """One pretraining run. train: shard URLs/brace patterns; codebook: from ``mvmae codebook``
     (its token spec defines the tokens); masking: random | tube | mgm | mofo | videoms, with
     ``masking_options`` passed to the strategy; model_size: micro | tiny | small | base.
-    epochs and warmup_epochs count passes over the shards (or ``steps_per_epoch`` batches).
+    epochs and warmup_epochs count passes over the shards (or ``steps_per_epoch`` batches); a
+    warm-up longer than the run is cut to a tenth of it (``schedule.warmup_steps``).
     read, loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
 
     train: list[str] = field(default_factory=list)
@@ -84,8 +85,8 @@ class PretrainConfig(ShardReading):
         for name in ("epochs", "batch_size", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_epochs <= self.epochs:  # lr_at would fail at the first step
-            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.warmup_epochs < 0:  # longer than the run: cut to a share of it (schedule.warmup_steps)
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.static_weight < 0:
@@ -131,6 +132,9 @@ class Pretrainer:
             self.masking = build_masking(cfg.masking, mask_ratio=cfg.mask_ratio, **self._masking_options())
             self.amp = cfg.amp and self.device.type == "cuda"
             self.steps_per_epoch = steps_per_epoch(cfg, self._clip(), self.dist, **self._pipeline())
+            self.warmup_steps, note = warmup_steps(cfg.warmup_epochs, cfg.epochs, self.steps_per_epoch)
+            if note and self.dist.is_main:
+                log.warning(note)
             state = self.folder.state
             if state is not None:
                 load_weights(state, unwrap_model(self.model), self.optimizer)
@@ -181,7 +185,6 @@ class Pretrainer:
 
     def train_epoch(self, epoch: int) -> dict:
         cfg, total_steps = self.cfg, self.cfg.epochs * self.steps_per_epoch
-        warmup = cfg.warmup_epochs * self.steps_per_epoch
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1009 + self.dist.rank)
         self.model.train()
         stats, num_batches, num_tokens, t0 = PretextStats(self.book.size), 0, 0, time.monotonic()
@@ -192,7 +195,7 @@ class Pretrainer:
         batches, skips = epoch_batches(cfg, self._clip(), epoch, self.dist, **self._pipeline())
         for i, batch in enumerate(batches):
             if i % cfg.accum_steps == 0:
-                set_lr(self.optimizer, lr_at(self.step, cfg.lr, warmup, total_steps, cfg.min_lr))
+                set_lr(self.optimizer, lr_at(self.step, cfg.lr, self.warmup_steps, total_steps, cfg.min_lr))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 loss, batch_stats = pretext_loss(self.model, batch, self.spec, self.book, self.masking,
                                                  options, generator, self.device)

@@ -16,6 +16,9 @@ from torch import nn
 
 # Parameter names (last dotted component) containing these get no weight decay.
 NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token")
+# A warm-up asked for that is longer than the whole run is cut to this share of the run's steps
+# (a first try with ``--epochs 1`` under the 20-epoch default still decays its LR).
+SHORT_RUN_WARMUP_RATIO = 0.1
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int,
@@ -34,6 +37,21 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int,
         return min_lr
     progress = (step - warmup_steps) / (total_steps - warmup_steps)  # in [0, 1)
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps(warmup_epochs: int, epochs: int, steps_per_epoch: int) -> tuple[int, str | None]:
+    """Warm-up optimizer steps of a run of ``epochs`` x ``steps_per_epoch`` steps:
+    ``warmup_epochs`` x ``steps_per_epoch``, or, when the warm-up is longer than the run,
+    ``SHORT_RUN_WARMUP_RATIO`` of the run's steps (rounded), with a note saying so (else None)."""
+    if warmup_epochs < 0 or epochs < 0 or steps_per_epoch < 0:
+        raise ValueError(f"warmup_epochs {warmup_epochs}, epochs {epochs} and steps_per_epoch "
+                         f"{steps_per_epoch} must be >= 0")
+    if warmup_epochs <= epochs:
+        return warmup_epochs * steps_per_epoch, None
+    total = epochs * steps_per_epoch
+    steps = round(SHORT_RUN_WARMUP_RATIO * total)
+    return steps, (f"warmup_epochs {warmup_epochs} exceeds the run's {epochs} epoch(s): warming up over "
+                   f"its first {steps} of {total} steps ({SHORT_RUN_WARMUP_RATIO:.0%}) instead")
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:

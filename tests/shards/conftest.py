@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
+import http.server
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -10,6 +17,33 @@ try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
     import media
 except ImportError:  # ... or as the `tests` package
     from tests import media
+
+@contextlib.contextmanager
+def _serve_folder(folder: Path) -> Iterator[str]:
+    """``folder`` served over HTTP on the loopback interface while the block runs: its base URL.
+    Skips the test when curl (webdataset's http reader) is not installed."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl (webdataset's http reader) is not installed")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def serve_folder():
+    """``with serve_folder(folder) as base_url:``: a folder over HTTP on the loopback interface."""
+    return _serve_folder
+
 
 # --- reader_* fixtures: a small dataset of shards for the reader (mvmae.shards.reader) ---------
 

@@ -3,11 +3,8 @@ files, export. Damaged shards are in tests/faults/test_corrupt_shards.py."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -34,22 +31,10 @@ def shards_copy(job_dataset, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def http_root(job_dataset):
-    """The dataset's folder served over HTTP on the loopback interface: its base URL."""
-    if shutil.which("curl") is None:
-        pytest.skip("curl (webdataset's http reader) is not installed")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(job_dataset["out"]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def http_root(job_dataset, serve_folder):
+    """The dataset's folder served over HTTP on the loopback interface (conftest.py): its base URL."""
+    with serve_folder(job_dataset["out"]) as url:
+        yield url
 
 
 def test_inspect_counts(job_dataset, job_media) -> None:

@@ -340,9 +340,10 @@ def test_non_finite_loss_raises(synth_shards, synth_codebook, run_yaml, pretrain
     assert not list((tmp_path / "cli").glob("*.pt"))
 
 
-def test_warmup_longer_than_the_run_is_refused(pretrain, tmp_path):
-    result = pretrain(tmp_path / "run", "--epochs", "2", "--warmup-epochs", "3")
-    assert result.exit_code == 1 and "warmup_epochs" in result.stderr
+def test_negative_warmup_is_refused(pretrain, tmp_path):
+    """(A warm-up longer than the run is cut to a share of it: tests/train/test_first_runs.py.)"""
+    result = pretrain(tmp_path / "run", "--epochs", "2", "--warmup-epochs", "-1")
+    assert result.exit_code == 1 and "warmup_epochs must be >= 0, got -1" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -89,6 +89,10 @@ def _overrides(**values) -> dict:
 @click.option("--masking", type=click.Choice(["random", "tube", "mgm", "mofo", "videoms"]),
               help="Masking strategy [default: mgm].")
 @click.option("--mask-ratio", type=float, help="Share of tokens masked [default: 0.9].")
+@click.option("--visible-moving-ratio", type=click.FloatRange(0, 1),
+              help="Least share of each clip's moving tokens kept visible, whatever the masking: an MV-only "
+                   "pretext cannot infer hidden motion from none [default: the strategy's, 0.25 for "
+                   "mgm, mofo and videoms, 0 for random and tube].")
 @click.option("--model-size", type=click.Choice(["micro", "tiny", "small", "base"]),
               help="Motion encoder size [default: small = 384-d, 12 blocks, 6 heads].")
 @click.option("--epochs", type=int, help="Passes over the shards [default: 400].")
@@ -111,7 +115,8 @@ def _overrides(**values) -> dict:
               help="Continue from OUT/last.pt (from the start if there is none yet) with the same config: "
                    "--config OUT/config.yaml --resume.")
 @handle_errors
-def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: str | None, **flags) -> None:
+def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: str | None,
+             visible_moving_ratio: float | None, **flags) -> None:
     """Masked motion pretraining of the Motion encoder on shards.
 
     \b
@@ -125,6 +130,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 
     overrides = _overrides(train=list(train) or None, codebook=codebook_path, **flags)
     cfg = load_config(PretrainConfig, config_path, overrides)
+    if visible_moving_ratio is not None:
+        cfg.masking_options = {**cfg.masking_options, "visible_moving_ratio": visible_moving_ratio}
     if not cfg.train or not cfg.codebook:
         raise click.UsageError("--train and --codebook are required (on the command line or in --config)")
     metrics = Pretrainer(cfg).run()

@@ -113,6 +113,21 @@ def test_cli_summary_line(pretrain, tmp_path):
     assert line == f"pretraining done: {summary} -> {out}"
 
 
+def test_visible_moving_ratio_flag_keeps_motion_in_view(pretrain, tmp_path):
+    """``--visible-moving-ratio`` reaches the masking (tube masking alone keeps none by default):
+    recorded in the run's config, and the clips that show the encoder no moving token go."""
+    runs = {}
+    for name, flags in (("tube", ()), ("tube_kept", ("--visible-moving-ratio", "1.0"))):
+        out = tmp_path / name
+        ok(pretrain(out, "--masking", "tube", "--epochs", "1", "--warmup-epochs", "0", *flags))
+        (runs[name],) = read_metrics(out)
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        assert saved["masking_options"] == ({"visible_moving_ratio": 1.0} if flags else {})
+    # Ratio 1: every moving token of every clip stays visible, so no clip lacks one.
+    assert runs["tube_kept"]["no_visible_motion_ratio"] == 0.0
+    assert runs["tube_kept"]["visible_moving_mean"] >= runs["tube"]["visible_moving_mean"]
+
+
 def test_loss_decreases(pretrain, tmp_path):
     out = tmp_path / "run"
     ok(pretrain(out, "--masking", "mgm", "--epochs", "6", "--lr", "2e-3"))

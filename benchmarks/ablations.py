@@ -34,7 +34,7 @@ VARIANTS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = learning.arguments(__doc__, seeds=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--pretrained", default="", help="a pretraining checkpoint for the pretrained variant")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()

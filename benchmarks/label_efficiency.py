@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = learning.arguments(__doc__, seeds=[0, 1, 2, 3, 4])
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.25, 0.1])
     parser.add_argument("--pretrain-epochs", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, default=50, help="fine-tuning epochs")
     parser.add_argument("--masking", default="mgm")
     parser.add_argument("--no-gates", action="store_true")
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("label_efficiency.png"))

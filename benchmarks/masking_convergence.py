@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8, help="pretraining epochs")
     parser.add_argument("--probe-epochs", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--finetune-epochs", type=int, default=50)
     parser.add_argument("--no-convergence", action="store_true", help="diagnostics and step cost only")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()

@@ -24,8 +24,9 @@ import pytest
 
 try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
     import media
+    import needs
 except ImportError:  # ... or as the `tests` package
-    from tests import media
+    from tests import media, needs
 
 # 12 real clips (24 frames 144x192, 2 B-frames, GOP 12: I-frames at 0 and 12), 4 classes by
 # direction of the pan, extracted by `mvmae extract run` into 4 shards of 3 samples.
@@ -269,8 +270,7 @@ def fault_server(folder: Path, plan: dict[str, list[str]] | None = None) -> Iter
 
 
 def require_curl() -> None:
-    if shutil.which("curl") is None:
-        pytest.skip("curl (the reader's http client) is not installed")
+    needs.curl()
 
 
 # --------------------------------------------------------------------------- hang guard

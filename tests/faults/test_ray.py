@@ -20,9 +20,10 @@ from mvmae.cli import main
 from mvmae.extract.decoder import ExtractConfig
 from mvmae.job.job import JobConfig, run_job
 
+import needs
 import shard_faults as sf
 
-ray = pytest.importorskip("ray")
+ray = needs.extra("ray")
 pytestmark = pytest.mark.slow  # a Ray instance and about 90 s on 2 cores
 
 OUTPUTS = ("classes.json", "train-manifest.jsonl")

@@ -18,6 +18,8 @@ from mvmae.shards.sample import FORMAT_VERSION, RECORD, update_record
 from mvmae.shards.stream import ShardReader, expand_urls
 from mvmae.shards.writer import ShardFile
 
+import needs
+
 PATTERN = "train-{000000..000004}.tar"
 NUM_GOOD = 8  # good videos of the job_media fixture (conftest.py), 40 frames each
 SAMPLES_PER_SHARD = [2, 1, 2, 1, 2]  # good videos per shard of 3 inputs (bad ones interleaved)
@@ -36,8 +38,7 @@ def shards_copy(job_dataset, tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def http_root(job_dataset):
     """The dataset's folder served over HTTP on the loopback interface: its base URL."""
-    if shutil.which("curl") is None:
-        pytest.skip("curl (webdataset's http reader) is not installed")
+    needs.curl()
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:

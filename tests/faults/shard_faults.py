@@ -24,8 +24,9 @@ import pytest
 
 try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
     import media
+    import needs
 except ImportError:  # ... or as the `tests` package
-    from tests import media
+    from tests import media, needs
 
 # 12 real clips (24 frames 144x192, 2 B-frames, GOP 12: I-frames at 0 and 12), 4 classes by
 # direction of the pan, extracted by `mvmae extract run` into 4 shards of 3 samples.
@@ -257,7 +258,9 @@ def fault_server(folder: Path, plan: dict[str, list[str]] | None = None) -> Iter
     state = FaultServer("", plan or {})
     httpd = _QuietServer(("127.0.0.1", 0), _handler(folder, state, release, lock))
     state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # Polled every 20 ms (not socketserver's 0.5 s): shutdown() waits for the next poll, and
+    # the suite starts dozens of these servers.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield state
@@ -269,8 +272,7 @@ def fault_server(folder: Path, plan: dict[str, list[str]] | None = None) -> Iter
 
 
 def require_curl() -> None:
-    if shutil.which("curl") is None:
-        pytest.skip("curl (the reader's http client) is not installed")
+    needs.curl()
 
 
 # --------------------------------------------------------------------------- hang guard

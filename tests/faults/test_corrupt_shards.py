@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import gzip
+import json
 import lzma
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from mvmae.cli import main
 from mvmae.shards.clips import ClipConfig
 from mvmae.shards.inspect import Problem, verify_shards
 from mvmae.shards.reader import SkipCounter, build_eval_pipeline, build_train_pipeline
-from mvmae.shards.sample import MEMBERS
+from mvmae.shards.sample import MEMBERS, RECORD
 from mvmae.shards.stream import ReadConfig, ShardReadError, read_shards
 
 import shard_faults as sf
@@ -245,18 +246,28 @@ def test_train_reader_skips_and_counts(damaged, dataset) -> None:
     assert summary["seen"] == len(keys) + damage.sample_skips
 
 
-def test_inspect_fails_cleanly(damaged, cli_runner) -> None:
-    """`shards inspect` reads records only: a damaged tar or record is one error line naming the
-    shard; damage inside other members is for verify to find."""
-    damage = damaged["damage"]
+def test_inspect_fails_cleanly(damaged, dataset, cli_runner) -> None:
+    """`shards inspect` reads records only. Tar damage, or a damaged or missing record (the
+    ``json`` member), is exit status 1 and one exact error line naming the shard and the key;
+    damage inside any other member is for verify to find: exit status 0, every record counted."""
+    damage, shard = damaged["damage"], damaged["shard"]
     result = cli_runner.invoke(main, ["shards", "inspect", sf.brace(damaged["folder"]), "--json"])
-    assert result.exit_code in (0, 1) and isinstance(result.exception, (SystemExit, type(None))), result.output
-    if result.exit_code:
+    record_hit = damage.sample_skips and damage.reason == RECORD
+    if damage.shard_skips or record_hit:
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         (line,) = result.stderr.splitlines()
-        assert line.startswith(f"error: {damaged['shard']} {damage.key or '-'}: ")
-        assert "unexpected" not in line
+        prefix = f"error: {shard} {damage.key or '-'}: "
+        if damage.shard_skips:
+            assert line == prefix + damage.reason
+        elif f"{damage.key}.{RECORD}" in sf.member_offsets(shard):  # flipped bytes: not UTF-8 JSON
+            assert line.startswith(prefix + f"unreadable record, member {RECORD} ("), line
+        else:
+            assert line == prefix + f"no {RECORD} member"
     else:
-        assert not damage.shard_skips
+        assert result.exit_code == 0 and result.exception is None, result.output + result.stderr
+        assert result.stderr == ""
+        total = json.loads(result.stdout)["total"]
+        assert (total["num_shards"], total["num_samples"]) == (sf.NUM_SHARDS, len(sf.all_keys(dataset)))
 
 
 def test_eval_reader_is_loud_naming_the_shard(damaged, dataset) -> None:

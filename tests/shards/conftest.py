@@ -6,12 +6,13 @@ import contextlib
 import functools
 import gc
 import http.server
-import shutil
 import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+import needs
 
 try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
     import media
@@ -21,16 +22,15 @@ except ImportError:  # ... or as the `tests` package
 @contextlib.contextmanager
 def _serve_folder(folder: Path) -> Iterator[str]:
     """``folder`` served over HTTP on the loopback interface while the block runs: its base URL.
-    Skips the test when curl (webdataset's http reader) is not installed."""
-    if shutil.which("curl") is None:
-        pytest.skip("curl (webdataset's http reader) is not installed")
+    Needs curl (webdataset's http reader): tests/needs.py skips without it, or fails under CI."""
+    needs.curl()
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -32,7 +32,7 @@ def shards_copy(job_dataset, tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def http_root(job_dataset, serve_folder):
-    """The dataset's folder served over HTTP on the loopback interface (conftest.py): its base URL."""
+    """The dataset's folder served over HTTP on the loopback interface (tests/shards/conftest.py): its base URL."""
     with serve_folder(job_dataset["out"]) as url:
         yield url
 

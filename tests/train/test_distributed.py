@@ -1,12 +1,7 @@
-"""Distributed helpers: single-process no-ops, and a real 2-process torchrun on gloo/CPU."""
+"""Distributed helpers: single-process no-ops, and a real 2-process torchrun on gloo/CPU (the
+shared ``two_ranks`` launch of tests/conftest.py, ``tests/two_ranks.py``)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,44 +9,6 @@ import torch
 from mvmae.train import distributed
 from mvmae.train.distributed import (
     DistInfo, all_reduce_mean, all_reduce_sum, barrier, cleanup, init_distributed, unwrap_model, wrap_ddp)
-
-REPO = Path(__file__).resolve().parents[2]
-
-WORKER = textwrap.dedent("""
-    import json, sys
-    import torch
-    from mvmae.shards.sample import SampleError
-    from mvmae.shards.reader import SkipCounter
-    from mvmae.train.distributed import (all_reduce_mean, all_reduce_sum, barrier, cleanup,
-                                         init_distributed, unwrap_model, wrap_ddp)
-    from mvmae.train.trainer import skip_metrics
-
-    out = sys.argv[1]
-    info = init_distributed()
-    assert info.world_size == 2 and info.device.type == "cpu", info
-    mean = all_reduce_mean(torch.tensor([info.rank + 1.0, 10.0 * info.rank]))
-    total = all_reduce_sum(torch.tensor([info.rank + 1, 10 * info.rank]))
-    skips = SkipCounter()  # rank r skips r + 1 samples of its shards
-    for _ in range(info.rank + 1):
-        assert skips(SampleError("a damaged sample"))
-    skipped = skip_metrics(skips)
-    torch.manual_seed(100 + info.rank)  # different initial weights: DDP must broadcast rank 0's
-    model = wrap_ddp(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
-                                         torch.nn.Linear(8, 1)), info)
-    initial = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(3):  # each rank its own data: gradients are averaged
-        x = torch.randn(16, 4)
-        loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    moved = any(not torch.equal(a, b) for a, b in zip(initial, model.parameters()))
-    torch.save({"mean": mean, "total": total, "skipped": skipped, "moved": moved, "is_main": info.is_main,
-                "params": unwrap_model(model).state_dict()}, f"{out}/rank{info.rank}.pt")
-    barrier()
-    cleanup()
-""")
 
 
 def test_single_process_is_a_no_op(monkeypatch):
@@ -85,16 +42,9 @@ def test_launch_detection(monkeypatch):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_stay_in_sync(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), str(tmp_path)]
-    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+def test_torchrun_two_processes_stay_in_sync(two_ranks):
+    """``two_ranks.helpers`` on both ranks of a real 2-process torchrun (tests/conftest.py)."""
+    ranks = [torch.load(two_ranks / f"rank{r}.pt") for r in range(2)]
     for rank, state in enumerate(ranks):
         torch.testing.assert_close(state["mean"], torch.tensor([1.5, 5.0]))
         assert torch.equal(state["total"], torch.tensor([3, 10]))

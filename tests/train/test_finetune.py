@@ -407,10 +407,11 @@ def uninterrupted(synth_shards, resume_config, train_cli, tmp_path_factory) -> P
 
 def run_until_killed(out: Path, flags: list[str], epoch: int, timeout_s: float = 300) -> None:
     """``python -m mvmae.cli train`` in a child process, killed with SIGKILL as soon as the
-    checkpoint of ``epoch`` exists (it has by then started the next epoch, or is about to)."""
-    out.mkdir(parents=True)
+    checkpoint of ``epoch`` exists (it has by then started the next epoch, or is about to). Its
+    output is appended to ``killed.log`` beside ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
     target = out / f"epoch_{epoch:04d}.pt"
-    with open(out.parent / "killed.log", "wb") as log_file:
+    with open(out.parent / "killed.log", "ab") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "mvmae.cli", "train", "--out", str(out), *flags],
                                 env=subprocess_env(), cwd=out.parent, stdout=log_file, stderr=log_file)
         deadline = time.monotonic() + timeout_s
@@ -426,20 +427,21 @@ def run_until_killed(out: Path, flags: list[str], epoch: int, timeout_s: float =
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("killed_after", [1, 2], ids=["in-phase1", "in-phase2"])
-def test_killed_run_resumes_exactly(synth_shards, resume_config, uninterrupted, train_cli, tmp_path,
-                                    killed_after):
+def test_killed_run_resumes_exactly(synth_shards, resume_config, uninterrupted, train_cli, tmp_path):
     """4 epochs (phase 1: epochs 0-1, phase 2: epochs 2-3), deterministic, no workers. The same
     command is killed (SIGKILL) right after the checkpoint of epoch 1 (last epoch of phase 1: the
-    resumed run starts by unfreezing) or of epoch 2 (inside phase 2), then run again with
-    ``--resume``: it ends with the uninterrupted run's val metrics and weights (EMA included).
+    resumed run starts by unfreezing), run again with ``--resume`` and killed again right after
+    the checkpoint of epoch 2 (inside phase 2), then run with ``--resume`` to the end: it ends with
+    the uninterrupted run's records for every epoch, val metrics and weights (EMA included), so
+    each resume continued exactly (a resume that diverged would show in the later epochs).
     Nothing in the config changes, so the LR schedule is the same; data order and augmentation
     are functions of (seed, epoch); dropout draws come from the restored RNG state."""
     out = tmp_path / "run"
     flags = ["--config", str(resume_config), *data_flags(synth_shards)]
-    run_until_killed(out, flags, killed_after)
-    killed = ckpt.load_checkpoint(out / "last.pt")
-    assert killed[ckpt.EPOCH] == killed_after and killed[ckpt.PHASE] == (1 if killed_after < 2 else 2)
+    for killed_after, resume in ((1, []), (2, ["--resume"])):
+        run_until_killed(out, [*flags, *resume], killed_after)
+        killed = ckpt.load_checkpoint(out / "last.pt")
+        assert killed[ckpt.EPOCH] == killed_after and killed[ckpt.PHASE] == (1 if killed_after < 2 else 2)
     ok(train_cli(out, *flags, "--resume"))
 
     expected, got = records(uninterrupted, "val"), records(out, "val")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -199,7 +197,7 @@ def test_micro_model_overfits_position_codes():
     visible, masked = _split(8, N, 6, seed=2)
     target = torch.gather(codes, 1, masked)  # (B, N_mask)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    start, losses = time.perf_counter(), []
+    losses = []
     for _ in range(100):
         logits = model(tokens, visible, masked)  # (B, N_mask, K)
         loss = F.cross_entropy(logits.reshape(-1, 8), target.reshape(-1))
@@ -208,4 +206,3 @@ def test_micro_model_overfits_position_codes():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
-    assert time.perf_counter() - start < 20.0

@@ -21,7 +21,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-POSITION_KINDS = ("joint", "factorised")
+POSITION_KINDS = ("joint", "factorised", "sincos")
 PREDICT_KINDS = ("ids", "vectors")
 
 # name -> (dim, depth, heads); 'small' is the published MV-MAE Motion encoder (ViT-S).
@@ -40,7 +40,9 @@ class MotionEncoderConfig:
     in_dim: values per token (frames x cells x cells x (dx, dy); 2 x 1 x 1 x 2 = 4).
     grid: token grid (T', h', w'). dim / depth / heads / mlp_ratio: the ViT.
     pos: 'joint' learns one (N, dim) table; 'factorised' learns temporal (T', dim) and spatial
-    (h' * w', dim) tables and sums them (fewer parameters, generalises across grid positions).
+    (h' * w', dim) tables and sums them (fewer parameters, generalises across grid positions);
+    'sincos' is fixed, not learnt: sines and cosines of t, y and x in three parts of the width
+    (as MAE and VideoMAE fix theirs), so neighbours in space and time start out related.
     drop_path: stochastic depth rate of the last block (linearly increasing from 0).
     """
 
@@ -118,6 +120,25 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """positions (M,) -> (M, dim): sines then cosines at ``dim / 2`` geometric frequencies."""
+    freq = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / max(1, dim // 2))
+    angle = positions.double()[:, None] * freq[None]  # (M, dim/2)
+    return torch.cat([angle.sin(), angle.cos()], dim=1).float()
+
+
+def sincos_positions(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """Fixed positions of a (T', h', w') token grid: (N, dim) in the time-major token order, the
+    width split in three even parts for t, y and x (x takes what is left over)."""
+    t, h, w = grid
+    part = (dim // 3) // 2 * 2
+    if part < 2 or dim % 2:
+        raise ValueError(f"sincos positions need an even width of at least 6, got {dim}")
+    tt, yy, xx = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.cat([_sincos(tt.flatten(), part), _sincos(yy.flatten(), part),
+                      _sincos(xx.flatten(), dim - 2 * part)], dim=1)  # (N, dim)
+
+
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (B, N, C), index (B, M) int64 -> (B, M, C): x[b, index[b, m]]."""
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -142,6 +163,8 @@ class MotionEncoder(nn.Module):
         self.embed = nn.Linear(config.in_dim, config.dim)
         if config.pos == "joint":
             self.pos_embed = nn.Parameter(torch.zeros(config.num_tokens, config.dim))
+        elif config.pos == "sincos":
+            self.register_buffer("pos_fixed", sincos_positions(config.grid, config.dim), persistent=False)
         else:
             self.pos_embed_temporal = nn.Parameter(torch.zeros(t, config.dim))
             self.pos_embed_spatial = nn.Parameter(torch.zeros(h * w, config.dim))
@@ -155,12 +178,16 @@ class MotionEncoder(nn.Module):
     def _position_tables(self) -> list[nn.Parameter]:
         if self.config.pos == "joint":
             return [self.pos_embed]
+        if self.config.pos == "sincos":
+            return []
         return [self.pos_embed_temporal, self.pos_embed_spatial]
 
     def position_embedding(self) -> torch.Tensor:
         """(N, dim) position of every token, in the time-major token order."""
         if self.config.pos == "joint":
             return self.pos_embed
+        if self.config.pos == "sincos":
+            return self.pos_fixed
         t_pos = self.pos_embed_temporal.unsqueeze(1)  # (T', 1, C)
         s_pos = self.pos_embed_spatial.unsqueeze(0)  # (1, h'w', C)
         return (t_pos + s_pos).reshape(-1, self.config.dim)  # (T' * h'w', C)

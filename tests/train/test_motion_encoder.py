@@ -69,7 +69,8 @@ def test_small_block_parameters_match_vit_s():
 
 @pytest.mark.parametrize("pos,tables", [("joint", {"pos_embed": (24, 64)}),
                                         ("factorised", {"pos_embed_temporal": (2, 64),
-                                                        "pos_embed_spatial": (12, 64)})])
+                                                        "pos_embed_spatial": (12, 64)}),
+                                        ("sincos", {})])
 def test_position_embedding_shapes(pos, tables):
     enc = _micro(pos=pos)
     shapes = {n: tuple(p.shape) for n, p in enc.named_parameters() if n.startswith("pos_embed")}
@@ -84,6 +85,19 @@ def test_factorised_position_is_sum_in_time_major_order():
     n = (t * 3 + y) * 4 + x
     expected = enc.pos_embed_temporal[t] + enc.pos_embed_spatial[y * 4 + x]
     torch.testing.assert_close(pos[n], expected)
+
+
+def test_sincos_position_is_fixed_and_tells_every_token_apart():
+    enc = _micro(pos="sincos")
+    pos = enc.position_embedding()  # (N, C)
+    assert not pos.requires_grad and "pos_fixed" not in enc.state_dict()  # rebuilt from the config
+    assert torch.cdist(pos, pos).add(torch.eye(N) * 1e3).min() > 0.1  # no two tokens share one
+    # t, y and x each own a part of the width: tokens one step apart in x differ only in x's part
+    t, y, x = 1, 2, 3
+    n = (t * 3 + y) * 4 + x
+    changed = (pos[n] - pos[n - 1]).abs() > 1e-6
+    part = (64 // 3) // 2 * 2
+    assert not changed[: 2 * part].any() and changed[2 * part:].any()
 
 
 def test_keep_all_equals_no_index():

@@ -192,3 +192,10 @@ def test_bad_input_is_one_line_naming_the_file(trained, cli_runner, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and bad.name in lines[0], result.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_help_explains_inputs_and_formats(cli_runner):
+    result = cli_runner.invoke(main, ["export", "--help"])
+    ok(result)
+    for words in ("--format [onnx|torchscript]", "mv       float32 (B, T, 2, h, w)", "no iframes", "metadata_props"):
+        assert words in result.output

@@ -155,22 +155,18 @@ def example_inputs(inputs: list[dict], batch: int = 2, seed: int = 0) -> list[to
     return [tensors[spec["name"]] for spec in inputs]
 
 
-def prepare_model(path: str | Path) -> tuple[ExportedClassifier, dict[str, str], nn.Module]:
-    """(the module to export, its metadata, the classifier as trained) of checkpoint ``path``.
-
-    For ``camera: affine`` the module's compensation is ``none`` (it only zeroes invalid cells):
-    its ``mv_compensated`` input comes compensated."""
+def prepare_model(path: str | Path) -> tuple[ExportedClassifier, dict[str, str]]:
+    """(the module to export, its metadata) of checkpoint ``path``. For ``camera: affine`` the
+    module's compensation is ``none`` (it only zeroes invalid cells): ``mv_compensated`` comes
+    compensated."""
     model, classes, train_cfg = load_classifier(path, "cpu")
     extraction = ckpt.load_checkpoint(path)[ckpt.EXTRA].get("extraction") or {}
     metadata = build_metadata(train_cfg, classes, extraction)
     names = tuple(spec["name"] for spec in json.loads(metadata["mvmae.inputs"]))
-    graph_model = model
     if train_cfg.tokens.camera == "affine":
-        graph_model, _, _ = load_classifier(path, "cpu")
-        graph_model.spec = dataclasses.replace(train_cfg.tokens, camera="none")
+        model.spec = dataclasses.replace(train_cfg.tokens, camera="none")
     # eval() on the wrapper too: the exporter restores the wrapper's mode, recursively, afterwards.
-    exported = ExportedClassifier(graph_model, tuple("mv" if n == "mv_compensated" else n for n in names)).eval()
-    return exported, metadata, model.eval()
+    return ExportedClassifier(model, tuple("mv" if n == "mv_compensated" else n for n in names)).eval(), metadata
 
 
 def onnx_bytes(module: nn.Module, inputs: list[torch.Tensor], names: list[str], metadata: dict[str, str],
@@ -229,7 +225,7 @@ def export_classifier(cfg: ExportConfig) -> ExportResult:
     Raises ``CheckpointError`` / ``ValueError`` naming a file that is no classifier checkpoint,
     ``WriteError`` when ``cfg.out`` cannot be written, ``ValueError`` when the check fails (the
     file is then removed)."""
-    module, metadata, _ = prepare_model(cfg.ckpt)
+    module, metadata = prepare_model(cfg.ckpt)
     specs = json.loads(metadata["mvmae.inputs"])
     names = [spec["name"] for spec in specs]
     traced_on = example_inputs(specs, batch=2)

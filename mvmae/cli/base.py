@@ -137,6 +137,7 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
       mvmae train --train URLS --val URLS --pretrained runs/pretrain/last.pt --out runs/train
       mvmae eval --ckpt runs/train/best.pt --data URLS --out runs/eval
       mvmae predict --ckpt runs/train/best.pt new/*.mp4   top classes of new videos
+      mvmae export --ckpt runs/train/best.pt --out model.onnx   for onnxruntime (or --format torchscript)
       mvmae shards show URLS --key K --out k.png        a sample's motion fields as arrows
     """
     ctx.obj = {"debug": debug}

@@ -108,7 +108,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+        # Its first line: torch's unpickling errors go on for paragraphs (weights_only advice).
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {reason})") from exc
     if not isinstance(state, dict) or VERSION not in state:
         raise CheckpointError(f"{path}: not an mvmae checkpoint (no '{VERSION}' key)")
     if state[VERSION] != CHECKPOINT_VERSION:

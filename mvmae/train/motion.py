@@ -41,13 +41,20 @@ def _check_clip(mv: Tensor, valid: Tensor) -> None:
 
 
 def _masked_median(values: Tensor, valid: Tensor) -> Tensor:
-    """Median of ``values`` (F, 2, M) over the cells where ``valid`` (F, M); 0 where none is valid.
+    """Median of ``values`` (F, C, M) over the cells where ``valid`` (F, M); 0 where none is valid.
 
-    For an even count this is the lower of the two middle values (``torch.nanmedian``).
+    For an even count this is the lower of the two middle values, what ``torch.nanmedian`` gives
+    (the same element, so the same bits). A sort rather than ``nanmedian``: ONNX has no median
+    but exports a sort (TopK), so the exported classifier (``mvmae.export``) compensates the
+    camera in its graph. Invalid cells sort last as +inf; the median of n valid cells is then the
+    element at (n - 1) // 2.
     """
-    masked = values.masked_fill(~valid[:, None, :], float("nan"))  # (F, 2, M)
-    median = masked.nanmedian(dim=-1).values  # (F, 2)
-    return torch.nan_to_num(median, nan=0.0)
+    masked = values.masked_fill(~valid[:, None, :], float("inf"))  # (F, C, M)
+    ordered = masked.sort(dim=-1).values  # (F, C, M)
+    count = valid.sum(dim=-1)  # (F,)
+    middle = ((count - 1).clamp(min=0) // 2)[:, None, None].expand(-1, values.shape[1], 1)  # (F, C, 1)
+    median = ordered.gather(-1, middle)[..., 0]  # (F, C)
+    return torch.where(count[:, None] > 0, median, torch.zeros_like(median))
 
 
 def _cell_coordinates(h: int, w: int, like: Tensor) -> Tensor:
@@ -90,8 +97,7 @@ def _affine_global(values: Tensor, valid: Tensor, design: Tensor, inlier_px: flo
     median = _masked_median(values, valid)[:, :, None].expand_as(values)  # (F, 2, M)
     first = torch.where(ok[:, None, None], fitted, median)
     residual = (values - first).norm(dim=1)  # (F, M)
-    masked_residual = residual.masked_fill(~valid, float("nan"))
-    scale = torch.nan_to_num(masked_residual.nanmedian(dim=-1).values, nan=0.0)  # (F,)
+    scale = _masked_median(residual[:, None, :], valid)[:, 0]  # (F,)
     inliers = valid & (residual <= torch.clamp(3.0 * scale, min=inlier_px)[:, None])
     refitted, ok_refit = _affine_fit(values, inliers, design)
     return torch.where(ok_refit[:, None, None], refitted, first)

@@ -95,6 +95,22 @@ def test_affine_degenerate_frames_fall_back():
     assert out.abs().max() < 1e-4
 
 
+def test_median_is_the_lower_middle_valid_value_as_nanmedian():
+    """The sort-based median (exportable to ONNX) picks the same element as ``torch.nanmedian``
+    over the valid cells: bit-identical compensation, odd and even counts, no valid cell (0)."""
+    generator = torch.Generator().manual_seed(0)
+    mv = torch.round(torch.randn(3, 8, 2, H, W, generator=generator) * 16) / 4  # quarter-pel: many ties
+    valid = torch.rand(3, 8, H, W, generator=generator) < torch.linspace(0.0, 1.0, 8)[None, :, None, None]
+    valid[0, 1] = False
+    valid[0, 2] = False
+    valid[0, 2, 3, 4:6] = True  # an even count of 2
+    out = compensate_camera(mv, valid, "median")
+    values = mv.masked_fill(~valid[:, :, None], float("nan")).flatten(3)  # (B, T, 2, M)
+    expected = torch.nan_to_num(values.nanmedian(dim=-1).values, nan=0.0)[..., None, None]  # (B, T, 2, 1, 1)
+    assert torch.equal(out, (mv - expected) * valid[:, :, None])
+    assert (out[0, 1] == 0).all()
+
+
 def test_none_only_zeroes_invalid():
     mv, valid = _pan(2.0, 1.0)
     valid[:, :, 0] = False

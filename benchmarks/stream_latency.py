@@ -4,7 +4,7 @@ throughput as a multiple of real time when fed at once.
     python benchmarks/stream_latency.py [--seconds 20] [--models micro,small] [--cache-dir DIR]
 
 The stream: a libx264 pan in MPEG-TS (``tests/live_media.make_ts_stream``: 480x854, 25 fps, 2
-B-frames, an IDR every 2 s) of ``--seconds`` seconds, cached in ``--cache-dir``. Classifiers of
+B-frames, an IDR every 2 s, content moving (1, -0.5) px per frame) of ``--seconds`` seconds, cached in ``--cache-dir``. Classifiers of
 random weights (``predict_speed.make_checkpoint``; speed does not depend on them): ``micro`` (the
 CPU-sized one of the benchmarks: micro Motion encoder, motion only, 2 segments of 16 frames at 8 x 8
 cells: 1.28 s windows) and ``small`` (the Motion encoder ``small`` alone at the command's defaults:
@@ -56,7 +56,9 @@ STREAM_MODELS = {"micro": "micro, motion only (2 x 16 frames, 8 x 8 cells)",
 def make_stream(cache_dir: Path, seconds: float) -> Path:
     path = cache_dir / f"pan_{SIZE[0]}p_{round(seconds * FPS)}.ts"
     if not path.exists():
-        path.write_bytes(live_media.make_ts_stream(num_frames=round(seconds * FPS), size=SIZE, fps=FPS, gop=GOP))
+        # 1 px per frame: a 20 s pan stays inside the photograph
+        path.write_bytes(live_media.make_ts_stream(num_frames=round(seconds * FPS), size=SIZE, fps=FPS, gop=GOP,
+                                                   vx=1.0, vy=-0.5))
     return path
 
 

@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterator
 
 import av
 
-from mvmae.extract import errors, h264
+from mvmae.extract import errors, h264, poc
 
 # errno values of av.open that mean the file cannot be read, not that it is not a video.
 _UNREADABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR}
@@ -143,15 +143,25 @@ class PacketReader:
 
     Where the container cannot be read further (a damaged index or sample size: FFmpeg fails to
     demux the next packet), the packets end there without the flush packet, and ``error`` says
-    after how many packets and why. num_packets: packets carrying data read so far.
+    after how many packets and why. num_packets: packets carrying data read so far. ``stamp``: a
+    stream without timestamps (an elementary stream) gets display-order keys as pts
+    (``poc.Timestamper``), so that pictures can be ranked in display order.
     """
 
-    def __init__(self, container, stream) -> None:
+    def __init__(self, container, stream, stamp: bool = False) -> None:
         self._demux = container.demux(stream)
         self.num_packets = 0
         self.error = ""
+        self._stamper = None
+        if stamp:
+            length_size, sps = nal_framing(stream)
+            self._stamper = poc.Timestamper(length_size, h264.first_sps(sps))
 
     def __iter__(self) -> Iterator[av.Packet]:
+        packets = self._read()
+        return self._stamper.stamp(packets) if self._stamper else packets
+
+    def _read(self) -> Iterator[av.Packet]:
         while True:
             try:
                 packet = next(self._demux)

@@ -83,7 +83,7 @@ class FrameField:
     # for P/B frames: () -> uint8 (H', W', 3), the frame as ``iframe`` would be (a context frame
     # for a segment without I-frame); call it at once (it holds the decoded picture)
     picture: Callable[[], np.ndarray] | None = None
-    pts: int | None = None  # presentation timestamp, the stream's time base
+    pts: int | None = None  # presentation timestamp, stream time base (no timestamps: poc.Timestamper's key)
     decode_index: int = -1  # of its packet, in decode order (no packet matched: after every packet demuxed)
     corrupt: bool = False  # FFmpeg flagged it (error concealment: damaged data or a missing reference)
 
@@ -170,7 +170,7 @@ class VideoDecoder:
         return grid_shape(self.display_size, self.config.grid)
 
     def __iter__(self) -> Iterator[FrameField]:
-        return _FrameStream(self).run(PacketReader(self.container, self.stream))
+        return _FrameStream(self).run(PacketReader(self.container, self.stream, stamp=True))
 
     def frames(self, packets: Iterable[av.Packet]) -> Iterator[FrameField]:
         """The frames of ``packets`` (decode order) with a fresh DPB model (a resync: flush the codec first)."""

@@ -28,8 +28,9 @@ earliest such frame already given, so a consumer must hold each frame until late
 longer damage it (``reorder_margin_s``).
 
 Times are seconds of display time from the first keyframe's timestamp. An elementary stream has
-no timestamps: its frames are counted at the stream's frame rate (the SPS's timing, else 25 fps),
-and lost pictures do not count. A stream that starts between keyframes (joined mid-way) is read
+no timestamps: its pictures are put in display order by their picture order count
+(``poc.Timestamper``, as the extractor does for files) and its frames counted at the stream's frame
+rate (the SPS's timing, else 25 fps), so lost pictures do not count. A stream that starts between keyframes (joined mid-way) is read
 from its first keyframe on.
 """
 
@@ -43,8 +44,8 @@ from typing import BinaryIO, Iterator, Union
 
 import av
 
-from mvmae.extract import h264
-from mvmae.extract.container import ffmpeg_reason, open_stream
+from mvmae.extract import h264, poc
+from mvmae.extract.container import ffmpeg_reason, nal_framing, open_stream
 from mvmae.extract.decoder import ExtractConfig, FrameField, VideoDecoder
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class LiveStream:
         opened = open_stream(source, name, format, analyze_s)
         self.decoder = VideoDecoder(name, config, opened=opened)
         self.stream = self.decoder.stream
+        length_size, sps = nal_framing(self.stream)
+        self._stamper = poc.Timestamper(length_size, h264.first_sps(sps))
         self.time_base = float(self.stream.time_base)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else DEFAULT_FPS
@@ -263,7 +266,7 @@ class LiveStream:
         """The display time of a keyframe decoding starts at, ``skipped`` pictures after the last
         frame given. The first one is time 0; one whose timestamp is not after the last frame
         (timestamps went back, or wrapped) continues the time line a frame later."""
-        ts = keyframe.pts if keyframe.pts is not None else keyframe.dts
+        ts = self._ts(keyframe)
         if not self._started:
             self._started, self._t0 = True, ts
             return 0.0
@@ -277,15 +280,23 @@ class LiveStream:
 
     def _packet_time(self, packet, num_after: int) -> float:
         """A packet's display time: its timestamp's, or (none) ``num_after`` frames after the last."""
-        ts = packet.pts if packet.pts is not None else packet.dts
+        ts = self._ts(packet)
         if ts is None or self._t0 is None:
             return self._last_s + num_after * self.frame_s
         return (ts - self._t0) * self.time_base + self._offset_s
 
     def _frame_time(self, field: FrameField) -> float:
-        if field.pts is None or self._t0 is None:
+        ts = self._ts(field)
+        if ts is None or self._t0 is None:
             return self._last_s + self.frame_s
-        return (field.pts - self._t0) * self.time_base + self._offset_s
+        return (ts - self._t0) * self.time_base + self._offset_s
+
+    def _ts(self, item) -> int | None:
+        """A packet's or frame's timestamp (pts, else dts); None in a stream without timestamps,
+        whose pts are display-order keys (``poc.Timestamper``), no time."""
+        if self._stamper.untimed:
+            return None
+        return item.pts if item.pts is not None else getattr(item, "dts", None)
 
     def _timed(self, field: FrameField) -> TimedFrame | None:
         """The frame with its time; None for one shown before the keyframe the segment started at
@@ -306,7 +317,7 @@ class LiveStream:
         errors = 0
         while errors < _MAX_DEMUX_ERRORS:
             try:
-                for packet in self.decoder.container.demux(self.stream):
+                for packet in self._stamper.stamp(self.decoder.container.demux(self.stream)):
                     errors = 0
                     self.num_packets += bool(packet.size)
                     yield packet

@@ -81,11 +81,14 @@ def test_damage_is_reported_and_decoding_resumes_at_the_next_idr(ts, where, num_
 
 
 def test_an_elementary_stream_is_resynchronised_too(ts):
-    """Raw H.264 (Annex B) carries no timestamps: frames are counted at the stream's frame rate
-    and damage is seen through the decoder's errors."""
+    """Raw H.264 (Annex B) carries no timestamps: pictures are put in display order by their
+    picture order count (the same fields as the MPEG-TS stream's), frames counted at the stream's
+    frame rate, and damage seen through the decoder's errors."""
     h264 = live_media.elementary_stream(ts)
     clean, _ = read(h264, "h264")
-    assert len(frames_of(clean)) == NUM_FRAMES
+    assert [f.time_s for f in frames_of(clean)] == pytest.approx([i / FPS for i in range(NUM_FRAMES)])
+    for f, g in zip(frames_of(clean), frames_of(read(ts, "mpegts")[0])):
+        np.testing.assert_array_equal(f.field.mv, g.field.mv)
     events, live = read(live_media.damage_elementary(h264, len(h264) // 2, 600), None)  # format probed
     assert live.num_damaged >= 1
     resumed = frames_of(events[events.index(next(e for e in events if isinstance(e, Resync))):])

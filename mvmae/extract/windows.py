@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Protocol
 
 import numpy as np
@@ -98,6 +98,9 @@ def cut_windows(events: Iterable[Event], cfg: WindowConfig, stream: StreamFacts)
 
 
 class _Cutter:
+    """The state of ``cut_windows``: frames not yet behind every window, the stretch's I-frames,
+    the damaged stretches, how far the stream is final (``horizon_s``) and known (``end_s``)."""
+
     def __init__(self, cfg: WindowConfig, stream: StreamFacts) -> None:
         self.cfg, self.stream = cfg, stream
         self.frames: deque[tuple[float, object]] = deque()  # (time_s, FrameField) not yet behind every window
@@ -111,11 +114,11 @@ class _Cutter:
         frame_s = self.stream.frame_s
         if isinstance(event, TimedFrame):
             t, frame = event.time_s, event.field
-            self.frames.append((t, frame))
             if frame.iframe is not None:
                 self.images.append((frame.index, t, frame.iframe))
             elif not self.images and frame.picture is not None:  # a stretch without I-frame: its context frame
                 self.images.append((frame.index, t, frame.picture()))
+            self.frames.append((t, replace(frame, picture=None)))  # not the decoded picture it holds
             self.end_s = max(self.end_s, t + frame_s)
             # a frame shown up to a reorder margin later can still show this one damaged
             self.horizon_s = max(self.horizon_s, t + frame_s - self.stream.reorder_margin_s)

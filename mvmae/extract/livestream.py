@@ -110,8 +110,11 @@ class LiveStream:
         self._quiet_log = av.logging.get_level() is None
         if self._quiet_log:  # count FFmpeg's errors (get_last_error), print nothing
             av.logging.set_level(av.logging.PANIC)
-        opened = open_stream(source, name, format, analyze_s)
-        self.decoder = VideoDecoder(name, config, opened=opened)
+        try:
+            self.decoder = VideoDecoder(name, config, opened=open_stream(source, name, format, analyze_s))
+        except BaseException:
+            self._restore_log()
+            raise
         self.stream = self.decoder.stream
         length_size, sps = nal_framing(self.stream)
         self._stamper = poc.Timestamper(length_size, h264.first_sps(sps))
@@ -131,11 +134,13 @@ class LiveStream:
         self._floor_s = 0.0  # display time of the keyframe the segment started at
         self._last_dts: int | None = None
         self._recent: deque[tuple[float, int]] = deque(maxlen=_RECENT_FRAMES)  # (time_s, decode index)
-        self._demux = None
         self.num_packets = 0
 
     def close(self) -> None:
         self.decoder.close()
+        self._restore_log()
+
+    def _restore_log(self) -> None:
         if self._quiet_log:
             av.logging.set_level(None)
 

@@ -13,11 +13,11 @@ import errno
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import av
 
-from mvmae.extract import errors, h264
+from mvmae.extract import errors, h264, poc
 
 # errno values of av.open that mean the file cannot be read, not that it is not a video.
 _UNREADABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR}
@@ -50,6 +50,26 @@ def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.
         if isinstance(exc, OSError) and exc.errno in _UNREADABLE_ERRNOS:
             raise errors.UnreadableFileError(p, f"cannot be read ({ffmpeg_reason(exc)})")
         raise errors.NotAVideoError(p, f"not a readable video container ({ffmpeg_reason(exc)})")
+    return container, _h264_stream(container, p)
+
+
+def open_stream(source: BinaryIO, name: str, format: str | None = None, analyze_s: float = 1.0,
+                ) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open a live byte stream (a pipe: read as it arrives, never seeked) and return its container
+    and first video stream, or raise a VideoError named ``name``: not_video, no_video_stream or
+    unsupported_codec. ``format``: FFmpeg's demuxer (``mpegts``, ``h264``; None: probed from the
+    first bytes). ``analyze_s``: seconds of stream FFmpeg reads before the first packet to learn
+    the stream's parameters (its frame rate), which delays only the start."""
+    options = {"analyzeduration": str(round(analyze_s * 1e6))}
+    try:
+        container = av.open(source, format=format, options=options, metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise errors.NotAVideoError(name, f"not a readable video stream ({ffmpeg_reason(exc)})")
+    return container, _h264_stream(container, name)
+
+
+def _h264_stream(container, p: str | Path) -> av.video.stream.VideoStream:
+    """The container's first video stream if it is H.264; else close it and raise the VideoError."""
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         container.close()
@@ -64,7 +84,7 @@ def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.
         long_name = stream.codec_context.codec.long_name
         container.close()
         raise errors.UnsupportedCodecError(p, f"codec is {codec} ({long_name}); mvmae reads H.264 only")
-    return container, stream
+    return stream
 
 
 def _check_file(p: Path) -> None:
@@ -123,15 +143,25 @@ class PacketReader:
 
     Where the container cannot be read further (a damaged index or sample size: FFmpeg fails to
     demux the next packet), the packets end there without the flush packet, and ``error`` says
-    after how many packets and why. num_packets: packets carrying data read so far.
+    after how many packets and why. num_packets: packets carrying data read so far. ``stamp``: a
+    stream without timestamps (an elementary stream) gets display-order keys as pts
+    (``poc.Timestamper``), so that pictures can be ranked in display order.
     """
 
-    def __init__(self, container, stream) -> None:
+    def __init__(self, container, stream, stamp: bool = False) -> None:
         self._demux = container.demux(stream)
         self.num_packets = 0
         self.error = ""
+        self._stamper = None
+        if stamp:
+            length_size, sps = nal_framing(stream)
+            self._stamper = poc.Timestamper(length_size, h264.first_sps(sps))
 
     def __iter__(self) -> Iterator[av.Packet]:
+        packets = self._read()
+        return self._stamper.stamp(packets) if self._stamper else packets
+
+    def _read(self) -> Iterator[av.Packet]:
         while True:
             try:
                 packet = next(self._demux)

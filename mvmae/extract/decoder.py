@@ -18,7 +18,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import av
 import numpy as np
@@ -83,6 +83,9 @@ class FrameField:
     # for P/B frames: () -> uint8 (H', W', 3), the frame as ``iframe`` would be (a context frame
     # for a segment without I-frame); call it at once (it holds the decoded picture)
     picture: Callable[[], np.ndarray] | None = None
+    pts: int | None = None  # presentation timestamp, stream time base (no timestamps: poc.Timestamper's key)
+    decode_index: int = -1  # of its packet, in decode order (no packet matched: after every packet demuxed)
+    corrupt: bool = False  # FFmpeg flagged it (error concealment: damaged data or a missing reference)
 
 
 @dataclass
@@ -118,15 +121,18 @@ class _Pending:
     luma: np.ndarray | None
     iframe: np.ndarray | None
     picture: Callable[[], np.ndarray] | None = None
+    pts: int | None = None
+    corrupt: bool = False  # FFmpeg flagged it
 
 
 class VideoDecoder:
-    """Iterate a video's :class:`FrameField` items in display order (use as a context manager)."""
+    """Iterate a video's :class:`FrameField` items in display order (use as a context manager).
+    ``opened``: (container, H.264 stream) already open (``open_stream``: a pipe); ``path`` names it."""
 
-    def __init__(self, path: str | Path, config: ExtractConfig | None = None) -> None:
+    def __init__(self, path: str | Path, config: ExtractConfig | None = None, opened: tuple | None = None) -> None:
         self.path = Path(path)
         self.config = config or ExtractConfig()
-        self.container, self.stream = open_video(self.path)
+        self.container, self.stream = opened or open_video(self.path)
         self.stats = DecodeStats()
         self._length_size, sps = nal_framing(self.stream)
         self._sps = h264.first_sps(sps)
@@ -164,7 +170,11 @@ class VideoDecoder:
         return grid_shape(self.display_size, self.config.grid)
 
     def __iter__(self) -> Iterator[FrameField]:
-        return _FrameStream(self).run()
+        return _FrameStream(self).run(PacketReader(self.container, self.stream, stamp=True))
+
+    def frames(self, packets: Iterable[av.Packet]) -> Iterator[FrameField]:
+        """The frames of ``packets`` (decode order) with a fresh DPB model (a resync: flush the codec first)."""
+        return _FrameStream(self).run(packets)
 
 
 class _FrameStream:
@@ -199,9 +209,8 @@ class _FrameStream:
         """Frames out of the decoder so far, those dropped for their size included."""
         return self.dec.stats.num_frames + self.num_other_size
 
-    def run(self) -> Iterator[FrameField]:
+    def run(self, packets: Iterable[av.Packet]) -> Iterator[FrameField]:
         stats, decode_index = self.dec.stats, 0
-        packets = PacketReader(self.dec.container, self.dec.stream)
         for packet in packets:
             if packet.size:
                 self._register(packet, decode_index)
@@ -211,7 +220,7 @@ class _FrameStream:
             decode_index += bool(packet.size)
             for frame in frames:
                 yield from self._on_frame(frame)
-        if packets.error:  # the container broke: flush, keep what decoded, the rest is lost
+        if getattr(packets, "error", ""):  # the container broke (PacketReader): flush, keep what decoded
             stats.warnings.append(packets.error)
             for frame in self._decode(None, decode_index):
                 yield from self._on_frame(frame)
@@ -222,8 +231,7 @@ class _FrameStream:
                                   f"the stream's {self.size[0]}x{self.size[1]} (a mid-stream change)")
 
     def _decode(self, packet, decode_index: int) -> list:
-        """Frames the decoder gives back for ``packet`` (None: flush); a rejected packet is
-        counted and its picture marked lost."""
+        """Frames the decoder gives back for ``packet`` (None: flush); a rejected one is counted, its picture lost."""
         try:
             if packet is None:
                 return self.dec.stream.codec_context.decode(None)
@@ -283,6 +291,8 @@ class _FrameStream:
             luma=None,
             iframe=self._iframe(frame) if frame_type == "I" else None,
             picture=None if frame_type == "I" else functools.partial(self._iframe, frame),
+            pts=frame.pts,
+            corrupt=bool(frame.is_corrupt),
         )
         self.num_emitted += 1
         if not self.cfg.raw and (is_ref or item.blocks is not None):
@@ -377,7 +387,8 @@ class _FrameStream:
             velocity, ok = resolve_velocity(item.blocks, item.luma, item.rank, refs)
             blocks = item.blocks if ok.all() else subset_blocks(item.blocks, ok)
             mv, valid = self._rasterize(blocks, velocity[:, ok])
-        return FrameField(item.index, item.frame_type, mv, valid, item.iframe, item.picture)
+        return FrameField(item.index, item.frame_type, mv, valid, item.iframe, item.picture, item.pts,
+                          item.decode_index, item.corrupt)
 
     def _rasterize(self, blocks: Blocks, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectors (2, N) in coded px onto the upright grid: blocks turned as the picture is."""

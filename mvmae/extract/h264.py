@@ -41,12 +41,24 @@ class BitstreamError(ValueError):
 
 
 @dataclass(frozen=True)
+class OrderParams:
+    """The SPS fields that place a picture in display order (its picture order count, POC)."""
+
+    log2_max_frame_num: int
+    poc_type: int  # 0: the slice header carries the POC's low bits; 2: display order is decode order
+    log2_max_poc_lsb: int  # poc_type 0 only (else 0)
+    frame_mbs_only: bool
+    separate_colour_plane: bool
+
+
+@dataclass(frozen=True)
 class SeqParams:
-    """The few SPS fields mvmae needs."""
+    """The few SPS fields mvmae needs (``order``: None when the SPS ends before them)."""
 
     profile_idc: int
     level_idc: int
     max_num_ref_frames: int
+    order: OrderParams | None = None
 
     @property
     def profile_name(self) -> str:
@@ -101,10 +113,11 @@ def parse_sps(nal: bytes) -> SeqParams:
     r.bits(8)  # constraint flags
     level_idc = r.bits(8)
     r.ue()  # seq_parameter_set_id
+    separate_colour_plane = False
     if profile_idc in _HIGH_PROFILES:
         chroma_format_idc = r.ue()
         if chroma_format_idc == 3:
-            r.bits(1)  # separate_colour_plane_flag
+            separate_colour_plane = bool(r.bits(1))
         r.ue()  # bit_depth_luma_minus8
         r.ue()  # bit_depth_chroma_minus8
         r.bits(1)  # qpprime_y_zero_transform_bypass_flag
@@ -112,17 +125,26 @@ def parse_sps(nal: bytes) -> SeqParams:
             for i in range(12 if chroma_format_idc == 3 else 8):
                 if r.bits(1):
                     _skip_scaling_list(r, 16 if i < 6 else 64)
-    r.ue()  # log2_max_frame_num_minus4
+    log2_max_frame_num = r.ue() + 4
     poc_type = r.ue()
+    log2_max_poc_lsb = 0
     if poc_type == 0:
-        r.ue()  # log2_max_pic_order_cnt_lsb_minus4
+        log2_max_poc_lsb = r.ue() + 4
     elif poc_type == 1:
         r.bits(1)
         r.se()
         r.se()
         for _ in range(r.ue()):
             r.se()
-    return SeqParams(profile_idc, level_idc, r.ue())
+    max_num_ref_frames = r.ue()
+    try:  # a truncated SPS still gives the fields above
+        r.bits(1)  # gaps_in_frame_num_value_allowed_flag
+        r.ue()  # pic_width_in_mbs_minus1
+        r.ue()  # pic_height_in_map_units_minus1
+        order = OrderParams(log2_max_frame_num, poc_type, log2_max_poc_lsb, bool(r.bits(1)), separate_colour_plane)
+    except BitstreamError:
+        order = None
+    return SeqParams(profile_idc, level_idc, max_num_ref_frames, order)
 
 
 def first_sps(nals: list[bytes]) -> SeqParams | None:
@@ -214,3 +236,30 @@ def picture_info(nals: Iterator[bytes]) -> tuple[PictureInfo | None, list[bytes]
             info = PictureInfo(letter, (nal[0] >> 5) & 3 != 0, nal_type == NAL_IDR)
             return info, sps
     return None, sps
+
+
+def slice_order(nals: Iterator[bytes], order: OrderParams) -> tuple[PictureInfo, int, int | None] | None:
+    """The first slice of a packet: (its PictureInfo, frame_num, pic_order_cnt_lsb or None when
+    the POC is not coded: poc_type != 0, or a field picture), or None without a slice."""
+    for nal in nals:
+        nal_type = nal[0] & 0x1F
+        if nal_type not in (NAL_SLICE, NAL_IDR) or len(nal) < 2:
+            continue
+        r = _BitReader(unescape_rbsp(nal[1:24]))  # the header fields up to the POC fit in 23 bytes
+        r.ue()  # first_mb_in_slice
+        letter = _SLICE_TYPE_LETTER.get(r.ue() % 5)
+        if letter is None:
+            raise BitstreamError("invalid slice_type")
+        r.ue()  # pic_parameter_set_id
+        if order.separate_colour_plane:
+            r.bits(2)  # colour_plane_id
+        frame_num = r.bits(order.log2_max_frame_num)
+        field = not order.frame_mbs_only and r.bits(1)  # field_pic_flag (then bottom_field_flag)
+        if field:
+            r.bits(1)
+        if nal_type == NAL_IDR:
+            r.ue()  # idr_pic_id
+        info = PictureInfo(letter, (nal[0] >> 5) & 3 != 0, nal_type == NAL_IDR)
+        poc_lsb = r.bits(order.log2_max_poc_lsb) if order.poc_type == 0 and not field else None
+        return info, frame_num, poc_lsb
+    return None

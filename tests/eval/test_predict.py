@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import synth_data
-
 try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
     import media
 except ImportError:  # ... or as the `tests` package
@@ -19,35 +17,14 @@ except ImportError:  # ... or as the `tests` package
 
 from mvmae.cli import main
 
-# Both paths (resnet18 on 64-px I-frames: the JPEG round trip matters), 2 segments of 16 frames.
-TRAIN = {
-    "model": {"inputs": "both", "motion_size": "micro", "context_model": "resnet18", "num_segments": 2,
-              "dim": 32, "temporal_heads": 4},
-    "tokens": {"num_frames": 16, "mv_size": 8, "iframe_size": 64, "tubelet_frames": 4},
-    "epochs": 1, "phase1_epochs": 0, "batch_size": 4, "workers": 0, "lr": 1e-3, "warmup_epochs": 0,
-    "label_smoothing": 0.0, "flip_prob": 0.0, "crop_area": [0.8, 1.0],
-}
 VIEWS = ["--clips", "2", "--crops", "2"]
 
+# trained: a classifier on the synthetic shards (tests/eval/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
 
 def ok(result) -> None:
     assert result.exit_code == 0, f"{result.output}\n{result.stderr}\n{result.exception!r}"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    """The synthetic shards (tests/synth_data.py) and a classifier trained on them for an epoch."""
-    from mvmae.eval.metrics import StreamingMetrics
-    from mvmae.train.config import load_config
-    from mvmae.train.finetune import FinetuneConfig, Finetuner
-
-    shards = synth_data.synth_shards(tmp_path_factory)
-    run = tmp_path_factory.mktemp("predict") / "run"
-    cfg = load_config(FinetuneConfig, None, {**TRAIN, "train": [shards["train"]], "out": str(run)})
-    Finetuner(cfg, StreamingMetrics).run()
-    return {**shards, "ckpt": run / "last.pt"}
 
 
 def test_predict_agrees_with_eval_on_shards_of_the_same_videos(trained, cli_runner, tmp_path):

@@ -1,0 +1,5 @@
+"""``python -m mvmae``: the ``mvmae`` command."""
+
+from mvmae.cli import main
+
+main()

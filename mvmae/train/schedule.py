@@ -50,8 +50,11 @@ def warmup_steps(warmup_epochs: int, epochs: int, steps_per_epoch: int) -> tuple
         return warmup_epochs * steps_per_epoch, None
     total = epochs * steps_per_epoch
     steps = round(SHORT_RUN_WARMUP_RATIO * total)
-    return steps, (f"warmup_epochs {warmup_epochs} exceeds the run's {epochs} epoch(s): warming up over "
-                   f"its first {steps} of {total} steps ({SHORT_RUN_WARMUP_RATIO:.0%}) instead")
+    head = f"warmup_epochs {warmup_epochs} exceeds the run's {epochs} epoch(s)"
+    if steps == 0:  # "warming up over its first 0 steps" read as a bug
+        return 0, (f"{head}: no warm-up ({SHORT_RUN_WARMUP_RATIO:.0%} of its {total} steps rounds to 0; "
+                   f"--warmup-epochs 0 says so without this note)")
+    return steps, f"{head}: warming up over its first {steps} of {total} steps ({SHORT_RUN_WARMUP_RATIO:.0%}) instead"
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:

@@ -65,10 +65,15 @@ def test_warmup_steps_of_a_run_shorter_than_the_warmup() -> None:
         warmup_steps(-1, 1, 50)
 
 
+def test_a_warmup_cut_to_no_step_says_there_is_none() -> None:
+    assert warmup_steps(20, 2, 2) == (0, "warmup_epochs 20 exceeds the run's 2 epoch(s): no warm-up (10% of "
+                                         "its 4 steps rounds to 0; --warmup-epochs 0 says so without this note)")
+
+
 def test_pretrain_one_epoch_under_the_default_warmup_runs_with_a_note(tiny_pretrain, synth_shards):
     result, out = tiny_pretrain
     ok(result)
-    assert ("warning: warmup_epochs 20 exceeds the run's 1 epoch(s): warming up over its first 0 of 3 steps"
+    assert ("warning: warmup_epochs 20 exceeds the run's 1 epoch(s): no warm-up (10% of its 3 steps rounds to 0"
             in result.stderr)
     (first, *_) = records(out, "train")  # logged every 10th step: the first
     assert first["step"] == 1 and first["lr"] == pytest.approx(lr_at(0, LR, 0, 3, 1e-6)) == LR

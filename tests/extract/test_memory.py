@@ -1,5 +1,5 @@
 """Bounded memory: the decoder keeps a few reference lumas and a short look-ahead, whatever the
-video's length. Instrumented by stepping ``_FrameStream.run()`` and reading its state between frames.
+video's length. Instrumented by stepping ``_FrameStream.run(packets)`` and reading its state between frames.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mvmae.extract.container import PacketReader
 from mvmae.extract.decoder import VideoDecoder, _FrameStream
 
 
@@ -18,7 +19,7 @@ def _max_state(path: Path) -> tuple[int, int, int, int]:
     with VideoDecoder(path) as dec:
         stream = _FrameStream(dec)
         num_frames = max_refs = max_pending = 0
-        for item in stream.run():
+        for item in stream.run(PacketReader(dec.container, dec.stream, stamp=True)):  # as iter(dec)
             assert item.index == num_frames
             num_frames += 1
             max_refs = max(max_refs, len(stream.ref_luma))

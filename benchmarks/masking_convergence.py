@@ -16,11 +16,15 @@ clips (``learning.build_data``), same model, optimizer, schedule and data; a che
    pretraining epochs, paired against random masking at the same epoch. The MGM claim (the same
    accuracy in up to 66% fewer epochs) holds here if MGM at E/2 matches random masking at E.
 3. **VideoMS cost**: seconds per pretraining step and the encoder's tokens per clip against random
-   masking, on the same batches (``measure_step``).
+   masking, on the same batches (``measure_step``), and the peak memory of one step (forward +
+   backward) in a fresh process per masking (``measure_memory``: the growth of the process's peak
+   RSS over one step, on the CPU; on a CUDA machine ``benchmarks/gpu_check.py`` is the place).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -113,6 +117,57 @@ def measure_step(data: learning.Data, maskings: list[str], rounds: int = 5) -> s
     return "\n".join(lines)
 
 
+# One pretraining step in a fresh process: peak RSS before and after (VmHWM), so the growth is the
+# step's own peak (activations, gradients, the optimizer's nothing: no optimizer step is taken).
+_MEMORY_CHILD = r"""
+import json, sys
+import torch
+from mvmae.shards.reader import build_eval_pipeline
+from mvmae.train.codebook import Codebook
+from mvmae.train.masking import build_masking
+from mvmae.train.pretext import PretextOptions, pretext_loss
+from mvmae.train.pretrain import PretrainConfig, build_model
+from mvmae.train.tokenizer import TokenSpec
+
+def vm_hwm_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+torch.set_num_threads(1)
+codebook, urls, masking, batch_size, model_args = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
+book = Codebook.load(codebook)
+spec = TokenSpec(**book.token_spec)
+batch = next(iter(build_eval_pipeline(urls, spec.clip_config("center", num_iframes=0), batch_size)))
+torch.manual_seed(0)
+model = build_model(PretrainConfig(**model_args), spec, book.size)
+strategy = build_masking(masking, **({"px_per_token": spec.px_per_token} if masking == "mgm" else {}))
+before = vm_hwm_mib()
+loss, _ = pretext_loss(model, batch, spec, book, strategy, PretextOptions(), torch.Generator().manual_seed(0), torch.device("cpu"))
+loss.backward()
+print(json.dumps({"before_mib": before, "peak_mib": vm_hwm_mib()}))
+"""
+
+
+def measure_memory(data: learning.Data, maskings: list[str], batch_size: int = 64) -> str:
+    """Peak RSS growth of one pretraining step (forward + backward, ``batch_size`` clips) per
+    masking, each in a fresh process, against random masking."""
+    model_args = {k: v for k, v in learning.PRETRAIN.items()
+                  if k in ("model_size", "decoder_dim", "decoder_depth", "decoder_heads")}
+    lines = [f"| masking | peak RSS growth of one step, batch {batch_size} (MiB) | ratio to random |",
+             "|---|---|---|"]
+    growth = {}
+    for masking in maskings:
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, data.codebook, json.dumps(data.train), masking,
+                              str(batch_size), json.dumps(model_args)], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        growth[masking] = r["peak_mib"] - r["before_mib"]
+    for masking in maskings:
+        ratio = growth[masking] / growth["random"] if "random" in growth else float("nan")
+        lines.append(f"| {masking} | {growth[masking]:.0f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = learning.arguments(__doc__, seeds=[0, 1, 2])
     parser.add_argument("--maskings", nargs="+", default=["random", "tube", "mgm", "mofo", "videoms"])
@@ -130,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     print(diagnostics(folders))
     print("cost per pretraining step (same batch of 16, one thread):")
     print(measure_step(data, args.maskings))
+    print("peak memory of one pretraining step (fresh process each, CPU):")
+    print(measure_memory(data, args.maskings))
     if not args.no_convergence:
         results = convergence(args.work_dir, data, folders, args.probe_epochs, args.fraction, args.finetune_epochs)
         print(f"test macro-F1 after fine-tuning at {args.fraction:.0%} labels, by pretraining epochs:")

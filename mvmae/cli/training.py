@@ -95,6 +95,9 @@ def _overrides(**values) -> dict:
                    "mgm, mofo and videoms, 0 for random and tube].")
 @click.option("--model-size", type=click.Choice(["micro", "tiny", "small", "base"]),
               help="Motion encoder size [default: small = 384-d, 12 blocks, 6 heads].")
+@click.option("--embed", type=click.Choice(["linear", "conv"]),
+              help="Motion encoder token embedding: per token (ViT), or a 3x3x3 convolution over the token grid "
+                   "(masked tokens enter it as zeros) [default: linear].")
 @click.option("--epochs", type=int, help="Passes over the shards [default: 400].")
 @click.option("--warmup-epochs", type=int,
               help="Linear warmup; one longer than the run is cut to a tenth of it, with a warning [default: 20].")
@@ -166,12 +169,18 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--context-weights", help="Local weights file for the context backbone (nothing is downloaded).")
 @click.option("--motion-size", type=click.Choice(["micro", "tiny", "small", "base"]),
               help="Motion encoder size when not pretrained [default: small].")
+@click.option("--motion-embed", type=click.Choice(["linear", "conv"]),
+              help="Motion encoder token embedding when not pretrained: per token (ViT), or a 3x3x3 "
+                   "convolution over the token grid, each token knowing its neighbours [default: linear].")
 @click.option("--fusion", type=click.Choice(["concat", "afm"]), help="Feature fusion [default: concat].")
 @click.option("--dptam/--no-dptam", default=None, help="Double-pooling temporal attention on motion features.")
 @click.option("--motion-pool", type=click.Choice(["motion", "mean", "attention"]),
               help="Pool a segment's motion tokens: mean weighted by each token's camera-compensated "
                    "motion (the few moving tokens carry the class), plain mean (published), or a "
                    "learnt attention query [default: motion].")
+@click.option("--temporal-tokens", type=click.Choice(["segment", "step"]),
+              help="Temporal Transformer tokens of the motion path: one per segment (published), or one per "
+                   "tubelet time step, keeping the order of the motion inside a segment [default: segment].")
 @click.option("--segments", type=int, help="Segments per clip [default: 8].")
 @click.option("--dim", type=int, help="Temporal transformer width [default: 512].")
 @click.option("--segment-frames", type=int, help="MV frames per segment when not pretrained [default: 16].")
@@ -228,7 +237,9 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
 
     nested = {"arch": "model.arch", "inputs": "model.inputs", "context_model": "model.context_model",
               "context_weights": "model.context_weights", "motion_size": "model.motion_size",
-              "fusion": "model.fusion", "dptam": "model.dptam", "motion_pool": "model.motion_pool", "segments": "model.num_segments",
+              "motion_embed": "model.motion_embed",
+              "fusion": "model.fusion", "dptam": "model.dptam", "motion_pool": "model.motion_pool",
+              "temporal_tokens": "model.temporal_tokens", "segments": "model.num_segments",
               "dim": "model.dim", "segment_frames": "tokens.num_frames", "mv_size": "tokens.mv_size",
               "iframe_size": "tokens.iframe_size"}
     values = {nested.get(k, k): v for k, v in flags.items()}
@@ -249,7 +260,7 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
 
 
 # The flags of `mvmae train` that a --pretrained checkpoint fixes.
-_PRETRAINED_FLAGS = ("motion_size", "segment_frames", "mv_size", "iframe_size")
+_PRETRAINED_FLAGS = ("motion_size", "motion_embed", "segment_frames", "mv_size", "iframe_size")
 
 
 def _refuse_pretrained_conflicts(path: str, flags: dict[str, tuple[str, object]]) -> None:

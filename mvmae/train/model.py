@@ -8,6 +8,8 @@ A clip of ``num_segments x segment_frames`` MV frames and one I-frame per segmen
     fusion:   concat + linear, or AFM (gated appearance/motion interaction)    (B, S, D)
     temporal: [CLS] + S segment tokens -> Transformer -> CLS -> MLP head       (B, num_classes)
 
+(``temporal_tokens='step'``: S x T' tokens instead of S, one per tubelet time step.)
+
 ``inputs='mv'`` or ``'iframe'`` keeps one path (ablations). Nothing is downloaded: the context
 backbone starts from random weights or from a local file (``context_weights``).
 """
@@ -31,6 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # mvmae: the MV-MAE classifier below; cnn3d: the plain 3D CNN baseline (``baseline``).
 ARCHS = ("mvmae", "cnn3d")
 MOTION_POOLS = ("mean", "motion", "attention")
+TEMPORAL_TOKENS = ("segment", "step")
 
 
 @dataclass
@@ -42,7 +45,12 @@ class ClassifierConfig:
     ``motion`` (default): a mean weighted by each token's camera-compensated motion
     magnitude, so the few moving tokens are not drowned by static background (no parameters; on
     the trajectories set the plain mean fits 36% of the training clips, this 97%); ``mean`` over
-    a segment's tokens (published); ``attention``: a learnt query attends over the tokens."""
+    a segment's tokens (published); ``attention``: a learnt query attends over the tokens.
+    temporal_tokens: what the Temporal Transformer sees of the motion path: ``segment`` (published)
+    one token per segment, its motion pooled over space and the segment's time steps; ``step``
+    one token per tubelet time step (``num_segments x T'``), pooled over space only, so the order
+    of the motion inside a segment reaches the transformer as a sequence (a segment's I-frame
+    features are repeated over its steps)."""
 
     num_classes: int = 155
     arch: str = "mvmae"
@@ -51,7 +59,9 @@ class ClassifierConfig:
     context_weights: str = ""
     motion_size: str = "small"
     motion_pos: str = "joint"
+    motion_embed: str = "linear"
     motion_pool: str = "motion"
+    temporal_tokens: str = "segment"
     fusion: str = "concat"
     dptam: bool = False
     num_segments: int = 8
@@ -68,6 +78,8 @@ class ClassifierConfig:
             raise ValueError(f"inputs must be mv, iframe or both, got {self.inputs!r}")
         if self.motion_pool not in MOTION_POOLS:
             raise ValueError(f"motion_pool must be one of {MOTION_POOLS}, got {self.motion_pool!r}")
+        if self.temporal_tokens not in TEMPORAL_TOKENS:
+            raise ValueError(f"temporal_tokens must be one of {TEMPORAL_TOKENS}, got {self.temporal_tokens!r}")
         if self.fusion not in ("concat", "afm"):
             raise ValueError(f"fusion must be concat or afm, got {self.fusion!r}")
         if self.num_classes < 2 or self.num_segments < 1:
@@ -176,7 +188,8 @@ class MVMAEClassifier(nn.Module):
         motion_dim = appearance_dim = 0
         if cfg.inputs in ("mv", "both"):
             enc = motion_encoder_config(cfg.motion_size, in_dim=spec.token_dim,
-                                        grid=tuple(spec.grid.shape), pos=cfg.motion_pos)
+                                        grid=tuple(spec.grid.shape), pos=cfg.motion_pos,
+                                        embed=cfg.motion_embed)
             self.motion_encoder = MotionEncoder(enc)
             self.dptam = DPTAM(enc.dim) if cfg.dptam else None
             self.motion_attention = AttentionPool(enc.dim, enc.heads) if cfg.motion_pool == "attention" else None
@@ -190,8 +203,10 @@ class MVMAEClassifier(nn.Module):
             self.fusion = AdaptiveFusion(appearance_dim, motion_dim, d)
         else:
             self.fusion = nn.Sequential(nn.Linear(appearance_dim + motion_dim, d), nn.LayerNorm(d))
+        # Tokens per segment in the Temporal Transformer: 1, or the motion grid's T' time steps.
+        self.steps = spec.grid.T if cfg.temporal_tokens == "step" else 1
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos = nn.Parameter(torch.zeros(1, cfg.num_segments + 1, d))
+        self.pos = nn.Parameter(torch.zeros(1, cfg.num_segments * self.steps + 1, d))
         nn.init.trunc_normal_(self.pos, std=0.02)
         layer = nn.TransformerEncoderLayer(d, cfg.temporal_heads, 4 * d, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
@@ -204,7 +219,8 @@ class MVMAEClassifier(nn.Module):
                 if m is not None]
 
     def motion_features(self, mv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """mv (B, S*F, 2, h, w), valid (B, S*F, h, w) -> (B, S, C_m)."""
+        """mv (B, S*F, 2, h, w), valid (B, S*F, h, w) -> (B, S * steps, C_m): per segment one
+        feature (``temporal_tokens='segment'``) or one per time step T' (``'step'``)."""
         B, S = mv.shape[0], self.cfg.num_segments
         seg_mv = mv.reshape(B * S, -1, *mv.shape[2:])  # (B*S, F, 2, h, w)
         seg_valid = valid.reshape(B * S, -1, *valid.shape[2:])  # (B*S, F, h, w)
@@ -214,23 +230,26 @@ class MVMAEClassifier(nn.Module):
         x = x.reshape(B * S, g.T, g.h * g.w, -1)  # (B*S, T', h'w', C)
         if self.dptam is not None:
             x = self.dptam(x)
+        # Pool over space, and over the segment's time steps unless each step is a token.
+        steps = self.steps
+        x = x.reshape(B * S, steps, g.T // steps * g.h * g.w, -1)  # (B*S, steps, M, C)
         if self.motion_attention is not None:
-            pooled = self.motion_attention(x.reshape(B * S, g.T * g.h * g.w, -1))  # (B*S, C)
+            pooled = self.motion_attention(x.flatten(0, 1))  # (B*S*steps, C)
         elif self.cfg.motion_pool == "motion":
-            weight = motion.norm(dim=-1).reshape(B * S, g.T, g.h * g.w, 1) + 1e-3  # (B*S, T', h'w', 1)
-            pooled = (x * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))  # (B*S, C)
+            weight = motion.norm(dim=-1).reshape(B * S, steps, -1, 1) + 1e-3  # (B*S, steps, M, 1)
+            pooled = (x * weight).sum(dim=2) / weight.sum(dim=2)  # (B*S, steps, C)
         else:
-            pooled = x.mean(dim=(1, 2))  # (B*S, C)
-        return pooled.reshape(B, S, -1)  # (B, S, C)
+            pooled = x.mean(dim=2)  # (B*S, steps, C)
+        return pooled.reshape(B, S * steps, -1)  # (B, S * steps, C)
 
     def context_features(self, iframes: torch.Tensor) -> torch.Tensor:
-        """iframes uint8 (B, K, 3, H, W), K = 1 or num_segments -> (B, S, C_c)."""
+        """iframes uint8 (B, K, 3, H, W), K = 1 or num_segments -> (B, S * steps, C_c)."""
         B, K = iframes.shape[:2]
         x = (iframes.reshape(B * K, *iframes.shape[2:]).float() / 255 - self.mean) / self.std
         feats = self.context_encoder(x).reshape(B, K, -1)  # (B, K, C)
         if K != self.cfg.num_segments:
             feats = feats.mean(1, keepdim=True).expand(-1, self.cfg.num_segments, -1)
-        return feats
+        return feats.repeat_interleave(self.steps, dim=1) if self.steps > 1 else feats  # (B, S * steps, C)
 
     def forward(self, mv: torch.Tensor, valid: torch.Tensor, iframes: torch.Tensor) -> torch.Tensor:
         parts = []
@@ -239,7 +258,7 @@ class MVMAEClassifier(nn.Module):
         if self.cfg.inputs in ("mv", "both"):
             parts.append(self.motion_features(mv, valid))
         x = self.fusion(*parts) if isinstance(self.fusion, AdaptiveFusion) else self.fusion(torch.cat(parts, -1))
-        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos  # (B, S+1, D)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos  # (B, S * steps + 1, D)
         return self.head(self.temporal(x)[:, 0])  # (B, num_classes)
 
 

@@ -22,6 +22,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 POSITION_KINDS = ("joint", "factorised", "sincos")
+EMBED_KINDS = ("linear", "conv")
 PREDICT_KINDS = ("ids", "vectors")
 
 # name -> (dim, depth, heads); 'small' is the published MV-MAE Motion encoder (ViT-S).
@@ -44,6 +45,10 @@ class MotionEncoderConfig:
     'sincos' is fixed, not learnt: sines and cosines of t, y and x in three parts of the width
     (as MAE and VideoMAE fix theirs), so neighbours in space and time start out related.
     drop_path: stochastic depth rate of the last block (linearly increasing from 0).
+    embed: 'linear' (ViT) maps each token alone; 'conv' is a 3x3x3 convolution over the token
+    grid, so each token's embedding starts out knowing its neighbours in space and time (a
+    convolutional stem, as in "Early convolutions help transformers see better"); tokens the
+    encoder does not see (masked, dropped) enter it as zeros, so nothing of them leaks.
     """
 
     in_dim: int = 4
@@ -54,6 +59,7 @@ class MotionEncoderConfig:
     mlp_ratio: float = 4.0
     pos: str = "joint"
     drop_path: float = 0.0
+    embed: str = "linear"
 
     def __post_init__(self) -> None:
         self.grid = tuple(int(g) for g in self.grid)  # YAML gives a list
@@ -66,6 +72,8 @@ class MotionEncoderConfig:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.pos not in POSITION_KINDS:
             raise ValueError(f"pos must be one of {POSITION_KINDS}, got {self.pos!r}")
+        if self.embed not in EMBED_KINDS:
+            raise ValueError(f"embed must be one of {EMBED_KINDS}, got {self.embed!r}")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
 
@@ -160,7 +168,10 @@ class MotionEncoder(nn.Module):
         super().__init__()
         self.config = config
         t, h, w = config.grid
-        self.embed = nn.Linear(config.in_dim, config.dim)
+        if config.embed == "conv":
+            self.embed = nn.Conv3d(config.in_dim, config.dim, kernel_size=3, padding=1)
+        else:
+            self.embed = nn.Linear(config.in_dim, config.dim)
         if config.pos == "joint":
             self.pos_embed = nn.Parameter(torch.zeros(config.num_tokens, config.dim))
         elif config.pos == "sincos":
@@ -200,15 +211,31 @@ class MotionEncoder(nn.Module):
             raise ValueError(f"expected tokens (B, {self.config.num_tokens}, {self.config.in_dim}) "
                              f"for grid {self.config.grid}, got {tuple(tokens.shape)}")
         pos = self.position_embedding().unsqueeze(0).expand(b, -1, -1)  # (B, N, C)
-        if keep_index is not None:
-            # Embedding is per token, so gathering first equals embedding all then gathering,
-            # at N_vis / N of the cost (MAE: the encoder never sees masked tokens).
-            tokens = _gather_tokens(tokens, keep_index)  # (B, N_vis, in_dim)
-            pos = _gather_tokens(pos, keep_index)  # (B, N_vis, C)
-        x = self.embed(tokens) + pos  # (B, N_vis, C)
+        if self.config.embed == "conv":
+            x = self._conv_embed(tokens, keep_index) + pos  # (B, N, C)
+            if keep_index is not None:
+                x = _gather_tokens(x, keep_index)  # (B, N_vis, C)
+        else:
+            if keep_index is not None:
+                # Embedding is per token, so gathering first equals embedding all then gathering,
+                # at N_vis / N of the cost (MAE: the encoder never sees masked tokens).
+                tokens = _gather_tokens(tokens, keep_index)  # (B, N_vis, in_dim)
+                pos = _gather_tokens(pos, keep_index)  # (B, N_vis, C)
+            x = self.embed(tokens) + pos  # (B, N_vis, C)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def _conv_embed(self, tokens: torch.Tensor, keep_index: torch.Tensor | None) -> torch.Tensor:
+        """tokens (B, N, in_dim) -> (B, N, C) by the 3x3x3 stem over the (T', h', w') grid; tokens
+        outside ``keep_index`` are zeroed first (the encoder must not see masked tokens)."""
+        b, n, d = tokens.shape
+        if keep_index is not None:
+            seen = tokens.new_zeros(b, n).scatter_(1, keep_index, 1.0)  # (B, N)
+            tokens = tokens * seen[..., None]
+        t, h, w = self.config.grid
+        grid = tokens.reshape(b, t, h, w, d).permute(0, 4, 1, 2, 3)  # (B, in_dim, T', h', w')
+        return self.embed(grid).flatten(2).transpose(1, 2)  # (B, N, C), time-major
 
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, N, in_dim) -> (B, T', dim): all tokens encoded, mean over space per time

@@ -40,7 +40,8 @@ MASKINGS = ("random", "tube", "mgm", "mofo", "videoms")
 class PretrainConfig(ShardReading):
     """One pretraining run. train: shard URLs/brace patterns; codebook: from ``mvmae codebook``
     (its token spec defines the tokens); masking: random | tube | mgm | mofo | videoms, with
-    ``masking_options`` passed to the strategy; model_size: micro | tiny | small | base.
+    ``masking_options`` passed to the strategy; model_size: micro | tiny | small | base; pos and
+    embed: the Motion encoder's positions and token embedding (``MotionEncoderConfig``).
     epochs and warmup_epochs count passes over the shards (or ``steps_per_epoch`` batches); a
     warm-up longer than the run is cut to a tenth of it (``schedule.warmup_steps``).
     read, loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
@@ -53,6 +54,7 @@ class PretrainConfig(ShardReading):
     masking_options: dict = field(default_factory=dict)
     model_size: str = "small"
     pos: str = "joint"
+    embed: str = "linear"
     decoder_dim: int = 192
     decoder_depth: int = 4
     decoder_heads: int = 3
@@ -95,7 +97,8 @@ class PretrainConfig(ShardReading):
 
 def build_model(cfg: PretrainConfig, spec: TokenSpec, num_codes: int) -> MaskedMotionModel:
     encoder = motion_encoder_config(cfg.model_size, in_dim=spec.token_dim,
-                                    grid=tuple(spec.grid.shape), pos=cfg.pos)
+                                    grid=tuple(spec.grid.shape), pos=cfg.pos,
+                                    embed=cfg.embed)
     decoder = MotionDecoderConfig(dim=cfg.decoder_dim, depth=cfg.decoder_depth,
                                   heads=cfg.decoder_heads, num_codes=num_codes, predict=cfg.predict)
     return MaskedMotionModel(encoder, decoder)

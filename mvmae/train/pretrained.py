@@ -1,5 +1,5 @@
 """What a ``mvmae pretrain`` checkpoint brings to fine-tuning: the Motion encoder's weights, its
-architecture (size and position embedding, from the checkpoint's config) and the token spec
+architecture (size, position embedding and token embedding, from the checkpoint's config) and the token spec
 (from its codebook). Fine-tuning builds its Motion encoder from these, never from its own
 defaults, so ``mvmae train --pretrained pt/last.pt`` after ``mvmae pretrain --model-size tiny``
 gets a tiny encoder; ``conflicts`` names what a run's explicit settings say otherwise.
@@ -22,19 +22,21 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PretrainedMotion:
     """A pretraining checkpoint's Motion encoder. weights: its state dict (keys without the
-    ``encoder.`` prefix); motion_size, motion_pos: ``ClassifierConfig`` values of its
-    architecture; spec: the token spec it was trained on."""
+    ``encoder.`` prefix); motion_size, motion_pos, motion_embed: ``ClassifierConfig`` values of
+    its architecture; spec: the token spec it was trained on."""
 
     path: str
     weights: dict[str, torch.Tensor]
     motion_size: str
     motion_pos: str
+    motion_embed: str
     spec: TokenSpec
 
     def settings(self) -> dict[str, Any]:
         """The fine-tuning config fields it fixes, dotted: ``{"model.motion_size": "tiny",
         "model.motion_pos": "joint", "tokens.num_frames": 16, ...}``."""
-        values = {"model.motion_size": self.motion_size, "model.motion_pos": self.motion_pos}
+        values = {"model.motion_size": self.motion_size, "model.motion_pos": self.motion_pos,
+                  "model.motion_embed": self.motion_embed}
         values.update({f"tokens.{f.name}": getattr(self.spec, f.name) for f in fields(TokenSpec)})
         return values
 
@@ -57,7 +59,8 @@ def load_pretrained_motion(path: str) -> PretrainedMotion:
     weights = {k[len("encoder."):]: v for k, v in state[ckpt.MODEL].items() if k.startswith("encoder.")}
     # The defaults of PretrainConfig, for a checkpoint whose config lacks the field.
     return PretrainedMotion(path=str(path), weights=weights, motion_size=config.get("model_size", "small"),
-                            motion_pos=config.get("pos", "joint"), spec=TokenSpec(**extra["token_spec"]))
+                            motion_pos=config.get("pos", "joint"), motion_embed=config.get("embed", "linear"),
+                            spec=TokenSpec(**extra["token_spec"]))
 
 
 def adopt_pretrained(cfg: Any, pretrained: PretrainedMotion) -> None:
@@ -66,7 +69,9 @@ def adopt_pretrained(cfg: Any, pretrained: PretrainedMotion) -> None:
     default, a YAML value). The command line refuses conflicting flags before this
     (``conflicts``); the values replaced here are logged."""
     for key, mine, theirs in pretrained.conflicts({"model.motion_size": cfg.model.motion_size,
-                                                   "model.motion_pos": cfg.model.motion_pos}):
+                                                   "model.motion_pos": cfg.model.motion_pos,
+                                                   "model.motion_embed": cfg.model.motion_embed}):
         log.info(f"{key}: {theirs} (the architecture of {pretrained.path}), not {mine}")
     cfg.model.motion_size, cfg.model.motion_pos = pretrained.motion_size, pretrained.motion_pos
+    cfg.model.motion_embed = pretrained.motion_embed
     cfg.tokens = pretrained.spec

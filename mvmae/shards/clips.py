@@ -316,13 +316,19 @@ def sample_clips(src: Iterable[ClipSource], config: ClipConfig, seed: int = 0, e
     handler that stops ends the clips there, as one by one)."""
     src = iter(src)
     while group := list(itertools.islice(src, group_size)):
-        samples = [_SampleInFlight(source, np.random.default_rng([seed, epoch, zlib.crc32(source.key.encode())]))
-                   for source in group]
+        samples = [_SampleInFlight(source, np.random.default_rng(_draw_seed(seed, epoch, source))) for source in group]
         for sample in _cut_clips(samples, config, ops):
             if sample.error is None:
                 yield from sample.clips()
             elif not handler(sample.error):
                 return
+
+
+def _draw_seed(seed: int, epoch: int, source: ClipSource) -> list[int]:
+    """The seed of a sample's random draws: (seed, epoch, key), and the pass of a sample read again
+    in the epoch (``ShardClipSource.repeat``, equal epochs: a new clip each time)."""
+    repeat = getattr(source, "repeat", 0)
+    return [seed, epoch, zlib.crc32(source.key.encode()), *([repeat] if repeat else [])]
 
 
 @dataclass

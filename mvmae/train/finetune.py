@@ -35,7 +35,8 @@ from mvmae.train.run_folder import RunFolder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr, warmup_steps
 from mvmae.train.tokenizer import TokenSpec
 from mvmae.train.trainer import (
-    ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
+    ShardReading, continue_from, epoch_batches, equal_epoch, load_weights, seed_everything, skip_metrics,
+    steps_per_epoch)
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class Finetuner:
         with self.folder.setting_up():  # a failure from here on releases the folder
             self._build(pretrained)
             self.subset = self._label_subset()
+            self.equal = equal_epoch(cfg, self.dist, self.subset)
             self.steps_per_epoch = steps_per_epoch(cfg, self._clip("train"), self.dist, **self._pipeline())
             self.warmup_steps, note = warmup_steps(cfg.warmup_epochs, cfg.epochs, self.steps_per_epoch)
             if note and self.dist.is_main:
@@ -218,7 +220,7 @@ class Finetuner:
         return frozenset(keys)
 
     def _pipeline(self) -> dict:
-        return {} if self.subset is None else {"keys": self.subset}
+        return {"equal": self.equal, **({} if self.subset is None else {"keys": self.subset})}
 
     def _clip(self, mode: str) -> ClipConfig:
         """The reader's clips (``model.classifier_clip``), augmented in ``train`` mode."""

@@ -33,10 +33,14 @@ def node_address() -> str:
 
 
 @ray.remote
-def run_launcher(nodes: int, gpus: int, endpoint: str, run_id: str, mvmae_args: list[str]) -> int:
-    """One node's torchrun launcher; its exit status."""
+def run_launcher(nodes: int, gpus: int, endpoint: str, run_id: str, is_host: bool, mvmae_args: list[str]) -> int:
+    """One node's torchrun launcher; its exit status. The first node's hosts the rendezvous store
+    (``is_host``: torchrun would otherwise guess from the host name, and a node whose name does
+    not resolve to the address Ray knows it by would wait for a store nobody starts); each node
+    is reached at the address Ray knows it by (``--local-addr``)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node",
            str(max(gpus, 1)), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
+           "--rdzv-conf", f"is_host={int(is_host)}", "--local-addr", ray.util.get_node_ip_address(),
            "-m", "mvmae.cli", *mvmae_args]
     return subprocess.run(cmd).returncode
 
@@ -69,7 +73,7 @@ def main(argv: list[str]) -> int:
         endpoint, run_id = f"{head}:{args.rdzv_port}", uuid.uuid4().hex[:12]
         launchers = [run_launcher.options(scheduling_strategy=s, num_cpus=args.cpus_per_node,
                                           num_gpus=args.gpus_per_node).remote(
-            args.nodes, args.gpus_per_node, endpoint, run_id, args.mvmae_args) for s in on]
+            args.nodes, args.gpus_per_node, endpoint, run_id, i == 0, args.mvmae_args) for i, s in enumerate(on)]
         codes = ray.get(launchers)
     finally:
         remove_placement_group(group)

@@ -132,3 +132,24 @@ def test_shared_shards_are_read_once_per_pass_then_again(uneven):
                 first[raw["__key__"]] += 1
     assert len(first) == 12 and set(first.values()) == {1}
     assert repeats > 0
+
+
+def test_manifest_read_over_http(uneven):
+    """Shards behind an HTTP server on loopback: the manifest beside them is read the way the
+    shards are (curl, ``ReadConfig``'s timeouts)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import needs
+
+    needs.curl()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(uneven["dir"]))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            base = f"http://127.0.0.1:{server.server_address[1]}"
+            assert manifest_sample_counts(f"{base}/train-{{000000..000002}}.tar") == [4, 4, 4]
+            assert manifest_sample_counts(f"{base}/missing/train-000000.tar") is None
+        finally:
+            server.shutdown()

@@ -33,10 +33,14 @@ def node_address() -> str:
 
 
 @ray.remote
-def run_launcher(nodes: int, gpus: int, endpoint: str, run_id: str, mvmae_args: list[str]) -> int:
-    """One node's torchrun launcher; its exit status."""
+def run_launcher(nodes: int, gpus: int, endpoint: str, run_id: str, is_host: bool, mvmae_args: list[str]) -> int:
+    """One node's torchrun launcher; its exit status. The first node's hosts the rendezvous store
+    (``is_host``: torchrun would otherwise guess from the host name, and a node whose name does
+    not resolve to the address Ray knows it by would wait for a store nobody starts); each node
+    is reached at the address Ray knows it by (``--local-addr``)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node",
            str(max(gpus, 1)), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
+           "--rdzv-conf", f"is_host={int(is_host)}", "--local-addr", ray.util.get_node_ip_address(),
            "-m", "mvmae.cli", *mvmae_args]
     return subprocess.run(cmd).returncode
 
@@ -47,6 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--gpus-per-node", type=int, default=0, help="0: CPU nodes, one process each (gloo)")
     parser.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each launcher reserves")
+    parser.add_argument("--rdzv-port", type=int, default=RDZV_PORT,
+                        help=f"port of the rendezvous on the first node [{RDZV_PORT}]")
     parser.add_argument("mvmae_args", nargs=argparse.REMAINDER, help="-- then the mvmae command line")
     args = parser.parse_args(argv)
     args.mvmae_args = args.mvmae_args[1:] if args.mvmae_args[:1] == ["--"] else args.mvmae_args
@@ -64,10 +70,10 @@ def main(argv: list[str]) -> int:
     try:
         on = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(args.nodes)]
         head = ray.get(node_address.options(scheduling_strategy=on[0], num_cpus=0).remote())
-        endpoint, run_id = f"{head}:{RDZV_PORT}", uuid.uuid4().hex[:12]
+        endpoint, run_id = f"{head}:{args.rdzv_port}", uuid.uuid4().hex[:12]
         launchers = [run_launcher.options(scheduling_strategy=s, num_cpus=args.cpus_per_node,
                                           num_gpus=args.gpus_per_node).remote(
-            args.nodes, args.gpus_per_node, endpoint, run_id, args.mvmae_args) for s in on]
+            args.nodes, args.gpus_per_node, endpoint, run_id, i == 0, args.mvmae_args) for i, s in enumerate(on)]
         codes = ray.get(launchers)
     finally:
         remove_placement_group(group)

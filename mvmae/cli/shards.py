@@ -187,7 +187,8 @@ def _frame_counts(fields) -> str:
 def shards_manifest(out: str, split: str) -> None:
     """Rewrite OUT's <split>-manifest.jsonl from the stats .json of every complete shard there
     (a folder, or object storage: s3://bucket/prefix). Run it after the parts of a job written
-    into one bucket at once have all finished: each part writes the manifest as it ends."""
+    into one bucket at once have all finished: each part writes the manifest as it ends.
+    Training on several ranks sizes its epochs from it (README, "Training at scale")."""
     from mvmae.job.job import write_manifest
     from mvmae.job.publish import write_store_manifest
     from mvmae.job.store import Store, is_remote

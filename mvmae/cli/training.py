@@ -101,7 +101,8 @@ def _overrides(**values) -> dict:
 @click.option("--epochs", type=int, help="Passes over the shards [default: 400].")
 @click.option("--warmup-epochs", type=int,
               help="Linear warmup; one longer than the run is cut to a tenth of it, with a warning [default: 20].")
-@click.option("--steps-per-epoch", type=int, help="Batches per epoch from resampled shards (0: one pass).")
+@click.option("--steps-per-epoch", type=int, help="Optimizer steps per epoch from resampled shards (0: one pass; "
+              "on several ranks, an equal epoch sized from the shards' manifest).")
 @click.option("--batch-size", type=int, help="Clips per step and process [default: 32].")
 @click.option("--accum-steps", type=int, help="Gradient accumulation steps [default: 1].")
 @click.option("--lr", type=float, help="Peak learning rate [default: 3e-4].")
@@ -210,7 +211,8 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA [default: on].")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (reproducible resume).")
-@click.option("--steps-per-epoch", type=int, help="Batches per epoch from resampled shards (0: one pass).")
+@click.option("--steps-per-epoch", type=int, help="Optimizer steps per epoch from resampled shards (0: one pass; "
+              "on several ranks, an equal epoch sized from the shards' manifest).")
 @click.option("--flip-prob", type=float, help="Horizontal flips (negate dx, swapping left/right and cw/ccw classes); 0.5 where classes are mirror-symmetric [default: 0].")
 @click.option("--rotate/--no-rotate", default=None,
               help="Random quarter turns of field and I-frames (top-down footage: no direction is up) [default: off].")

@@ -3,7 +3,7 @@
 A pipeline is an explicit list of stages (generators from iterator to iterator, each testable on
 a list), then ``webdataset.DataPipeline(*stages)``::
 
-    shard URLs -> [shuffle (seed, epoch)] -> split by rank -> split by DataLoader worker
+    shard URLs -> [shuffle (seed, epoch)] -> split by rank and DataLoader worker (shares.py)
     -> read_shards (stream.py: open with timeouts, tar checked, retry with backoff -> raw samples)
     -> [shuffle buffer] -> decode_sources (format version, CRC, lazy decoding)
     -> sample_clips (clips.py, in groups of samples; I-frames through torch_iframes.py)
@@ -41,6 +41,9 @@ from mvmae.shards import sample as fmt
 from mvmae.shards.clips import Clip, ClipConfig, IFrameOps, ShardClipSource
 from mvmae.shards.sample import FormatVersionError, SampleError
 from mvmae.shards.stream import Handler, ReadConfig, ShardReadError, expand_urls, read_shards
+from mvmae.shards.shares import (EpochResampledShards, EpochShardList, EqualEpoch, SharedEpoch, read_share,
+                                 split_by_rank)
+from mvmae.shards.shares import epoch_of as _epoch
 from mvmae.shards.torch_iframes import TORCH_IFRAMES, TorchIFrames
 
 __all__ = [
@@ -240,57 +243,6 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-class SharedEpoch:
-    """The epoch number in shared memory: set in the main process, read by DataLoader workers
-    (persistent ones included) when they start iterating."""
-
-    def __init__(self, epoch: int = 0) -> None:
-        self._value = multiprocessing.RawValue("q", epoch)  # one writer (the main process): no lock
-
-    def set(self, epoch: int) -> None:
-        self._value.value = epoch
-
-    def get(self) -> int:
-        return int(self._value.value)
-
-
-def _epoch(epoch: SharedEpoch | int) -> int:
-    return epoch.get() if isinstance(epoch, SharedEpoch) else int(epoch)
-
-
-class EpochShardList(wds.SimpleShardList):
-    """webdataset's shard list, shuffled at each iteration by (seed, current epoch) (None: in order),
-    the same order on every rank."""
-
-    def __init__(self, urls: list[str], seed: int | None, epoch: SharedEpoch) -> None:
-        super().__init__(urls)
-        self.shuffle_seed, self.shared_epoch = seed, epoch
-
-    def __iter__(self):
-        self.seed = None if self.shuffle_seed is None else _epoch_seed(self.shuffle_seed, self.shared_epoch.get())
-        return super().__iter__()
-
-
-class EpochResampledShards(wds.ResampledShards):
-    """webdataset's ResampledShards (endless draws with replacement), its draws a function of
-    (seed, current epoch, rank, DataLoader worker)."""
-
-    def __init__(self, urls: list[str], seed: int, epoch: SharedEpoch, rank: int) -> None:
-        super().__init__(urls, seed=seed, deterministic=True, worker_seed=functools.partial(_worker_seed, rank))
-        self.base_seed, self.shared_epoch = seed, epoch
-
-    def __iter__(self):
-        self.seed, self.epoch = _epoch_seed(self.base_seed, self.shared_epoch.get()), -1
-        return super().__iter__()
-
-
-def split_by_rank(src: Iterable, rank: int, world_size: int) -> Iterator:
-    """Every world_size-th item, from the rank-th (the shard list is in the same order on every rank)."""
-    for i, item in enumerate(src):
-        if i % world_size == rank:
-            yield item
-
-
 def shuffle_samples(src: Iterable, bufsize: int, seed: int, epoch: SharedEpoch | int, rank: int) -> Iterator:
     """webdataset's buffer shuffle, its generator seeded by (seed, epoch, rank, DataLoader worker)."""
     worker = wds.utils.pytorch_worker_info()[2]
@@ -304,26 +256,20 @@ def select_keys(src: Iterable[dict], keys: frozenset[str]) -> Iterator[dict]:
     return (sample for sample in src if sample["__key__"] in keys)
 
 
-def _worker_seed(rank: int) -> int:
-    """ResampledShards' per-worker seed: distinct for each (rank, DataLoader worker)."""
-    return rank * 1000 + wds.utils.pytorch_worker_info()[2]
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.default_rng([seed, epoch]).integers(2 ** 31))
-
-
 def build_train_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size: int, *, seed: int = 0,
                          epoch: int = 0, shuffle_shards: bool = True, shuffle_buffer: int = 256,
-                         resampled: bool = False, rank: int | None = None, world_size: int | None = None,
-                         handler: Handler | None = None, read: ReadConfig | None = None,
-                         keys: frozenset[str] | None = None) -> ClipPipeline:
+                         resampled: bool = False, equal: EqualEpoch | None = None, rank: int | None = None,
+                         world_size: int | None = None, handler: Handler | None = None,
+                         read: ReadConfig | None = None, keys: frozenset[str] | None = None) -> ClipPipeline:
     """Batches of random clips (``clip.mode == 'train'``), full batches only.
 
     Shard order, sample shuffle and augmentation are deterministic in (seed, epoch):
     ``pipeline.set_epoch(e)`` before each epoch (or build with ``epoch=e``). Shards are split by
-    rank (``rank``/``world_size``, else torch.distributed's) and DataLoader worker; ``resampled``
-    draws shards with replacement per worker instead, endlessly (bound it with ``.with_epoch(n)``).
+    rank (``rank``/``world_size``, else torch.distributed's) and DataLoader worker, one pass
+    (``shares.py``); ``equal`` reads each worker's share again and again instead, for at least
+    ``equal.num_batches`` batches per rank (bound it: ``make_loader(...).slice(n)``), whatever
+    the number of shards; ``resampled`` draws shards with replacement per worker, endlessly
+    (bound it with ``.with_epoch(n)``).
     shuffle_buffer: raw samples (compressed, ~0.1-1 MB each) held per worker; 0 disables.
     handler: None skips and counts corrupt samples and unreadable shards in a new
     ``SkipCounter()`` (``pipeline.skips``); pass ``SkipCounter(max_skip_ratio=...)`` to bound
@@ -332,18 +278,26 @@ def build_train_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size
     """
     if clip.mode != "train":
         raise ValueError(f"the train pipeline needs ClipConfig(mode='train'), got {clip.mode!r}")
+    if resampled and equal is not None:
+        raise ValueError("resampled and equal epochs are two ways to size an epoch: give one")
     _check_batch(batch_size, shuffle_buffer)
     read, shard_urls = read or ReadConfig(), expand_urls(urls)
     rank, world_size = resolve_rank(rank, world_size)
     handler, shared_epoch = SkipCounter() if handler is None else handler, SharedEpoch(epoch)
     if resampled:
-        source = [EpochResampledShards(shard_urls, seed, shared_epoch, rank)]
+        source = [EpochResampledShards(shard_urls, seed, shared_epoch, rank),
+                  functools.partial(read_shards, config=read, handler=handler)]
+    elif equal is not None:  # the keys inside: read_share stops after a pass that delivers nothing
+        source = [EpochShardList(shard_urls, seed if shuffle_shards else None, shared_epoch),
+                  functools.partial(read_share, rank=rank, world_size=world_size, equal=equal,
+                                    batch_size=batch_size, config=read, handler=handler, keys=keys)]
+        keys = None
     else:
         source = [EpochShardList(shard_urls, seed if shuffle_shards else None, shared_epoch),
-                  functools.partial(split_by_rank, rank=rank, world_size=world_size), wds.split_by_worker]
+                  functools.partial(split_by_rank, rank=rank, world_size=world_size), wds.split_by_worker,
+                  functools.partial(read_shards, config=read, handler=handler)]
     stages = [
         *source,
-        functools.partial(read_shards, config=read, handler=handler),
         functools.partial(select_keys, keys=keys) if keys is not None else None,
         functools.partial(shuffle_samples, bufsize=shuffle_buffer, seed=seed, epoch=shared_epoch, rank=rank)
         if shuffle_buffer else None,
@@ -352,7 +306,9 @@ def build_train_pipeline(urls: str | Sequence[str], clip: ClipConfig, batch_size
         wds.batched(batch_size, collation_fn=collate_clips, partial=False),
     ]
     skips = handler if isinstance(handler, SkipCounter) else None
-    return ClipPipeline([s for s in stages if s is not None], skips, len(shard_urls), world_size, shared_epoch)
+    # every worker has a share in equal epochs: none idles (make_loader's warning)
+    num_shards = 0 if equal is not None else len(shard_urls)
+    return ClipPipeline([s for s in stages if s is not None], skips, num_shards, world_size, shared_epoch)
 
 
 def eval_skips(max_skip_ratio: float | None = None) -> SkipCounter:

@@ -32,6 +32,9 @@ RECORD = "json"  # everything else, see FORMAT.md
 MEMBERS = (MV, TYPES, IFRAMES, LABEL, RECORD)
 CHECKED_MEMBERS = (MV, TYPES, IFRAMES, LABEL)  # CRC32 of each is in the record
 SMALL_MEMBERS = (TYPES, LABEL)  # v2 readers check these whole, and MV chunks / JPEGs one by one
+# Not a member: set by the training reader on a sample it reads again within an epoch (equal
+# epochs, ``shares.read_share``): the pass (1, 2, ...), so that the clip drawn from it is a new one.
+REPEAT = "__repeat__"
 
 MV_STEP = 0.25  # px per frame per quantization step
 MV_MAX_CODE = 127  # |code| <= 127: values beyond +-31.75 px/frame are clipped (and counted)

@@ -119,6 +119,7 @@ class ShardClipSource:
             exc.add_note(f"shard {self.url}")
             raise
         self.key, self.record, self.num_frames, self.label = codec.key, codec.record, codec.num_frames, codec.label
+        self.repeat = int(raw.get(fmt.REPEAT, 0))  # a sample read again in an epoch: its pass (clips.sample_clips)
         self.size, self.grid, self.iframe_index, self.iframe_shape = (codec.size, codec.grid, codec.iframe_index,
                                                                       codec.iframe_shape)
 

@@ -130,8 +130,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def in_lockstep(batches: Iterable, info: DistInfo) -> Iterator:
     """Yield ``batches`` until ANY rank runs out. Shards split unevenly over ranks give ranks
-    different numbers of batches; a rank that went on alone would wait forever (or abort) in a
-    collective the others never join. Single process: the batches unchanged."""
+    different numbers of batches in a one-pass epoch; a rank that went on alone would wait
+    forever (or abort) in a collective the others never join. In an equal epoch every rank has
+    its fixed number, and this only guards against a rank whose shards all fail. Single process:
+    the batches unchanged."""
     if not info.is_distributed:
         yield from batches
         return

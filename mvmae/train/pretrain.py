@@ -29,7 +29,8 @@ from mvmae.train.run_folder import RunFolder
 from mvmae.train.schedule import build_optimizer, lr_at, set_lr, warmup_steps
 from mvmae.train.tokenizer import TokenSpec
 from mvmae.train.trainer import (
-    ShardReading, continue_from, epoch_batches, load_weights, seed_everything, skip_metrics, steps_per_epoch)
+    ShardReading, continue_from, epoch_batches, equal_epoch, load_weights, seed_everything, skip_metrics,
+    steps_per_epoch)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Pretrainer:
             self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay)
             self.masking = build_masking(cfg.masking, mask_ratio=cfg.mask_ratio, **self._masking_options())
             self.amp = cfg.amp and self.device.type == "cuda"
+            self.equal = equal_epoch(cfg, self.dist)
             self.steps_per_epoch = steps_per_epoch(cfg, self._clip(), self.dist, **self._pipeline())
             self.warmup_steps, note = warmup_steps(cfg.warmup_epochs, cfg.epochs, self.steps_per_epoch)
             if note and self.dist.is_main:
@@ -163,7 +165,7 @@ class Pretrainer:
         return self.spec.clip_config("train", num_iframes=0)
 
     def _pipeline(self) -> dict:
-        return {"shuffle_buffer": self.cfg.shuffle_buffer}
+        return {"shuffle_buffer": self.cfg.shuffle_buffer, "equal": self.equal}
 
     def close(self) -> None:
         """Release the folder without running (``run()`` does it when it ends)."""

@@ -2,6 +2,12 @@
 folder (``run_folder``): the shard-reading fields of their configs, seeding, an epoch's batches
 and their count, the skip counts of an epoch over all ranks, and continuing from a checkpoint.
 
+An epoch is sized in one of three ways (README, "Training at scale"): ``steps_per_epoch`` set,
+that many steps of shards drawn with replacement; on several ranks whose shards the manifests
+list, an *equal epoch* (:func:`equal_epoch`): every rank the same fixed number of batches, a
+rank that runs out of its share reading it again; else one pass over the shards, counted at the
+start, the ranks in lockstep (one process: simply one pass).
+
 The functions take the run's config duck-typed (``TrainingData``): both configs have the fields.
 """
 
@@ -17,7 +23,9 @@ import numpy as np
 import torch
 
 from mvmae.shards.clips import ClipConfig
+from mvmae.shards.manifest import manifest_sample_counts
 from mvmae.shards.reader import ReadConfig, SkipCounter, build_train_pipeline, expand_urls, make_loader
+from mvmae.shards.shares import EqualEpoch
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.distributed import DistInfo, all_reduce_sum, in_lockstep
 
@@ -65,32 +73,63 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+def equal_epoch(cfg: TrainingData, dist: DistInfo, keys: frozenset[str] | None = None) -> EqualEpoch | None:
+    """The equal epoch of a run on several ranks: ``n // (ranks x batch_size)`` batches per rank,
+    n the samples (with ``keys``, of a labelled subset) that the manifests list for the shards,
+    rounded down to whole optimizer steps. None in one process, with ``steps_per_epoch`` set, or
+    when a shard is in no manifest (then one pass, in lockstep; warned on rank 0). Raises
+    ValueError when the samples do not make one step on every rank."""
+    if not dist.is_distributed or cfg.steps_per_epoch:
+        return None
+    counts = manifest_sample_counts(cfg.train, cfg.read, keys)
+    if counts is None:
+        if dist.is_main:
+            log.warning(f"no manifest lists the shards of {cfg.train}: each epoch is one pass over them, "
+                        "ending when the first rank runs out (write one: mvmae shards manifest DIR)")
+        return None
+    per_rank = sum(counts) // (dist.world_size * cfg.batch_size)
+    steps = per_rank // cfg.accum_steps
+    if steps == 0:
+        raise ValueError(f"{sum(counts)} sample(s) in {cfg.train} (by its manifest) make {per_rank} batch(es) "
+                         f"of {cfg.batch_size} per rank for {dist.world_size} ranks: fewer than "
+                         f"accum_steps={cfg.accum_steps}")
+    return EqualEpoch(steps * cfg.accum_steps)
+
+
 def epoch_batches(cfg: TrainingData, clip: ClipConfig, epoch: int, dist: DistInfo,
                   **pipeline: Any) -> tuple[Iterator[dict], SkipCounter]:
     """The batches of ``epoch`` (clips cut by ``clip``, mode 'train'), all ranks stopping
-    together (``distributed.in_lockstep``), and the epoch's ``SkipCounter``. One pass over the
-    shards, or ``steps_per_epoch`` x ``accum_steps`` batches drawn with replacement when
-    ``cfg.steps_per_epoch`` is set. ``pipeline``: more ``build_train_pipeline`` options."""
+    together (``distributed.in_lockstep``), and the epoch's ``SkipCounter``. ``steps_per_epoch``
+    x ``accum_steps`` batches drawn with replacement when ``cfg.steps_per_epoch`` is set;
+    ``equal.num_batches`` when the run has an equal epoch (``pipeline["equal"]``, from
+    :func:`equal_epoch`); else one pass over the shards. ``pipeline``: more
+    ``build_train_pipeline`` options."""
     pipe = build_train_pipeline(cfg.train, clip, cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                 resampled=bool(cfg.steps_per_epoch), read=cfg.read, **pipeline)
     loader = make_loader(pipe, cfg.workers, pin_memory=dist.device.type == "cuda",
                          timeout_s=cfg.loader_timeout_s)
     if cfg.steps_per_epoch:
         loader = loader.slice(cfg.steps_per_epoch * cfg.accum_steps)
+    elif pipeline.get("equal") is not None:
+        loader = loader.slice(pipeline["equal"].num_batches)
     return in_lockstep(loader, dist), pipe.skips
 
 
 def steps_per_epoch(cfg: TrainingData, clip: ClipConfig, dist: DistInfo, **pipeline: Any) -> int:
-    """Optimizer steps per epoch: ``cfg.steps_per_epoch``, else counted over one pass of the
-    loader (epoch 0; the same options as ``epoch_batches``). Raises ValueError when an epoch has
-    fewer batches than ``accum_steps``, or a rank would have no shard (fewer shards than ranks)."""
+    """Optimizer steps per epoch: ``cfg.steps_per_epoch``, else the equal epoch's
+    (``pipeline["equal"]``), else counted over one pass of the loader (epoch 0; the same options
+    as ``epoch_batches``). Raises ValueError when an epoch has fewer batches than ``accum_steps``,
+    or, counting one pass, a rank would have no shard (fewer shards than ranks)."""
     if cfg.steps_per_epoch:
         return cfg.steps_per_epoch
+    if pipeline.get("equal") is not None:
+        return pipeline["equal"].num_batches // cfg.accum_steps
     num_shards = len(expand_urls(cfg.train))
     if num_shards < dist.world_size:  # a rank without a shard would end every epoch at once
         raise ValueError(f"{num_shards} shard(s) in {cfg.train} for {dist.world_size} ranks: each rank "
                          "needs one; extract with a smaller --shard-size, or draw shards with replacement "
-                         "(--steps-per-epoch N)")
+                         "(--steps-per-epoch N), or write the shards' manifest (mvmae shards manifest DIR) "
+                         "for equal epochs")
     batches, _ = epoch_batches(cfg, clip, 0, dist, **pipeline)
     num_batches = sum(1 for _ in batches)
     if num_batches < cfg.accum_steps:

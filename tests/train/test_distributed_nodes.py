@@ -4,8 +4,8 @@ two "nodes" of one process each on this machine. No SLURM here: ``srun`` is a st
 its command once per node (SLURM_NNODES copies at once, each node's output in its own log),
 ``scontrol show hostnames`` names this machine, ``torchrun`` and ``mvmae`` are this checkout's, gloo
 on loopback. Each rank reads its own share of shards that do not divide evenly over ranks x
-DataLoader workers (5 shards for 2 ranks x 2 workers in pretraining; 3 in fine-tuning, so one
-worker of rank 1 idles): no epoch hangs, checkpoints and logs are written once, and validation over
+DataLoader workers (5 shards for 2 ranks x 2 workers in pretraining; 3 in fine-tuning, fewer
+than the 4 readers): every epoch is the equal epoch sized from the manifest on both ranks, no epoch hangs, checkpoints and logs are written once, and validation over
 both ranks equals one process evaluating the same checkpoint on the same shards.
 
 One launch of each script serves every claim (a launch costs several interpreter start-ups with
@@ -138,21 +138,23 @@ def pretrained(uneven_shards, synth_codebook, tmp_path_factory) -> dict:
 
 
 def test_two_nodes_pretrain_over_uneven_shards(pretrained):
-    """5 shards for 2 ranks x 2 workers (3 + 2 per rank; 2 + 1 and 1 + 1 per worker): each epoch
-    ends when the rank with the fewest batches runs out (``in_lockstep``), every rank takes the
-    same number of optimizer steps, and both nodes finish."""
+    """5 shards of 2 for 2 ranks x 2 workers (3 + 2 per rank; 2 + 1 and 1 + 1 per worker): each
+    epoch is the equal epoch of 10 // (2 ranks x batch 2) = 2 batches on every rank (a rank that
+    ran dry would end the epoch early for all, ``in_lockstep``: fewer steps), and both nodes finish."""
     out = pretrained["out"]
     assert [log.count("pretraining done") for log in pretrained["launch"].nodes] == [1, 1]
     _written_once(out)
     state = ckpt.load_checkpoint(out / "last.pt")
-    assert state[ckpt.EPOCH] == 1 and state[ckpt.STEP] == 2 * state[ckpt.STEPS_PER_EPOCH] > 0
+    assert state[ckpt.EPOCH] == 1 and state[ckpt.STEPS_PER_EPOCH] == 10 // (2 * PRETRAIN["batch_size"])
+    assert state[ckpt.STEP] == 2 * state[ckpt.STEPS_PER_EPOCH]
     epochs = _records(out, "epoch")
     assert [r["epoch"] for r in epochs] == [0, 1] and all(math.isfinite(r["loss"]) for r in epochs)
 
 
 def test_two_nodes_train_validate_like_one_process(pretrained, uneven_shards, synth_shards, tmp_path):
-    """train.sbatch from the pretraining's last.pt, on 3 train shards, fewer than 2 ranks x 2
-    workers (one worker of rank 1 idles): both nodes finish; val metrics (each rank scores its own
+    """train.sbatch from the pretraining's last.pt, on 3 train shards of 4, fewer than 2 ranks x 2
+    workers (the first shard is shared sample by sample): both nodes finish, every epoch the equal
+    epoch of 12 // (2 x 2) = 3 batches per rank; val metrics (each rank scores its own
     val shard, gathered) equal ``mvmae eval`` of the last checkpoint in one process over the same
     val shards; the script's own evaluation of best.pt (4 clips x 2 crops) covers every val video."""
     out = tmp_path / "run"
@@ -163,6 +165,8 @@ def test_two_nodes_train_validate_like_one_process(pretrained, uneven_shards, sy
     assert launch.returncode == 0, launch.tail()
     assert [log.count("training done") for log in launch.nodes] == [1, 1]
     _written_once(out)
+    state = ckpt.load_checkpoint(out / "last.pt")
+    assert (state[ckpt.STEPS_PER_EPOCH], state[ckpt.STEP]) == (3, 2 * 3)
     script_eval = json.loads((out / "eval/metrics.json").read_text())
     assert (script_eval["num_samples"], script_eval["views"]) == (uneven_shards["num_val"], 8)
     last_val = _records(out, "val")[-1]

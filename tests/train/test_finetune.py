@@ -510,7 +510,7 @@ def test_resume_from_the_saved_config(synth_shards, yaml_of, train_cli, tmp_path
 @pytest.mark.slow
 def test_torchrun_two_processes(motion_shards, yaml_of, tmp_path):
     """A real 2-process torchrun (gloo, CPU), one epoch. The 9 train shards split 5 + 4 over the
-    ranks (5 and 4 batches of 8) and the 3 val shards 2 + 1 (16 + 8 videos): one set of
+    ranks (an equal epoch: 4 batches of 8 each) and the 3 val shards 2 + 1 (16 + 8 videos): one set of
     checkpoints and logs (rank 0), and val metrics over all 24 val videos."""
     out = tmp_path / "run"
     config = yaml_of("torchrun", {**FAST, "batch_size": 8, "epochs": 1, "phase1_epochs": 0})
@@ -528,5 +528,5 @@ def test_torchrun_two_processes(motion_shards, yaml_of, tmp_path):
     assert math.isfinite(train["loss"])
     state = ckpt.load_checkpoint(out / "last.pt")
     assert state[ckpt.EPOCH] == 0 and not any(k.startswith("module.") for k in state[ckpt.MODEL])
-    # Both ranks stop when the one with fewer shards runs out: 4 optimizer steps of 2 x 8 clips.
+    # The equal epoch of 72 samples (the manifest) // (2 ranks x 8): 4 optimizer steps on both ranks.
     assert state[ckpt.STEP] == 4

@@ -11,6 +11,11 @@ Ray's own retries (``max_retries``) cover a task whose Ray worker process or nod
 is run again from the start, and since a shard becomes visible only whole (a rename, or the
 commit marker after the upload) a repeat writes the same bytes again.
 
+The progress bar counts videos as a local job's does: each task's supervisor reports the videos
+done in its shard to a small Ray actor (:class:`ShardProgress`, no CPU of its own), which the
+driver reads every ``PROGRESS_POLL_S`` while it waits for tasks to end; the count it shows never
+goes back (a task that Ray runs again counts from the videos it had shown).
+
 Without an address a local Ray instance is started with ``config.workers`` CPUs (one task
 each) and stopped at the end; with one, the job joins that cluster (``ray.init(address)``), whose
 nodes need mvmae installed and, for a local OUT, the same shared folder.
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RAY_TASK_RETRIES = 3  # Ray's retries of a shard whose Ray worker or node died
+PROGRESS_POLL_S = 0.5  # how often the driver reads the videos done in the shards being built
 
 
 def import_ray():
@@ -44,9 +50,25 @@ def import_ray():
     return ray
 
 
-def build_on_ray(task: ShardTask, config: JobConfig, job_id: str, faults: dict[str, dict]) -> dict:
-    """One shard, in a Ray task: the local supervisor with one worker. Returns ``{"stats":
-    stats or None, "failed": bool, "faults": records of its videos}``."""
+class ShardProgress:
+    """Videos done in each shard being built (shard index -> count), as its task last reported
+    them: the state of a Ray actor (``ray.remote(num_cpus=0)(ShardProgress)``), one per job."""
+
+    def __init__(self) -> None:
+        self.videos_done: dict[int, int] = {}
+
+    def update(self, index: int, num_videos: int) -> None:
+        self.videos_done[index] = num_videos
+
+    def read(self) -> dict[int, int]:
+        return dict(self.videos_done)
+
+
+def build_on_ray(task: ShardTask, config: JobConfig, job_id: str, faults: dict[str, dict],
+                 progress=None) -> dict:
+    """One shard, in a Ray task: the local supervisor with one worker. progress: the job's
+    :class:`ShardProgress` actor (None: nothing reported). Returns ``{"stats": stats or None,
+    "failed": bool, "faults": records of its videos}``."""
     detached = FaultLog.detached(job_id, faults)
     built: list[dict] = []
 
@@ -61,7 +83,11 @@ def build_on_ray(task: ShardTask, config: JobConfig, job_id: str, faults: dict[s
 
     ensure_folder(config.out_dir)  # on another node: the scratch folder (or shared OUT) may be new here
     local = dataclasses.replace(config, workers=1, engine="local")
-    failed = _Pool(build_shard, local, job_id, detached, lambda n: None, 0).run([task])
+    def report(num_videos: int) -> None:
+        if progress is not None:
+            progress.update.remote(task.index, num_videos)  # not waited for
+
+    failed = _Pool(build_shard, local, job_id, detached, report, 0).run([task])
     stats = built[-1] if built else None
     return {"stats": stats, "failed": bool(failed) or stats is None or "upload_error" in stats,
             "faults": detached.records(e.key for e in task.entries)}
@@ -88,22 +114,55 @@ class RayEngine:
 
     def _run(self, ray, tasks: list[ShardTask], run: ShardRun) -> list[ShardTask]:
         remote = ray.remote(num_cpus=1, max_retries=RAY_TASK_RETRIES, retry_exceptions=False)(build_on_ray)
-        refs = {remote.remote(t, run.config, run.job_id, run.faults.records(e.key for e in t.entries)): t
+        progress = ray.remote(num_cpus=0)(ShardProgress).remote()
+        refs = {remote.remote(t, run.config, run.job_id, run.faults.records(e.key for e in t.entries), progress): t
                 for t in tasks}
-        pending, failed, done = list(refs), [], run.done
-        run.report(done)
+        pending, failed = list(refs), []
+        bar = _VideoCount(run)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            task = refs[ready[0]]
-            try:
-                result = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:  # its workers kept dying, or a bug
-                log.error("%s: the Ray task failed: %s", task.name, str(exc).splitlines()[0] if str(exc) else exc)
-                failed.append(task)
-                continue
-            run.faults.merge(result["faults"])
-            if result["failed"]:
-                failed.append(task)
-            done += len(task.entries)
-            run.report(done)
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=PROGRESS_POLL_S)
+            for ref in ready:
+                task = refs[ref]
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # its workers kept dying, or a bug
+                    log.error("%s: the Ray task failed: %s", task.name, str(exc).splitlines()[0] if str(exc) else exc)
+                    failed.append(task)
+                    bar.shard_ended(task, built=False)
+                    continue
+                bar.shard_ended(task)
+                run.faults.merge(result["faults"])
+                if result["failed"]:
+                    failed.append(task)
+            bar.show(_read_progress(ray, progress) if pending else {})
         return sorted(failed, key=lambda t: t.index)
+
+
+def _read_progress(ray, progress) -> dict[int, int]:
+    """The actor's counts ({} if it cannot be read: the bar then moves by whole shards)."""
+    try:
+        return ray.get(progress.read.remote(), timeout=PROGRESS_POLL_S * 10)
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        log.debug("progress not read: %s", exc)
+        return {}
+
+
+class _VideoCount:
+    """The videos done that the driver reports: those of ended shards (and of earlier runs) plus
+    what the tasks still running last reported; the count shown never goes back."""
+
+    def __init__(self, run: ShardRun) -> None:
+        self.run, self.ended_videos, self.ended = run, run.done, set()
+        self.shown = run.done
+        run.report(run.done)
+
+    def shard_ended(self, task: ShardTask, built: bool = True) -> None:
+        """The task ended; its videos count as done if it built its shard (uploaded or not)."""
+        self.ended.add(task.index)
+        self.ended_videos += len(task.entries) if built else 0
+
+    def show(self, videos_done: dict[int, int]) -> None:
+        done = self.ended_videos + sum(n for i, n in videos_done.items() if i not in self.ended)
+        if done > self.shown:
+            self.shown = done
+            self.run.report(done)

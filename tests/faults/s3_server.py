@@ -4,12 +4,14 @@ request not served), or a lost reply (the request served, a write done, then the
 dropped: a success that looks like a failure; for a GET, the body cut half-way).
 
 ``s3_server()`` starts one, points the standard AWS variables at it (``AWS_ENDPOINT_URL``,
-dummy credentials) for this process and the processes it starts, and creates a bucket.
+dummy credentials) for this process and the processes it starts, and creates a bucket;
+``check_same_as_local`` compares a job's objects with the reference run's files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import needs
+import shard_faults as sf
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b'<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>')
@@ -188,3 +191,22 @@ def s3_server(bucket: str = "mvmae") -> Iterator[S3Server]:
 
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
+
+
+def _shard_names() -> list[str]:
+    return [f"train-{j:06d}" for j in range(sf.NUM_SHARDS)]
+
+
+def check_same_as_local(s3, prefix: str, dataset: dict) -> None:
+    """The bucket holds the local run's shards byte for byte, each with its marker, its job
+    record, classes and manifest, and nothing else (no partial or temporary object)."""
+    local = dataset["dir"]
+    names = _shard_names()
+    expected = sorted([f"{prefix}/{n}.{ext}" for n in names for ext in ("tar", "json")]
+                      + [f"{prefix}/{f}" for f in ("classes.json", "train-job.json", "train-manifest.jsonl")])
+    assert s3.keys(prefix + "/") == expected
+    for name in names:
+        assert s3.read(f"{prefix}/{name}.tar") == (local / f"{name}.tar").read_bytes(), name
+        assert json.loads(s3.read(f"{prefix}/{name}.json")) == json.loads((local / f"{name}.json").read_text())
+    assert s3.read(f"{prefix}/train-manifest.jsonl") == (local / "train-manifest.jsonl").read_bytes()
+    assert json.loads(s3.read(f"{prefix}/classes.json")) == json.loads(dataset["classes"].read_text())

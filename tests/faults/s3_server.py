@@ -1,7 +1,9 @@
 """A real S3 server on loopback (moto's ``ThreadedMotoServer``) behind a WSGI middleware that
 fails chosen requests on purpose: an S3 ``SlowDown`` 503, a dropped connection (no reply, the
-request not served), or a lost reply (the request served, a write done, then the connection
-dropped: a success that looks like a failure; for a GET, the body cut half-way).
+request not served), a lost reply (the request served, a write done, then the connection
+dropped: a success that looks like a failure; for a GET, the body cut half-way), or a request
+held half-received (half its body read, then nothing until ``Faults.release`` is set, then the
+connection dropped unserved: an upload in flight, for a test to kill its client meanwhile).
 
 ``s3_server()`` starts one, points the standard AWS variables at it (``AWS_ENDPOINT_URL``,
 dummy credentials) for this process and the processes it starts, and creates a bucket;
@@ -25,7 +27,8 @@ import shard_faults as sf
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b'<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>')
-KINDS = ("slowdown", "drop", "lose_reply")
+KINDS = ("slowdown", "drop", "lose_reply", "hold")
+HOLD_LIMIT_S = 120  # a held request is dropped after this even if never released
 
 
 @dataclass
@@ -47,10 +50,13 @@ class Faults:
     rules: list[Rule] = field(default_factory=list)
     log: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, what was done)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    release: threading.Event = field(default_factory=threading.Event)  # lets held requests go (dropped)
 
     def add(self, method: str, path: str, kind: str, times: int = 1) -> Rule:
         assert kind in KINDS, kind
         rule = Rule(method, path, kind, times)
+        if kind == "hold":
+            self.release.clear()
         with self.lock:
             self.rules.append(rule)
         return rule
@@ -58,6 +64,7 @@ class Faults:
     def clear(self) -> None:
         with self.lock:
             self.rules.clear()
+        self.release.set()
 
     def pick(self, method: str, path: str) -> str:
         with self.lock:
@@ -83,6 +90,11 @@ class FaultMiddleware:
             start_response("503 Slow Down", [("Content-Type", "application/xml"),
                                              ("Content-Length", str(len(SLOWDOWN)))])
             return [SLOWDOWN]
+        if kind == "hold":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            environ["wsgi.input"].read(length // 2)
+            self.faults.release.wait(HOLD_LIMIT_S)
+            kind = "drop"
         if kind == "drop":
             _drop(environ)
             start_response("500 Dropped", [])  # never sent: the connection is gone

@@ -143,21 +143,35 @@ def is_remote(out: str | Path) -> bool:
 
 
 def filesystem(url: str, connect_timeout_s: float | None = None, read_timeout_s: float | None = None):
-    """(fsspec filesystem, path) of a URL; s3 clients get the given timeouts. Raises
-    :class:`MissingExtraError` naming the extra when the scheme's package is missing."""
+    """(fsspec filesystem, path) of a URL; s3 and gs clients get the given timeouts (to connect,
+    and without a byte read). Raises :class:`MissingExtraError` naming the extra when the
+    scheme's package is missing."""
+    scheme = urlparse(url).scheme
+    extra = "s3" if scheme in ("s3", "s3a") else "gcs" if scheme in ("gs", "gcs") else scheme
     try:
         import fsspec
     except ImportError as exc:
-        raise MissingExtraError(f"{url}: object storage needs fsspec: pip install 'mvmae[s3]'") from exc
-    scheme = urlparse(url).scheme
-    options = {}
-    if scheme in ("s3", "s3a") and (connect_timeout_s or read_timeout_s):
-        options["config_kwargs"] = {"connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s}
+        raise MissingExtraError(f"{url}: object storage needs fsspec: pip install 'mvmae[{extra}]'") from exc
     try:
-        return fsspec.core.url_to_fs(url, **options)
+        return fsspec.core.url_to_fs(url, **_timeout_options(scheme, connect_timeout_s, read_timeout_s))
     except ImportError as exc:
-        extra = "s3" if scheme in ("s3", "s3a") else "gcs" if scheme in ("gs", "gcs") else scheme
         raise MissingExtraError(f"{url}: {exc}; pip install 'mvmae[{extra}]'") from exc
+
+
+def _timeout_options(scheme: str, connect_timeout_s: float | None, read_timeout_s: float | None) -> dict:
+    """The filesystem options that set its client's timeouts: botocore's for s3, aiohttp's per
+    request for gs (gcsfs); none for another scheme or without timeouts."""
+    if not (connect_timeout_s or read_timeout_s):
+        return {}
+    if scheme in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s}}
+    if scheme in ("gs", "gcs"):
+        try:
+            import aiohttp  # gcsfs's HTTP client
+        except ImportError:  # no gcsfs either: url_to_fs names the extra
+            return {}
+        return {"requests_timeout": aiohttp.ClientTimeout(sock_connect=connect_timeout_s, sock_read=read_timeout_s)}
+    return {}
 
 
 class ObjectStream(io.RawIOBase):

@@ -44,7 +44,8 @@ def _output(out: str, scratch: Path | None) -> tuple[str | None, Path]:
               help="What runs the shards: supervised worker processes here (local), or one Ray task "
                    "per shard (ray; pip install 'mvmae[ray]'), each supervised as a local worker.")
 @click.option("--ray-address", metavar="ADDR", default=None,
-              help="The Ray cluster to join (as ray.init's address); default: start a local instance.")
+              help="The Ray cluster to join (as ray.init's address); default: the one RAY_ADDRESS "
+                   "names, else a new local instance with --workers CPUs.")
 @click.option("--scratch", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="With an object storage OUT: the local folder shards are built in before their "
                    "upload (default: a folder named after OUT in the system's temporary folder).")

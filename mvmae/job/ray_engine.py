@@ -16,15 +16,17 @@ done in its shard to a small Ray actor (:class:`ShardProgress`, no CPU of its ow
 driver reads every ``PROGRESS_POLL_S`` while it waits for tasks to end; the count it shows never
 goes back (a task that Ray runs again counts from the videos it had shown).
 
-Without an address a local Ray instance is started with ``config.workers`` CPUs (one task
-each) and stopped at the end; with one, the job joins that cluster (``ray.init(address)``), whose
-nodes need mvmae installed and, for a local OUT, the same shared folder.
+Without an address (nor ``RAY_ADDRESS``) a new local Ray instance is started with
+``config.workers`` CPUs (one task each), even if another runs on this machine, and stopped at the
+end; with one, the job joins that cluster (``ray.init(address)``), whose nodes need mvmae
+installed and, for a local OUT, the same shared folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from mvmae.job.faults import FaultLog
@@ -95,7 +97,7 @@ def build_on_ray(task: ShardTask, config: JobConfig, job_id: str, faults: dict[s
 
 class RayEngine:
     """One Ray task per shard (see the module docstring). address: the cluster to join (None:
-    start a local instance with ``config.workers`` CPUs)."""
+    the one ``RAY_ADDRESS`` names, else a new local instance with ``config.workers`` CPUs)."""
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address
@@ -104,8 +106,12 @@ class RayEngine:
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
-            options = {} if self.address else {"num_cpus": max(1, run.config.workers)}
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING, **options)
+            # Ray's own rule for "no address" is "the cluster last started on this machine, if any";
+            # the job's is a fresh local instance unless an address (or RAY_ADDRESS) names one.
+            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            options = ({"address": address} if address
+                       else {"address": "local", "num_cpus": max(1, run.config.workers)})
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, **options)
         try:
             return self._run(ray, tasks, run)
         finally:

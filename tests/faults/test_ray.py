@@ -32,14 +32,10 @@ OUTPUTS = ("classes.json", "train-manifest.jsonl")
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # address="local": a new instance, not a cluster someone runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
-    return sf.fault_dataset(tmp_path_factory)
 
 
 def _config(dataset: dict, out: Path) -> JobConfig:

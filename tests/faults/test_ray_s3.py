@@ -29,7 +29,7 @@ from mvmae.synth import encode_h264, x264_options
 import media
 import needs
 import shard_faults as sf
-from s3_server import check_same_as_local, s3_server
+from s3_server import check_same_as_local
 
 ray = needs.extra("ray")
 pytestmark = pytest.mark.slow  # a Ray instance, two Ray jobs: about a minute on 2 cores
@@ -39,22 +39,12 @@ SECTION = "### On a Ray cluster, into a bucket"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def ray_instance(s3):
     """Started after the S3 server: its workers inherit the AWS variables naming it."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # address="local": a new instance, not a cluster someone runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
-    return sf.fault_dataset(tmp_path_factory)
 
 
 def readme_block() -> str:

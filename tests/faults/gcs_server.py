@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Iterator
 
 import needs
+import processes
 
 
 @dataclass
@@ -52,24 +52,18 @@ class GcsServer:
 def gcs_server(bucket: str = "mvmae") -> Iterator[GcsServer]:
     """A loopback GCS server with ``bucket``, the variables pointing gcsfs at it meanwhile."""
     emulator = needs.extra("gcp_storage_emulator.server")
-    env = {"STORAGE_EMULATOR_HOST": "", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # read when gcsfs is imported
-    gcsfs = needs.extra("gcsfs")
-    assert gcsfs.GCSFileSystem.__name__ == "GCSFileSystem", \
-        "gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: it would ask Google for bucket layouts"
     server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket=bucket)
     server.start()
+    host, port = server._api._httpd.server_address  # the port the system chose
+    env = {"STORAGE_EMULATOR_HOST": f"http://{host}:{port}",
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}  # read when gcsfs is imported
     try:
-        host, port = server._api._httpd.server_address  # the port the system chose
-        os.environ["STORAGE_EMULATOR_HOST"] = f"http://{host}:{port}"
-        gcsfs.GCSFileSystem.clear_instance_cache()  # a cached client would reach an older server
-        yield GcsServer(os.environ["STORAGE_EMULATOR_HOST"], bucket)
+        with processes.environment(env):
+            gcsfs = needs.extra("gcsfs")
+            assert gcsfs.GCSFileSystem.__name__ == "GCSFileSystem", \
+                "gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: it would ask Google for layouts"
+            gcsfs.GCSFileSystem.clear_instance_cache()  # a cached client would reach an older server
+            yield GcsServer(env["STORAGE_EMULATOR_HOST"], bucket)
+            gcsfs.GCSFileSystem.clear_instance_cache()
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        gcsfs.GCSFileSystem.clear_instance_cache()
         server.stop()

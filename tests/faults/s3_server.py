@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import socket
 import threading
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import needs
+import processes
 import shard_faults as sf
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -184,23 +184,15 @@ def s3_server(bucket: str = "mvmae") -> Iterator[S3Server]:
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true",
            "AWS_MAX_ATTEMPTS": "2"}  # botocore's own retries, fewer: a fault reaches s3fs's and mvmae's sooner
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    import s3fs
+
     try:
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()  # a cached client would reach an older server
-        s3 = S3Server(env["AWS_ENDPOINT_URL"], bucket, faults)
-        s3.client().create_bucket(Bucket=bucket)
-        yield s3
+        with processes.environment(env):
+            s3fs.S3FileSystem.clear_instance_cache()  # a cached client would reach an older server
+            s3 = S3Server(env["AWS_ENDPOINT_URL"], bucket, faults)
+            s3.client().create_bucket(Bucket=bucket)
+            yield s3
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        import s3fs
-
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
 

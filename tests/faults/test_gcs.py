@@ -31,11 +31,6 @@ def gcs():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
-    return sf.fault_dataset(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def job_in_bucket(gcs, dataset, tmp_path_factory) -> list[str]:
     """``mvmae extract run LIST gs://mvmae/run`` (one supervised worker): its CLI arguments."""
     from click.testing import CliRunner

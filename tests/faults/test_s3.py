@@ -20,20 +20,9 @@ from mvmae.shards.reader import build_train_pipeline
 from mvmae.shards.stream import ReadConfig, ShardReader
 
 import shard_faults as sf
-from s3_server import check_same_as_local, s3_server
+from s3_server import check_same_as_local
 
 READ_FLAGS = ["--retries", "3", "--retry-delay", "0.01", "--stall-timeout", "5", "--connect-timeout", "5"]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
-    return sf.fault_dataset(tmp_path_factory)
 
 
 def _list_file(dataset: dict):

@@ -19,20 +19,9 @@ import pytest
 
 import processes
 import shard_faults as sf
-from s3_server import check_same_as_local, s3_server
+from s3_server import check_same_as_local
 
 pytestmark = pytest.mark.slow  # three job processes, about 30 s on 2 cores
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
-    return sf.fault_dataset(tmp_path_factory)
 
 
 def check_nothing_partial(s3, prefix: str, dataset: dict) -> list[str]:

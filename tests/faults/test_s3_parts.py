@@ -14,20 +14,9 @@ import pytest
 from mvmae.cli import main
 
 import shard_faults as sf
-from s3_server import check_same_as_local, s3_server
+from s3_server import check_same_as_local
 
 CODEBOOK_FLAGS = ["--size", "8", "--frames", "8", "--mv-size", "7", "--workers", "0", "--max-tokens", "5000"]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
-    return sf.fault_dataset(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +45,16 @@ def test_parts_into_one_bucket_then_shards_manifest(s3, dataset, parts_in_bucket
 def test_export_and_codebook_read_the_bucket_as_local_shards(s3, dataset, parts_in_bucket, cli_runner,
                                                               tmp_path) -> None:
     key = dataset["keys"]["train-000002.tar"][1]
-    npz = {}
-    for where, urls in (("local", str(dataset["dir"] / "train-000002.tar")),
-                        ("s3", f"{parts_in_bucket}/train-000002.tar")):
-        result = cli_runner.invoke(main, ["shards", "export", urls, "--key", key,
-                                          "--out", str(tmp_path / f"{where}.npz")])
-        assert result.exit_code == 0, result.output
-        with np.load(tmp_path / f"{where}.npz") as f:
-            npz[where] = {name: f[name] for name in f.files}
-    assert npz["s3"].keys() == npz["local"].keys()
-    for name, value in npz["local"].items():
-        np.testing.assert_array_equal(npz["s3"][name], value, err_msg=name)
-    books = {}
-    for where, pattern in (("local", sf.brace(dataset["dir"])), ("s3", sf.brace(parts_in_bucket))):
-        result = cli_runner.invoke(main, ["codebook", pattern, *CODEBOOK_FLAGS,
-                                          "--out", str(tmp_path / f"{where}-book.npz")])
-        assert result.exit_code == 0, result.output
-        with np.load(tmp_path / f"{where}-book.npz") as f:
-            books[where] = {name: f[name] for name in f.files}
-    assert books["s3"].keys() == books["local"].keys()
-    for name, value in books["local"].items():
-        np.testing.assert_array_equal(books["s3"][name], value, err_msg=name)
+    commands = {"export": lambda shards: ["shards", "export", f"{shards}/train-000002.tar", "--key", key],
+                "codebook": lambda shards: ["codebook", sf.brace(shards), *CODEBOOK_FLAGS]}
+    for name, command in commands.items():
+        arrays = {}
+        for where, shards in (("local", str(dataset["dir"])), ("s3", parts_in_bucket)):
+            out = tmp_path / f"{name}-{where}.npz"
+            result = cli_runner.invoke(main, [*command(shards), "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            with np.load(out) as f:
+                arrays[where] = {k: f[k] for k in f.files}
+        assert arrays["s3"].keys() == arrays["local"].keys(), name
+        for k, value in arrays["local"].items():
+            np.testing.assert_array_equal(arrays["s3"][k], value, err_msg=f"{name}: {k}")

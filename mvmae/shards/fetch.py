@@ -2,8 +2,8 @@
 
 URL forms, as webdataset names shards: local paths and ``file://`` URLs; ``http(s)://`` (and
 ``ftp(s)``, ``sftp``, ``scp``) fetched with curl; object storage, ``s3://`` and ``gs://``, read
-through fsspec (:class:`ObjectStream`; ``pip install 'mvmae[s3]'``, credentials and
-``AWS_ENDPOINT_URL`` from the environment); ``pipe:<command>`` (the command's stdout, run by
+through fsspec (:class:`ObjectStream`; ``pip install 'mvmae[s3]'`` or ``'mvmae[gcs]'``,
+credentials from the environment: ``AWS_*`` and ``AWS_ENDPOINT_URL``, Google's default credentials); ``pipe:<command>`` (the command's stdout, run by
 the shell); brace patterns (``train-{000000..000127}.tar``) and ``::``-separated lists, expanded
 by :func:`expand_urls`. Other schemes go to ``webdataset.gopen`` (their waits are not bounded).
 Nothing here imports webdataset (nor, through it, torch) unless such a scheme is opened.
@@ -177,7 +177,7 @@ def _timeout_options(scheme: str, connect_timeout_s: float | None, read_timeout_
 class ObjectStream(io.RawIOBase):
     """An object in storage (``s3://``, ``gs://``) read through fsspec, a raw binary stream whose
     waits are bounded as a command's are: the client's connect and read timeouts
-    (``connect_timeout_s``, ``stall_s``; s3) and ``max_time_s`` for the whole stream. Every client
+    (``connect_timeout_s``, ``stall_s``; s3 and gs) and ``max_time_s`` for the whole stream. Every client
     error (botocore, aiohttp, ...) comes out as an OSError (TimeoutError past ``max_time_s``)
     naming the URL, for :class:`stream.ShardReader` to retry."""
 

@@ -2,11 +2,12 @@
 
 URL forms, as webdataset names shards: local paths and ``file://`` URLs; ``http(s)://`` (and
 ``ftp(s)``, ``sftp``, ``scp``) fetched with curl; object storage, ``s3://`` and ``gs://``, read
-through fsspec (:class:`ObjectStream`; ``pip install 'mvmae[s3]'`` or ``'mvmae[gcs]'``,
-credentials from the environment: ``AWS_*`` and ``AWS_ENDPOINT_URL``, Google's default credentials); ``pipe:<command>`` (the command's stdout, run by
-the shell); brace patterns (``train-{000000..000127}.tar``) and ``::``-separated lists, expanded
-by :func:`expand_urls`. Other schemes go to ``webdataset.gopen`` (their waits are not bounded).
-Nothing here imports webdataset (nor, through it, torch) unless such a scheme is opened.
+through fsspec (:class:`ObjectStream`; ``pip install 'mvmae[s3]'`` or ``'mvmae[gcs]'``;
+credentials from the environment: ``AWS_*`` and ``AWS_ENDPOINT_URL``, Google's default
+credentials); ``pipe:<command>`` (the command's stdout, run by the shell); brace patterns
+(``train-{000000..000127}.tar``) and ``::``-separated lists, expanded by :func:`expand_urls`.
+Other schemes go to ``webdataset.gopen`` (their waits are not bounded). Nothing here imports
+webdataset (nor, through it, torch) unless such a scheme is opened.
 
 A command's stdout (curl's, a ``pipe:``'s) is read through :class:`CommandStream` (a raw stream,
 buffered by ``io.BufferedReader``: the tar reader's many 512-byte reads cost no system call

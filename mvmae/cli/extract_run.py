@@ -138,8 +138,8 @@ def run(input_path: Path, out_dir: str, split: str, engine: str, ray_address: st
     for code, n in sorted(summary.warnings_by_code.items(), key=lambda kv: -kv[1]):
         click.echo(f"  warning: {n:5d}  {code} (see the manifest's 'warnings')")
     if summary.shards_redone:
-        click.echo(f"  {summary.shards_redone} shard(s) redone after a lost worker (the progress bar went "
-                   f"back by their videos)")
+        went_back = " (the progress bar went back by their videos)" if engine == "local" else ""
+        click.echo(f"  {summary.shards_redone} shard(s) redone after a lost worker{went_back}")
     if summary.shards_failed:
         raise click.ClickException(f"{len(summary.shards_failed)} shard(s) failed after retries "
                                    f"({', '.join(summary.shards_failed[:5])}); run the command again")

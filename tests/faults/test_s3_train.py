@@ -1,8 +1,8 @@
 """``mvmae train`` and ``mvmae eval`` reading their shards from a real S3 server on loopback
 (moto) end exactly as from the local shards: the training run's checkpoints are bit-identical to
 those of the session's uninterrupted reference run over the local shards (:mod:`train_faults`),
-its metric records the same (``--classes`` given: train reads ``classes.json`` beside local
-shards only), and ``eval`` of its ``best.pt`` gives the same metrics and
+its metric records the same (the classes read from ``classes.json`` beside the shards in the
+bucket), and ``eval`` of its ``best.pt`` gives the same metrics and
 per-video scores from the bucket as from the folder.
 """
 
@@ -23,10 +23,11 @@ pytestmark = pytest.mark.slow  # a training run and two evals, about 40 s on 2 c
 
 
 def upload(s3, pattern: str, prefix: str) -> str:
-    """The local shards of ``pattern`` copied into the bucket under ``prefix``: the same pattern there."""
+    """The local shards of ``pattern`` and the classes.json beside them copied into the bucket
+    under ``prefix``: the same pattern there."""
     paths = [Path(url) for url in expand_urls(pattern)]
     client = s3.client()
-    for path in paths:
+    for path in [*paths, paths[0].parent / "classes.json"]:
         client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{path.name}", Body=path.read_bytes())
     return pattern.replace(str(paths[0].parent), s3.url(prefix))
 
@@ -36,9 +37,8 @@ def test_train_and_eval_read_the_bucket_as_local_shards(s3, fault_data, referenc
     data = {**fault_data, "train": upload(s3, fault_data["train"], "synth"),
             "val": upload(s3, fault_data["val"], "synth")}
     assert data["train"].startswith("s3://") and data["val"].startswith("s3://")
-    classes = Path(expand_urls(fault_data["train"])[0]).parent / "classes.json"  # not read from a bucket
     out = tmp_path / "run"
-    tf.ok(tf.run(tf.job("train", data, out, "--classes", str(classes)), out, tmp_path / "run.log"))
+    tf.ok(tf.run(tf.job("train", data, out), out, tmp_path / "run.log"))  # classes.json from the bucket
     tf.assert_same_run(out, reference.summary)
 
     scores = {}

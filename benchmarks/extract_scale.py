@@ -121,7 +121,7 @@ def main() -> None:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     ray_start_s = time.perf_counter() - t0
     rows = {"local, 1 worker": ("local", 1), "local, 2 workers": ("local", 2), "ray, 2 CPUs": ("ray", 2)}
     times: dict[str, list[float]] = {name: [] for name in rows}

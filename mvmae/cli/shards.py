@@ -20,6 +20,8 @@ URL forms (as webdataset reads them; several URLs may be given):
   https://host/data/train-000000.tar       fetched with curl
   's3://bucket/shards/train-{000000..000127}.tar'   object storage through fsspec
                                            (pip install 'mvmae[s3]'; AWS_* credentials, AWS_ENDPOINT_URL)
+  'gs://bucket/shards/train-{000000..000127}.tar'   likewise (pip install 'mvmae[gcs]'; Google's
+                                           application default credentials)
   'pipe:aws s3 cp s3://bucket/train-000000.tar -'   a command's stdout
 A remote shard (anything but a local file) whose read fails (HTTP or S3 error, dropped or stalled
 connection, damaged tar) is read again after --retry-delay seconds, doubling, --retries times.
@@ -186,8 +188,8 @@ def _frame_counts(fields) -> str:
 @handle_errors
 def shards_manifest(out: str, split: str) -> None:
     """Rewrite OUT's <split>-manifest.jsonl from the stats .json of every complete shard there
-    (a folder, or object storage: s3://bucket/prefix). Run it after the parts of a job written
-    into one bucket at once have all finished: each part writes the manifest as it ends.
+    (a folder, or object storage: s3://bucket/prefix, gs://...). Run it after the parts of a job
+    written into one bucket at once have all finished: each part writes the manifest as it ends.
     Training on several ranks sizes its epochs from it (README, "Training at scale")."""
     from mvmae.job.job import write_manifest
     from mvmae.job.publish import write_store_manifest

@@ -2,11 +2,12 @@
 
 URL forms, as webdataset names shards: local paths and ``file://`` URLs; ``http(s)://`` (and
 ``ftp(s)``, ``sftp``, ``scp``) fetched with curl; object storage, ``s3://`` and ``gs://``, read
-through fsspec (:class:`ObjectStream`; ``pip install 'mvmae[s3]'``, credentials and
-``AWS_ENDPOINT_URL`` from the environment); ``pipe:<command>`` (the command's stdout, run by
-the shell); brace patterns (``train-{000000..000127}.tar``) and ``::``-separated lists, expanded
-by :func:`expand_urls`. Other schemes go to ``webdataset.gopen`` (their waits are not bounded).
-Nothing here imports webdataset (nor, through it, torch) unless such a scheme is opened.
+through fsspec (:class:`ObjectStream`; ``pip install 'mvmae[s3]'`` or ``'mvmae[gcs]'``;
+credentials from the environment: ``AWS_*`` and ``AWS_ENDPOINT_URL``, Google's default
+credentials); ``pipe:<command>`` (the command's stdout, run by the shell); brace patterns
+(``train-{000000..000127}.tar``) and ``::``-separated lists, expanded by :func:`expand_urls`.
+Other schemes go to ``webdataset.gopen`` (their waits are not bounded). Nothing here imports
+webdataset (nor, through it, torch) unless such a scheme is opened.
 
 A command's stdout (curl's, a ``pipe:``'s) is read through :class:`CommandStream` (a raw stream,
 buffered by ``io.BufferedReader``: the tar reader's many 512-byte reads cost no system call
@@ -143,27 +144,41 @@ def is_remote(out: str | Path) -> bool:
 
 
 def filesystem(url: str, connect_timeout_s: float | None = None, read_timeout_s: float | None = None):
-    """(fsspec filesystem, path) of a URL; s3 clients get the given timeouts. Raises
-    :class:`MissingExtraError` naming the extra when the scheme's package is missing."""
+    """(fsspec filesystem, path) of a URL; s3 and gs clients get the given timeouts (to connect,
+    and without a byte read). Raises :class:`MissingExtraError` naming the extra when the
+    scheme's package is missing."""
+    scheme = urlparse(url).scheme
+    extra = "s3" if scheme in ("s3", "s3a") else "gcs" if scheme in ("gs", "gcs") else scheme
     try:
         import fsspec
     except ImportError as exc:
-        raise MissingExtraError(f"{url}: object storage needs fsspec: pip install 'mvmae[s3]'") from exc
-    scheme = urlparse(url).scheme
-    options = {}
-    if scheme in ("s3", "s3a") and (connect_timeout_s or read_timeout_s):
-        options["config_kwargs"] = {"connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s}
+        raise MissingExtraError(f"{url}: object storage needs fsspec: pip install 'mvmae[{extra}]'") from exc
     try:
-        return fsspec.core.url_to_fs(url, **options)
+        return fsspec.core.url_to_fs(url, **_timeout_options(scheme, connect_timeout_s, read_timeout_s))
     except ImportError as exc:
-        extra = "s3" if scheme in ("s3", "s3a") else "gcs" if scheme in ("gs", "gcs") else scheme
         raise MissingExtraError(f"{url}: {exc}; pip install 'mvmae[{extra}]'") from exc
+
+
+def _timeout_options(scheme: str, connect_timeout_s: float | None, read_timeout_s: float | None) -> dict:
+    """The filesystem options that set its client's timeouts: botocore's for s3, aiohttp's per
+    request for gs (gcsfs); none for another scheme or without timeouts."""
+    if not (connect_timeout_s or read_timeout_s):
+        return {}
+    if scheme in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s}}
+    if scheme in ("gs", "gcs"):
+        try:
+            import aiohttp  # gcsfs's HTTP client
+        except ImportError:  # no gcsfs either: url_to_fs names the extra
+            return {}
+        return {"requests_timeout": aiohttp.ClientTimeout(sock_connect=connect_timeout_s, sock_read=read_timeout_s)}
+    return {}
 
 
 class ObjectStream(io.RawIOBase):
     """An object in storage (``s3://``, ``gs://``) read through fsspec, a raw binary stream whose
     waits are bounded as a command's are: the client's connect and read timeouts
-    (``connect_timeout_s``, ``stall_s``; s3) and ``max_time_s`` for the whole stream. Every client
+    (``connect_timeout_s``, ``stall_s``; s3 and gs) and ``max_time_s`` for the whole stream. Every client
     error (botocore, aiohttp, ...) comes out as an OSError (TimeoutError past ``max_time_s``)
     naming the URL, for :class:`stream.ShardReader` to retry."""
 

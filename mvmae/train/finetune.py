@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mvmae.shards.clips import ClipConfig
+from mvmae.shards.fetch import FSSPEC_SCHEMES, filesystem
 from mvmae.shards.inspect import extraction_options
 from mvmae.shards.reader import build_eval_pipeline, eval_skips, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
@@ -122,10 +123,13 @@ class FinetuneConfig(ShardReading):
 
 
 def read_classes(cfg: FinetuneConfig) -> list[str]:
-    """Class names from ``cfg.classes`` or the classes.json beside the first train shard."""
+    """Class names from ``cfg.classes`` or the classes.json beside the first train shard (in a
+    folder, or in object storage where ``extract run`` put it beside the shards)."""
     path = Path(cfg.classes) if cfg.classes else None
     if path is None:
         first = expand_urls(cfg.train)[0]
+        if first.split("://", 1)[0] in FSSPEC_SCHEMES:
+            return _read_stored_classes(f"{first.rsplit('/', 1)[0]}/classes.json")
         if "://" in first or first.startswith("pipe:"):
             raise ValueError("remote shards: pass --classes (the classes.json of the extraction job)")
         path = Path(first).parent / "classes.json"
@@ -133,6 +137,15 @@ def read_classes(cfg: FinetuneConfig) -> list[str]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the class list ({exc})") from exc
+
+
+def _read_stored_classes(url: str) -> list[str]:
+    """classes.json in object storage (s3://, gs://)."""
+    fs, path = filesystem(url)
+    try:
+        return json.loads(fs.cat_file(path))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{url}: cannot read the class list ({exc}); pass --classes") from exc
 
 
 class Finetuner:

@@ -1,6 +1,7 @@
 """Processes for the fault-injection tests, read from /proc: state, group, descendants, command
-lines, and kill -9 of a whole process tree. Plain functions, shared by the extraction, shard and
-training fault helpers (``extract_faults``, ``train_faults``) and tests."""
+lines, and kill -9 of a whole process tree; and the environment this process and those it starts
+see, for a while (:func:`environment`). Plain functions, shared by the extraction, shard and
+training fault helpers (``extract_faults``, ``train_faults``), the loopback servers and tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Iterator
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -91,3 +93,19 @@ def kill_tree(pid: int, limit_s: float = 30) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGKILL)
     wait_for(lambda: not any(is_running(p) for p in pids[1:]), limit_s, f"processes {pids[1:]} to die")
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` (seen by this process and the processes it starts)
+    until the block ends, then as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

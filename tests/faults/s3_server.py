@@ -1,17 +1,20 @@
 """A real S3 server on loopback (moto's ``ThreadedMotoServer``) behind a WSGI middleware that
 fails chosen requests on purpose: an S3 ``SlowDown`` 503, a dropped connection (no reply, the
-request not served), or a lost reply (the request served, a write done, then the connection
-dropped: a success that looks like a failure; for a GET, the body cut half-way).
+request not served), a lost reply (the request served, a write done, then the connection
+dropped: a success that looks like a failure; for a GET, the body cut half-way), or a request
+held half-received (half its body read, then nothing until ``Faults.release`` is set, then the
+connection dropped unserved: an upload in flight, for a test to kill its client meanwhile).
 
 ``s3_server()`` starts one, points the standard AWS variables at it (``AWS_ENDPOINT_URL``,
-dummy credentials) for this process and the processes it starts, and creates a bucket.
+dummy credentials) for this process and the processes it starts, and creates a bucket;
+``check_same_as_local`` compares a job's objects with the reference run's files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import os
 import re
 import socket
 import threading
@@ -19,10 +22,13 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import needs
+import processes
+import shard_faults as sf
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b'<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>')
-KINDS = ("slowdown", "drop", "lose_reply")
+KINDS = ("slowdown", "drop", "lose_reply", "hold")
+HOLD_LIMIT_S = 120  # a held request is dropped after this even if never released
 
 
 @dataclass
@@ -44,10 +50,13 @@ class Faults:
     rules: list[Rule] = field(default_factory=list)
     log: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, what was done)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    release: threading.Event = field(default_factory=threading.Event)  # lets held requests go (dropped)
 
     def add(self, method: str, path: str, kind: str, times: int = 1) -> Rule:
         assert kind in KINDS, kind
         rule = Rule(method, path, kind, times)
+        if kind == "hold":
+            self.release.clear()
         with self.lock:
             self.rules.append(rule)
         return rule
@@ -55,6 +64,7 @@ class Faults:
     def clear(self) -> None:
         with self.lock:
             self.rules.clear()
+        self.release.set()
 
     def pick(self, method: str, path: str) -> str:
         with self.lock:
@@ -80,6 +90,11 @@ class FaultMiddleware:
             start_response("503 Slow Down", [("Content-Type", "application/xml"),
                                              ("Content-Length", str(len(SLOWDOWN)))])
             return [SLOWDOWN]
+        if kind == "hold":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            environ["wsgi.input"].read(length // 2)
+            self.faults.release.wait(HOLD_LIMIT_S)
+            kind = "drop"
         if kind == "drop":
             _drop(environ)
             start_response("500 Dropped", [])  # never sent: the connection is gone
@@ -169,22 +184,33 @@ def s3_server(bucket: str = "mvmae") -> Iterator[S3Server]:
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true",
            "AWS_MAX_ATTEMPTS": "2"}  # botocore's own retries, fewer: a fault reaches s3fs's and mvmae's sooner
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    import s3fs
+
     try:
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()  # a cached client would reach an older server
-        s3 = S3Server(env["AWS_ENDPOINT_URL"], bucket, faults)
-        s3.client().create_bucket(Bucket=bucket)
-        yield s3
+        with processes.environment(env):
+            s3fs.S3FileSystem.clear_instance_cache()  # a cached client would reach an older server
+            s3 = S3Server(env["AWS_ENDPOINT_URL"], bucket, faults)
+            s3.client().create_bucket(Bucket=bucket)
+            yield s3
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        import s3fs
-
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
+
+
+def _shard_names() -> list[str]:
+    return [f"train-{j:06d}" for j in range(sf.NUM_SHARDS)]
+
+
+def check_same_as_local(s3, prefix: str, dataset: dict) -> None:
+    """The bucket holds the local run's shards byte for byte, each with its marker, its job
+    record, classes and manifest, and nothing else (no partial or temporary object)."""
+    local = dataset["dir"]
+    names = _shard_names()
+    expected = sorted([f"{prefix}/{n}.{ext}" for n in names for ext in ("tar", "json")]
+                      + [f"{prefix}/{f}" for f in ("classes.json", "train-job.json", "train-manifest.jsonl")])
+    assert s3.keys(prefix + "/") == expected
+    for name in names:
+        assert s3.read(f"{prefix}/{name}.tar") == (local / f"{name}.tar").read_bytes(), name
+        assert json.loads(s3.read(f"{prefix}/{name}.json")) == json.loads((local / f"{name}.json").read_text())
+    assert s3.read(f"{prefix}/train-manifest.jsonl") == (local / "train-manifest.jsonl").read_bytes()
+    assert json.loads(s3.read(f"{prefix}/classes.json")) == json.loads(dataset["classes"].read_text())

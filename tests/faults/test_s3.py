@@ -9,7 +9,6 @@ the local run's tar byte for byte, with its marker), and the shards read back as
 from __future__ import annotations
 
 import collections
-import json
 import logging
 
 import pytest
@@ -21,43 +20,13 @@ from mvmae.shards.reader import build_train_pipeline
 from mvmae.shards.stream import ReadConfig, ShardReader
 
 import shard_faults as sf
-from s3_server import s3_server
+from s3_server import check_same_as_local
 
 READ_FLAGS = ["--retries", "3", "--retry-delay", "0.01", "--stall-timeout", "5", "--connect-timeout", "5"]
 
 
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
-    return sf.fault_dataset(tmp_path_factory)
-
-
 def _list_file(dataset: dict):
     return dataset["dir"].parent / "list.txt"
-
-
-def _shard_names() -> list[str]:
-    return [f"train-{j:06d}" for j in range(sf.NUM_SHARDS)]
-
-
-def check_same_as_local(s3, prefix: str, dataset: dict) -> None:
-    """The bucket holds the local run's shards byte for byte, each with its marker, its job
-    record, classes and manifest, and nothing else (no partial or temporary object)."""
-    local = dataset["dir"]
-    names = _shard_names()
-    expected = sorted([f"{prefix}/{n}.{ext}" for n in names for ext in ("tar", "json")]
-                      + [f"{prefix}/{f}" for f in ("classes.json", "train-job.json", "train-manifest.jsonl")])
-    assert s3.keys(prefix + "/") == expected
-    for name in names:
-        assert s3.read(f"{prefix}/{name}.tar") == (local / f"{name}.tar").read_bytes(), name
-        assert json.loads(s3.read(f"{prefix}/{name}.json")) == json.loads((local / f"{name}.json").read_text())
-    assert s3.read(f"{prefix}/train-manifest.jsonl") == (local / "train-manifest.jsonl").read_bytes()
-    assert json.loads(s3.read(f"{prefix}/classes.json")) == json.loads(dataset["classes"].read_text())
 
 
 def test_extract_into_s3_through_write_faults(s3, dataset, cli_runner, tmp_path) -> None:

@@ -17,9 +17,10 @@ RUN = "import sys; sys.modules[{module!r}] = None; from mvmae.cli import main; m
 @pytest.mark.parametrize("module,extra_args,message", [
     ("ray", ["--engine", "ray"], "error: --engine ray needs Ray: pip install 'mvmae[ray]'"),
     ("s3fs", [], "pip install 'mvmae[s3]'"),
+    ("gcsfs", [], "pip install 'mvmae[gcs]'"),
 ])
 def test_missing_extra_is_one_line(job_list_names, tmp_path, module, extra_args, message) -> None:
-    out = "s3://bucket/shards" if module == "s3fs" else str(tmp_path / "out")
+    out = {"s3fs": "s3://bucket/shards", "gcsfs": "gs://bucket/shards"}.get(module, str(tmp_path / "out"))
     args = ["extract", "run", str(job_list_names), out, "--scratch", str(tmp_path / "scratch"), *extra_args]
     proc = subprocess.run([sys.executable, "-c", RUN.format(module=module, args=args)], capture_output=True,
                           text=True, timeout=120)

@@ -97,7 +97,7 @@ def _overrides(**values) -> dict:
               help="Motion encoder size [default: small = 384-d, 12 blocks, 6 heads].")
 @click.option("--embed", type=click.Choice(["linear", "conv"]),
               help="Motion encoder token embedding: per token (ViT), or a 3x3x3 convolution over the token grid "
-                   "(masked tokens enter it as zeros) [default: linear].")
+                   "(masked tokens enter it as zeros) [default: conv].")
 @click.option("--epochs", type=int, help="Passes over the shards [default: 400].")
 @click.option("--warmup-epochs", type=int,
               help="Linear warmup; one longer than the run is cut to a tenth of it, with a warning [default: 20].")
@@ -172,7 +172,7 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
               help="Motion encoder size when not pretrained [default: small].")
 @click.option("--motion-embed", type=click.Choice(["linear", "conv"]),
               help="Motion encoder token embedding when not pretrained: per token (ViT), or a 3x3x3 "
-                   "convolution over the token grid, each token knowing its neighbours [default: linear].")
+                   "convolution over the token grid, each token knowing its neighbours [default: conv].")
 @click.option("--fusion", type=click.Choice(["concat", "afm"]), help="Feature fusion [default: concat].")
 @click.option("--dptam/--no-dptam", default=None, help="Double-pooling temporal attention on motion features.")
 @click.option("--motion-pool", type=click.Choice(["motion", "mean", "attention"]),

@@ -209,6 +209,24 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None,
     return _build(cls, layers)
 
 
+def fill_missing(saved: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` (a config as a checkpoint stores it) with ``values`` (dotted keys) set where it
+    lacks them: a checkpoint written before a field existed ran with that field's old default,
+    not today's (the configs' ``LEGACY_DEFAULTS``)."""
+    out = dict(saved)
+    for dotted, value in values.items():
+        *parents, name = dotted.split(".")
+        node = out
+        for parent in parents:
+            if not isinstance(node.get(parent), Mapping):
+                break
+            node[parent] = dict(node[parent])
+            node = node[parent]
+        else:
+            node.setdefault(name, value)
+    return out
+
+
 def plain_data(value: Any) -> Any:
     """``value`` as plain YAML/JSON-safe data: dataclasses as dicts, tuples as lists, paths as
     strings (what a config looks like once saved and read back)."""

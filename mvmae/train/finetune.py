@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from mvmae.shards.fetch import FSSPEC_SCHEMES, filesystem
 from mvmae.shards.inspect import extraction_options
 from mvmae.shards.reader import build_eval_pipeline, eval_skips, expand_urls, make_loader
 from mvmae.train import checkpoint as ckpt
-from mvmae.train.config import config_to_dict
+from mvmae.train.config import config_to_dict, fill_missing
 from mvmae.train.labels import scan_labels, stratified_subset, write_subset
 from mvmae.train.distributed import all_reduce_mean, init_distributed, wrap_ddp
 from mvmae.train.model import ClassifierConfig, MVMAEClassifier, build_classifier, classifier_clip
@@ -57,6 +57,9 @@ class FinetuneConfig(ShardReading):
     flip_prob, rotate, crop_area: train augmentation (rotate: random quarter turns, for top-down
     footage); a horizontal flip negates dx, swapping left/right and cw/ccw classes, hence the
     default 0. read, loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
+
+    # What a checkpoint that lacks a field ran with (the field's default before it changed).
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"model.motion_embed": "linear"}
 
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
@@ -342,7 +345,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     extra = state.get(ckpt.EXTRA) or {}
     if extra.get("kind") != "classifier":
         raise ValueError(f"{path}: not a classifier checkpoint of mvmae train")
-    cfg = load_config(FinetuneConfig, None, {k: v for k, v in state[ckpt.CONFIG].items()
+    saved = fill_missing(state[ckpt.CONFIG], FinetuneConfig.LEGACY_DEFAULTS)
+    cfg = load_config(FinetuneConfig, None, {k: v for k, v in saved.items()
                                              if k not in ("pretrained", "init", "resume")})
     model = build_classifier(cfg.model, cfg.tokens)
     model.load_state_dict(extra["ema"] if use_ema and extra.get("ema") else state[ckpt.MODEL])

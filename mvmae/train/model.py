@@ -59,7 +59,7 @@ class ClassifierConfig:
     context_weights: str = ""
     motion_size: str = "small"
     motion_pos: str = "joint"
-    motion_embed: str = "linear"
+    motion_embed: str = "conv"
     motion_pool: str = "motion"
     temporal_tokens: str = "segment"
     fusion: str = "concat"

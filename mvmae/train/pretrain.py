@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
@@ -47,6 +48,9 @@ class PretrainConfig(ShardReading):
     warm-up longer than the run is cut to a tenth of it (``schedule.warmup_steps``).
     read, loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
 
+    # What a checkpoint that lacks a field ran with (the field's default before it changed).
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"embed": "linear"}
+
     train: list[str] = field(default_factory=list)
     codebook: str = ""
     out: str = "runs/pretrain"
@@ -55,7 +59,7 @@ class PretrainConfig(ShardReading):
     masking_options: dict = field(default_factory=dict)
     model_size: str = "small"
     pos: str = "joint"
-    embed: str = "linear"
+    embed: str = "conv"
     decoder_dim: int = 192
     decoder_depth: int = 4
     decoder_heads: int = 3

@@ -57,9 +57,9 @@ def load_pretrained_motion(path: str) -> PretrainedMotion:
         raise ValueError(f"{path}: not a pretraining checkpoint of mvmae pretrain")
     config = state.get(ckpt.CONFIG) or {}
     weights = {k[len("encoder."):]: v for k, v in state[ckpt.MODEL].items() if k.startswith("encoder.")}
-    # The defaults of PretrainConfig, for a checkpoint whose config lacks the field.
+    # For a checkpoint whose config lacks a field: PretrainConfig's default when it was written.
     return PretrainedMotion(path=str(path), weights=weights, motion_size=config.get("model_size", "small"),
-                            motion_pos=config.get("pos", "joint"), motion_embed=config.get("embed", "linear"),
+                            motion_pos=config.get("pos", "joint"), motion_embed=config.get("embed", "linear"),  # before embed existed: linear
                             spec=TokenSpec(**extra["token_spec"]))
 
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from mvmae.files import stale_temporaries
 from mvmae.train import checkpoint as ckpt
-from mvmae.train.config import plain_data
+from mvmae.train.config import fill_missing, plain_data
 from mvmae.train.logs import METRICS_FILE, truncate_records
 from mvmae.train.writes import writing
 
@@ -82,7 +82,7 @@ def check_resume_config(state: Mapping[str, Any], current: Any, path: Path) -> N
     augmentation, optimizer, schedule, seed, and the data order (``workers`` unless the shards
     are resampled, ``read.check_crc``). ``epochs`` may grow once the saved run has finished (an
     extension, which replans the LR schedule); moved inputs are logged."""
-    saved = state.get(ckpt.CONFIG) or {}
+    saved = fill_missing(state.get(ckpt.CONFIG) or {}, getattr(current, "LEGACY_DEFAULTS", {}))
     resampled = bool(saved.get("steps_per_epoch"))
     changed = {k: pair for k, pair in sorted(_field_pairs(saved, current).items())
                if not _is_free(k, resampled) and pair[0] != pair[1]}

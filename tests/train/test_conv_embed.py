@@ -95,3 +95,30 @@ def test_step_tokens_keep_the_order_inside_a_segment_that_segment_tokens_pool_aw
         torch.testing.assert_close((per_step * weight).sum(2) / weight.sum(2), per_segment)
     with pytest.raises(ValueError, match="temporal_tokens"):
         ClassifierConfig(temporal_tokens="frame")
+
+
+def test_a_checkpoint_from_before_embed_existed_loads_as_the_linear_embedding_it_ran_with(tmp_path):
+    """Checkpoints written before ``motion_embed`` existed ran with 'linear' (the default then);
+    today's default is 'conv': eval, predict and export must still rebuild the model they hold,
+    and a resume under today's default must be refused by name, not crash on the weights."""
+    from mvmae.train import checkpoint as ckpt
+    from mvmae.train.config import config_to_dict
+    from mvmae.train.finetune import FinetuneConfig, load_classifier
+    from mvmae.train.resume import ResumeError, check_resume_config
+
+    cfg = FinetuneConfig(train=["x.tar"], model=ClassifierConfig(num_classes=3, inputs="mv", motion_size="micro",
+                                                                 num_segments=2, dim=32, temporal_heads=4,
+                                                                 motion_embed="linear"), tokens=SPEC)
+    assert FinetuneConfig().model.motion_embed == "conv"
+    model = build_classifier(cfg.model, cfg.tokens)
+    old = config_to_dict(cfg)
+    del old["model"]["motion_embed"]
+    state = {ckpt.CONFIG: old, ckpt.MODEL: model.state_dict(), ckpt.EPOCH: 0,
+             ckpt.EXTRA: {"kind": "classifier", "classes": ["a", "b", "c"]}}
+    path = ckpt.save_checkpoint(tmp_path / "old.pt", state)
+    loaded, classes, loaded_cfg = load_classifier(path)
+    assert loaded_cfg.model.motion_embed == "linear" and classes == ["a", "b", "c"]
+    assert isinstance(loaded.motion_encoder.embed, torch.nn.Linear)
+    with pytest.raises(ResumeError, match=r"model.motion_embed 'linear' -> 'conv'"):
+        check_resume_config(ckpt.load_checkpoint(path), FinetuneConfig(
+            train=["x.tar"], model=ClassifierConfig(**{**old["model"], "motion_embed": "conv"}), tokens=SPEC), path)

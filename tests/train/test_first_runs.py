@@ -127,7 +127,8 @@ def test_train_after_a_tiny_pretrain_takes_its_encoder(tiny_pretrain, synth_shar
     spec = TokenSpec(**state[ckpt.EXTRA]["token_spec"])
     model, classes, cfg = load_classifier(out / "last.pt")
     assert cfg.model.motion_size == "tiny" and cfg.tokens == spec and len(classes) == 4
-    assert len(model.motion_encoder.blocks) == 12 and model.motion_encoder.embed.out_features == 192
+    assert len(model.motion_encoder.blocks) == 12 and model.motion_encoder.config.dim == 192
+    assert cfg.model.motion_embed == model.motion_encoder.config.embed == "conv"  # pretrain's default, carried
     encoder = model.motion_encoder.state_dict()
     for name, value in state[ckpt.MODEL].items():
         if name.startswith("encoder."):

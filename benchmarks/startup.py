@@ -153,11 +153,12 @@ def export_tree(ref: str, cache_dir: Path) -> tuple[Path, str]:
 
 
 def run_child(argv: list[str], tree: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run ``python argv`` with PYTHONPATH=tree: (wall s, CPU s of the child, stdout)."""
+    """Run ``python argv`` in ``tree`` with PYTHONPATH=tree: (wall s, CPU s of the child, stdout).
+    In ``tree``: ``-c`` and ``-m`` put the working folder first on sys.path, before PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": str(tree), **(env or {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, cwd=tree)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -217,6 +218,8 @@ def stages_table(trees: dict[str, Path], clip: Path, work: Path, repeats: int) -
             _, _, out = run_child(["-c", _STAGES, str(clip), str(work / "stages.npz")], tree)
             for line in out.splitlines():
                 name, value = line.split("\t")
+                if name == "mvmae" and not Path(value).is_relative_to(tree):
+                    raise RuntimeError(f"{label}: the child imported {value}, not the tree's mvmae")
                 if name != "mvmae":
                     rows.setdefault(name, {}).setdefault(label, []).append(float(value))
     lines = ["| stage (CPU s, median) | " + " | ".join(trees) + " |", "|---|" + "---:|" * len(trees)]

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import click
 import numpy as np
@@ -188,3 +192,18 @@ def test_a_training_write_error_is_one_line_with_its_hint(cli_runner) -> None:
     assert result.exit_code == 1
     assert _error_lines(result) == ["error: cannot write checkpoint /run/last.pt: No space left on device "
                                     "(ENOSPC); free space, then rerun with --resume"]
+
+
+def test_help_and_probe_load_neither_numba_nor_torch(bikes_mp4) -> None:
+    """Start-up: `mvmae --help` and `mvmae probe` import neither numba (its import and kernel
+    loading cost a cold process about a second, benchmarks/startup.py) nor torch."""
+    code = ("import sys\nfrom mvmae.cli import main\n"
+            "for args in (['--help'], ['probe', sys.argv[1]]):\n"
+            "    main(args, standalone_mode=False)\n"
+            "print(sorted(m for m in ('numba', 'scipy', 'torch') if m in sys.modules))")
+    root = Path(mvmae.__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code, str(bikes_mp4)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
+

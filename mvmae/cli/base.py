@@ -79,39 +79,49 @@ def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
 
 
+# The exceptions that are a user's problem, as (module, class): reported as one line. Looked up
+# in sys.modules only: an exception of a module never imported cannot have been raised, and
+# importing them all (mvmae.job.job imports the decoder, hence numba) would cost every command
+# a second of start-up.
+EXPECTED_ERRORS = (
+    ("mvmae.datasets.lists", "DatasetError"),
+    ("mvmae.extract.errors", "VideoError"),
+    ("mvmae.files", "WriteError"),
+    ("mvmae.job.job", "JobError"),
+    ("mvmae.job.store", "MissingExtraError"),
+    ("mvmae.job.store", "StoreError"),
+    ("mvmae.shards.sample", "SampleError"),
+    ("mvmae.shards.stream", "ShardError"),
+    ("mvmae.shards.videolist", "VideoListError"),
+)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The classes of EXPECTED_ERRORS whose modules are imported."""
+    return tuple(getattr(sys.modules[module], name) for module, name in EXPECTED_ERRORS
+                 if module in sys.modules)
+
+
 def handle_errors(func):
     """Report expected failures as one line on stderr and exit 1; tracebacks only with --debug."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from mvmae.datasets.lists import DatasetError
-        from mvmae.extract.errors import VideoError
-        from mvmae.files import WriteError
-        from mvmae.job.job import JobError
-        from mvmae.job.store import MissingExtraError, StoreError
-        from mvmae.shards.sample import SampleError
-        from mvmae.shards.stream import ShardError
-        from mvmae.shards.videolist import VideoListError
-
         ctx = click.get_current_context()
         debug = (ctx.find_root().obj or {}).get("debug", False)
         try:
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (DatasetError, VideoError, JobError, VideoListError, ShardError, SampleError, WriteError,
-                StoreError, MissingExtraError) as exc:
+        except Exception as exc:
             if debug:
                 raise
-            fail(str(exc))
-        except (OSError, ValueError) as exc:
-            if debug:
-                raise
-            fail(f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # anything else is a bug: say so, keep the traceback behind --debug
-            if debug:
-                raise
-            fail(f"unexpected {type(exc).__name__}: {exc} (run `mvmae --debug ...` for the traceback)")
+            if isinstance(exc, _expected_errors()):
+                fail(str(exc))
+            elif isinstance(exc, (OSError, ValueError)):
+                fail(f"{type(exc).__name__}: {exc}")
+            else:  # anything else is a bug: say so, keep the traceback behind --debug
+                fail(f"unexpected {type(exc).__name__}: {exc} (run `mvmae --debug ...` for the traceback)")
         sys.exit(1)
 
     return wrapper

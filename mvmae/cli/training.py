@@ -118,9 +118,10 @@ def _overrides(**values) -> dict:
 @click.option("--resume", is_flag=True, default=None,
               help="Continue from OUT/last.pt (from the start if there is none yet) with the same config: "
                    "--config OUT/config.yaml --resume.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @handle_errors
 def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: str | None,
-             visible_moving_ratio: float | None, **flags) -> None:
+             visible_moving_ratio: float | None, compile_: bool | None, **flags) -> None:
     """Masked motion pretraining of the Motion encoder on shards.
 
     \b
@@ -132,7 +133,7 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
     from mvmae.train.config import load_config
     from mvmae.train.pretrain import PretrainConfig, Pretrainer
 
-    overrides = _overrides(train=list(train) or None, codebook=codebook_path, **flags)
+    overrides = _overrides(train=list(train) or None, codebook=codebook_path, compile=compile_, **flags)
     cfg = load_config(PretrainConfig, config_path, overrides)
     if visible_moving_ratio is not None:
         cfg.masking_options = {**cfg.masking_options, "visible_moving_ratio": visible_moving_ratio}

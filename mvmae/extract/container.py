@@ -172,3 +172,13 @@ class PacketReader:
                 return
             self.num_packets += bool(packet.size)
             yield packet
+
+
+def quarter_turns(rotation_deg: float) -> int | None:
+    """Counterclockwise quarter turns (0-3) of a display rotation in degrees (FFmpeg's
+    ``av_display_rotation_get``, e.g. PyAV's ``VideoFrame.rotation``); None when it is not a
+    multiple of 90 (within 1 degree)."""
+    turns = rotation_deg / 90.0
+    if abs(turns - round(turns)) * 90.0 > 1.0:
+        return None
+    return int(round(turns)) % 4

@@ -24,8 +24,8 @@ import av
 import numpy as np
 
 from mvmae.extract import h264
-from mvmae.extract.container import PacketReader, StreamInfo, nal_framing, open_video, stream_info
-from mvmae.extract.mvfield import Blocks, grid_shape, quarter_turns, rasterize, rotate_blocks
+from mvmae.extract.container import PacketReader, StreamInfo, nal_framing, open_video, quarter_turns, stream_info
+from mvmae.extract.mvfield import Blocks, grid_shape, rasterize, rotate_blocks
 from mvmae.extract.picture import blocks_of, luma_view, subset_blocks, upright_rgb
 from mvmae.extract.resolve import Reference, resolve_velocity
 

@@ -92,13 +92,3 @@ def rotate_blocks(blocks: Blocks, vectors: np.ndarray, size: tuple[int, int],
                    np.ascontiguousarray(bw, np.int32), np.ascontiguousarray(bh, np.int32),
                    b.motion, b.direction)
     return moved, np.ascontiguousarray(turned, np.float32), shape
-
-
-def quarter_turns(rotation_deg: float) -> int | None:
-    """Counterclockwise quarter turns (0-3) of a display rotation in degrees (FFmpeg's
-    ``av_display_rotation_get``, e.g. PyAV's ``VideoFrame.rotation``); None when it is not a
-    multiple of 90 (within 1 degree)."""
-    turns = rotation_deg / 90.0
-    if abs(turns - round(turns)) * 90.0 > 1.0:
-        return None
-    return int(round(turns)) % 4

@@ -18,9 +18,8 @@ from pathlib import Path
 import av
 
 from mvmae.extract import h264
-from mvmae.extract.container import PacketReader, nal_framing, open_video, stream_info
+from mvmae.extract.container import PacketReader, nal_framing, open_video, quarter_turns, stream_info
 from mvmae.extract.errors import NoFramesError
-from mvmae.extract.mvfield import quarter_turns
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable
 from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import braceexpand
 
@@ -104,6 +103,8 @@ def local_path(url: str) -> Path | None:
     if parsed.scheme == "":
         return Path(url)
     if parsed.scheme == "file":
+        from urllib.request import url2pathname  # urllib.request (http, ssl, email) costs every command ~20 ms
+
         return Path(url2pathname(parsed.path))
     return None
 

@@ -22,7 +22,7 @@ from mvmae.shards.clips import ClipConfig
 from mvmae.train import checkpoint as ckpt
 from mvmae.train.codebook import Codebook
 from mvmae.train.config import config_to_dict
-from mvmae.train.distributed import all_reduce_mean, all_reduce_sum, init_distributed, unwrap_model, wrap_ddp
+from mvmae.train.distributed import all_reduce_mean, all_reduce_sum, init_distributed, wrap_ddp
 from mvmae.train.masking import build_masking
 from mvmae.train.motion_encoder import MaskedMotionModel, MotionDecoderConfig, motion_encoder_config
 from mvmae.train.pretext import PretextOptions, PretextStats, pretext_loss
@@ -46,7 +46,8 @@ class PretrainConfig(ShardReading):
     embed: the Motion encoder's positions and token embedding (``MotionEncoderConfig``).
     epochs and warmup_epochs count passes over the shards (or ``steps_per_epoch`` batches); a
     warm-up longer than the run is cut to a tenth of it (``schedule.warmup_steps``).
-    read, loader_timeout_s: how shards are read (``trainer.ShardReading``)."""
+    read, loader_timeout_s: how shards are read (``trainer.ShardReading``). amp: bf16 autocast
+    on CUDA; compile: ``torch.compile`` the model (checkpoints hold the uncompiled weights)."""
 
     # What a checkpoint that lacks a field ran with (the field's default before it changed).
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"embed": "linear"}
@@ -79,6 +80,7 @@ class PretrainConfig(ShardReading):
     shuffle_buffer: int = 64
     seed: int = 0
     amp: bool = True
+    compile: bool = False
     keep_last: int = 3
     log_every: int = 10
     resume: bool = False
@@ -134,9 +136,10 @@ class Pretrainer:
         self.inputs = self._inputs()
         self.folder = RunFolder(self.manager, cfg, self.dist, inputs=self.inputs)
         with self.folder.setting_up():  # a failure from here on releases the folder
-            model = build_model(cfg, self.spec, self.book.size).to(self.device)
-            self.model = wrap_ddp(model, self.dist)
-            self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay)
+            # Checkpoints hold raw_model's weights: torch.compile's wrapper would prefix them.
+            self.raw_model = build_model(cfg, self.spec, self.book.size).to(self.device)
+            self.model = wrap_ddp(torch.compile(self.raw_model) if cfg.compile else self.raw_model, self.dist)
+            self.optimizer = build_optimizer(self.raw_model, cfg.lr, cfg.weight_decay)
             self.masking = build_masking(cfg.masking, mask_ratio=cfg.mask_ratio, **self._masking_options())
             self.amp = cfg.amp and self.device.type == "cuda"
             self.equal = equal_epoch(cfg, self.dist)
@@ -146,7 +149,7 @@ class Pretrainer:
                 log.warning(note)
             state = self.folder.state
             if state is not None:
-                load_weights(state, unwrap_model(self.model), self.optimizer)
+                load_weights(state, self.raw_model, self.optimizer)
             self.logger = self.folder.start(self.steps_per_epoch)
             self.epoch, self.step = continue_from(state)
         if state is not None:
@@ -186,7 +189,7 @@ class Pretrainer:
         return metrics
 
     def _state(self) -> dict:
-        return {ckpt.MODEL: unwrap_model(self.model).state_dict(),
+        return {ckpt.MODEL: self.raw_model.state_dict(),
                 ckpt.OPTIMIZER: self.optimizer.state_dict(), ckpt.STEP: self.step,
                 ckpt.STEPS_PER_EPOCH: self.steps_per_epoch,
                 ckpt.RNG: ckpt.capture_rng_state(), ckpt.CONFIG: config_to_dict(self.cfg),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
 
+from mvmae.extract import export
 from mvmae.extract.export import SCHEMA_KEYS, load_export, save_export
 from mvmae.extract.video import VideoFields
 
@@ -81,6 +83,18 @@ def test_save_creates_parent_folders(tmp_path) -> None:
     assert load_export(path).num_frames == T
 
 
+def test_export_is_a_deflated_npz(tmp_path) -> None:
+    """numpy reads the file as it reads np.savez_compressed's: one deflated .npy per key."""
+    fields = make_fields()
+    path = save_export(tmp_path / "clip.npz", fields)
+    with zipfile.ZipFile(path) as archive:
+        assert {i.filename for i in archive.infolist()} == {f"{k}.npy" for k in SCHEMA_KEYS}
+        assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    with np.load(path, allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["mv"], fields.mv)
+        np.testing.assert_array_equal(z["iframes"], fields.iframes)
+
+
 def _failing_savez(*args, **kwargs):
     file = args[0]
     file.write(b"PK\x03\x04 partial zip data")  # some bytes reach the temp file first
@@ -90,7 +104,7 @@ def _failing_savez(*args, **kwargs):
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    monkeypatch.setattr(np, "savez_compressed", _failing_savez)
+    monkeypatch.setattr(export, "write_npz", _failing_savez)
     with pytest.raises(OSError, match="No space left"):
         save_export(out_dir / "clip.npz", make_fields())
     assert list(out_dir.iterdir()) == []  # neither the target nor a temp file
@@ -99,7 +113,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch) -> None:
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch) -> None:
     target = save_export(tmp_path / "clip.npz", make_fields(seed=1))
     before = target.read_bytes()
-    monkeypatch.setattr(np, "savez_compressed", _failing_savez)
+    monkeypatch.setattr(export, "write_npz", _failing_savez)
     with pytest.raises(OSError):
         save_export(target, make_fields(seed=2))
     assert target.read_bytes() == before
@@ -113,7 +127,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch) -> None:
         file.write(b"PK\x03\x04")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(np, "savez_compressed", interrupted)
+    monkeypatch.setattr(export, "write_npz", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_export(tmp_path / "clip.npz", make_fields())
     assert list(tmp_path.iterdir()) == []

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvmae.extract.mvfield import Blocks, quarter_turns, rasterize, rotate_blocks
+from mvmae.extract.container import quarter_turns
+from mvmae.extract.mvfield import Blocks, rasterize, rotate_blocks
 from mvmae.extract.probe import probe_video
 from mvmae.extract.video import extract_video
 

@@ -174,6 +174,13 @@ CASES = {
     "zeroed_header": zeroed_header, "empty": emptied, "last_header": last_header, "concatenated": concatenated,
 }
 
+# The cases `shards inspect` must fail (exit status 1): tar damage and a damaged or missing record.
+INSPECT_FAILS = frozenset({
+    "concatenated", "cut_between_samples", "cut_end_of_archive", "cut_mid_header", "cut_mid_member", "empty",
+    "flip_first_header", "flip_header", "garbage_header", "last_header", "zeroed_header",
+    f"flip_{RECORD}", f"missing_{RECORD}",
+})
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> dict:
@@ -186,7 +193,7 @@ def damaged(request, dataset, tmp_path) -> dict:
     tars = sf.copy_shards(dataset, tmp_path / "shards")
     shard = tars[DAMAGED]
     damage = CASES[request.param](shard, dataset["keys"][shard.name])
-    return {"tars": tars, "shard": shard, "damage": damage, "folder": tmp_path / "shards"}
+    return {"tars": tars, "shard": shard, "damage": damage, "folder": tmp_path / "shards", "case": request.param}
 
 
 def check_problems(problems: list[Problem], url: str, damage: Damage, suffix: str = "") -> None:
@@ -253,7 +260,8 @@ def test_inspect_fails_cleanly(damaged, dataset, cli_runner) -> None:
     damage, shard = damaged["damage"], damaged["shard"]
     result = cli_runner.invoke(main, ["shards", "inspect", sf.brace(damaged["folder"]), "--json"])
     record_hit = damage.sample_skips and damage.reason == RECORD
-    if damage.shard_skips or record_hit:
+    assert bool(damage.shard_skips or record_hit) == (damaged["case"] in INSPECT_FAILS)  # the cases, pinned
+    if damaged["case"] in INSPECT_FAILS:
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         (line,) = result.stderr.splitlines()
         prefix = f"error: {shard} {damage.key or '-'}: "

@@ -111,7 +111,7 @@ def test_max_seconds_cuts_long_video(job_media, pan_clip_factory, tmp_path, cli_
     listing = tmp_path / "list.txt"
     listing.write_text(f"{long_clip} run\n{short} jump\n")
     result = cli_runner.invoke(main, ["extract", "run", str(listing), str(tmp_path / "out"),
-                                      "--max-seconds", "1"])
+                                      "--max-seconds", "1", "--workers", "0"])
     assert result.exit_code == 0, result.stderr
     assert "2 videos: 2 ok, 0 failed; 5 samples in 1 shards" in result.stdout
     samples = read_samples(tmp_path / "out")

@@ -4,6 +4,7 @@ process that tries to lock run folders."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import synth_data
-from synth_data import SYNTH_CLASSES, SYNTH_FRAMES, brace
+from synth_data import EXTRACT_WORKERS, SYNTH_CLASSES, SYNTH_FRAMES, brace
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +58,10 @@ def motion_shards(tmp_path_factory) -> dict:
     counts = {}
     for split in ("train", "val"):
         summary = run_job(JobConfig(input=lists[split], out_dir=shards, split=split,
-                                    shard_size=MOTION_SHARD_SIZE))
+                                    shard_size=MOTION_SHARD_SIZE, workers=EXTRACT_WORKERS))
         assert summary.num_failed == 0 and not summary.shards_failed, summary
         counts[split] = summary.num_samples
+    gc.collect()  # synth_data.EXTRACT_WORKERS
     return {"dir": root / "data", "shards": shards, "train": brace(shards, "train"),
             "val": brace(shards, "val"), "num_train": counts["train"], "num_val": counts["val"]}
 

@@ -9,6 +9,7 @@ Read-only for tests.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,13 @@ from pathlib import Path
 # 12 train videos (3 shards of 4) and 4 val videos (1 shard).
 SYNTH_CLASSES, SYNTH_CLIPS_PER_CLASS, SYNTH_FRAMES = 4, 4, 32
 SHARD_SIZE = 4
+
+# The shared datasets are extracted in the test process (``workers=0``): a spawned extraction
+# worker costs its start-up per job, and what is tested here is what the shards hold, not the
+# supervision (tests/job, tests/faults). Then ``gc.collect()``: PyAV objects left as garbage in
+# this process would be freed in a forked DataLoader worker, which hangs joining FFmpeg threads it
+# does not have (as ``reader_dataset`` in tests/shards/conftest.py).
+EXTRACT_WORKERS = 0
 
 # The codebook the pretraining tests share: small enough that a micro model runs an epoch in
 # about a second (16 frames, 8x8 cells -> 8 x 8 x 8 = 512 tokens of dim 4 per clip).
@@ -50,9 +58,11 @@ def _build_shards(root: Path) -> dict:
     shards = root / "shards"
     counts = {}
     for split in ("train", "val"):
-        summary = run_job(JobConfig(input=lists[split], out_dir=shards, split=split, shard_size=SHARD_SIZE))
+        summary = run_job(JobConfig(input=lists[split], out_dir=shards, split=split, shard_size=SHARD_SIZE,
+                                    workers=EXTRACT_WORKERS))
         assert summary.num_failed == 0 and not summary.shards_failed, summary
         counts[split] = summary.num_samples
+    gc.collect()
     return {"dir": str(root / "data"), "shards": str(shards), "train": brace(shards, "train"),
             "val": brace(shards, "val"), "num_train": counts["train"], "num_val": counts["val"]}
 

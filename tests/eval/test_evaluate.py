@@ -5,6 +5,7 @@ scikit-learn, with the shards' labels and with the training run's validation."""
 from __future__ import annotations
 
 import csv
+import gc
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, 
 
 from mvmae.eval.metrics import METRIC_KEYS
 from mvmae.shards.reader import iter_samples
-from synth_data import brace
+from synth_data import EXTRACT_WORKERS, brace
 
 # 4 classes x 8 clips of 48 frames, half in val: 16 train and 16 val videos in shards of 4.
 # 48 frames leave room for 2 distinct 32-frame clips per video in the multi-view run.
@@ -51,8 +52,10 @@ def trained(tmp_path_factory) -> dict:
                                                     num_frames=NUM_FRAMES, val_ratio=0.5))
     shards = root / "shards"
     for split in ("train", "val"):
-        summary = run_job(JobConfig(input=lists[split], out_dir=shards, split=split, shard_size=SHARD_SIZE))
+        summary = run_job(JobConfig(input=lists[split], out_dir=shards, split=split, shard_size=SHARD_SIZE,
+                                    workers=EXTRACT_WORKERS))
         assert summary.num_failed == 0 and not summary.shards_failed, summary
+    gc.collect()  # synth_data.EXTRACT_WORKERS
     data = {"train": [brace(shards, "train")], "val": [brace(shards, "val")]}
     cfg = load_config(FinetuneConfig, None, {**TRAIN, **data, "out": str(root / "run")})
     Finetuner(cfg, StreamingMetrics).run()

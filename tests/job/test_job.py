@@ -111,7 +111,7 @@ def test_max_seconds_cuts_long_video(job_media, pan_clip_factory, tmp_path, cli_
     listing = tmp_path / "list.txt"
     listing.write_text(f"{long_clip} run\n{short} jump\n")
     result = cli_runner.invoke(main, ["extract", "run", str(listing), str(tmp_path / "out"),
-                                      "--max-seconds", "1"])
+                                      "--max-seconds", "1", "--workers", "0"])
     assert result.exit_code == 0, result.stderr
     assert "2 videos: 2 ok, 0 failed; 5 samples in 1 shards" in result.stdout
     samples = read_samples(tmp_path / "out")
@@ -131,11 +131,13 @@ def test_max_seconds_cuts_long_video(job_media, pan_clip_factory, tmp_path, cli_
 
 
 def test_parts_are_disjoint_and_cover_every_video(job_list_names, job_media, tmp_path) -> None:
-    """--part i/3 on three machines (folders): each video in exactly one part, shards and keys disjoint."""
+    """--part i/3 on three machines (folders): each video in exactly one part, shards and keys disjoint.
+    (In this process: the plan, not the worker processes, decides the parts; a spawned worker per
+    part would cost its start-up.)"""
     outs = [tmp_path / f"part{i}" for i in range(3)]
     for i, out in enumerate(outs):
         summary = run_job(JobConfig(input=job_list_names, out_dir=out, shard_size=2, part_index=i,
-                                    num_parts=3))
+                                    num_parts=3, workers=0))
         assert summary.num_shards == len(range(i, 7, 3))  # 14 videos in 7 shards, shard j in part j % 3
     shard_names = [{p.name for p in out.glob("*.tar")} for out in outs]
     keys = [set(read_samples(out)) for out in outs]
@@ -172,9 +174,9 @@ def test_different_job_in_same_folder_is_refused(job_dataset, tmp_path, cli_runn
     assert len(lines) == 1 and lines[0].startswith("error: ") and "different job" in lines[0], result.stderr
     assert str(out) in lines[0] and "Traceback" not in result.stderr
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
-    # Another split in the same folder is a different job and is allowed.
+    # Another split in the same folder is a different job and is allowed (extracted in this process).
     result = cli_runner.invoke(main, ["extract", "run", str(job_dataset["list"]), str(out),
-                                      "--shard-size", "4", "--split", "other"])
+                                      "--shard-size", "4", "--split", "other", "--workers", "0"])
     assert result.exit_code == 0, result.stderr
     assert len(list(out.glob("other-[0-9]*.tar"))) == 4
 

@@ -1,14 +1,21 @@
 """Fixtures of the training tests: small motion-defined synthetic datasets in shards, and a
-codebook learnt from one (real H.264 clips through ``run_job``, no mocks; ``synth_data``)."""
+codebook learnt from one (real H.264 clips through ``run_job``, no mocks; ``synth_data``); another
+process that tries to lock run folders."""
 
 from __future__ import annotations
 
+import gc
+import json
+import os
+import select
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import synth_data
-from synth_data import SYNTH_CLASSES, SYNTH_FRAMES, brace
+from synth_data import EXTRACT_WORKERS, SYNTH_CLASSES, SYNTH_FRAMES, brace
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +58,63 @@ def motion_shards(tmp_path_factory) -> dict:
     counts = {}
     for split in ("train", "val"):
         summary = run_job(JobConfig(input=lists[split], out_dir=shards, split=split,
-                                    shard_size=MOTION_SHARD_SIZE))
+                                    shard_size=MOTION_SHARD_SIZE, workers=EXTRACT_WORKERS))
         assert summary.num_failed == 0 and not summary.shards_failed, summary
         counts[split] = summary.num_samples
+    gc.collect()  # synth_data.EXTRACT_WORKERS
     return {"dir": root / "data", "shards": shards, "train": brace(shards, "train"),
             "val": brace(shards, "val"), "num_train": counts["train"], "num_val": counts["val"]}
+
+
+REPO = Path(__file__).resolve().parents[2]
+# Another process, started once: ``lock_folder(PATH).close()`` for each PATH line on stdin, one JSON
+# line back: the exit status and stderr that ``python -c`` of the same call would have ended with.
+_LOCKER = """\
+import json, sys, traceback
+from pathlib import Path
+from mvmae.train.run_folder import lock_folder
+print(json.dumps("ready"), flush=True)
+for line in sys.stdin:
+    try:
+        lock_folder(Path(line.rstrip("\\n"))).close()
+    except Exception as exc:
+        reply = {"returncode": 1, "stderr": "".join(traceback.format_exception_only(exc))}
+    else:
+        reply = {"returncode": 0, "stderr": ""}
+    print(json.dumps(reply), flush=True)
+"""
+
+
+@pytest.fixture(scope="session")
+def other_process_locks():
+    """``other_process_locks(out) -> CompletedProcess``: another process (not this one, nor a fork
+    of it) tries ``lock_folder(out)`` and closes it: exit status 1 and the ResumeError in stderr
+    when refused. One process for the session answers every call (each start-up of one that
+    imports torch costs seconds); it holds no lock between calls."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _LOCKER], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+    def reply() -> object:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "the locking process did not answer in 120 s"
+        line = proc.stdout.readline()
+        assert line, f"the locking process ended (exit status {proc.wait()})"
+        return json.loads(line)
+
+    def locks(out: Path) -> subprocess.CompletedProcess:
+        proc.stdin.write(f"{out}\n")
+        proc.stdin.flush()
+        answer = reply()
+        return subprocess.CompletedProcess([str(out)], answer["returncode"], "", answer["stderr"])
+
+    try:
+        assert reply() == "ready"
+        yield locks
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -64,15 +64,6 @@ def _state(epoch: int, config: Run | dict = CONFIG) -> dict:
     return {ckpt.EPOCH: epoch, ckpt.CONFIG: saved, ckpt.MODEL: {"w": torch.full((2,), float(epoch))}}
 
 
-def other_process_locks(out: Path) -> subprocess.CompletedProcess:
-    """Another process tries ``lock_folder(out)`` (exit status 1 and the ResumeError when refused)."""
-    script = ("import sys; from pathlib import Path; from mvmae.train.run_folder import lock_folder\n"
-              "lock_folder(Path(sys.argv[1])).close()")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
 @contextlib.contextmanager
 def file_size_limit(num_bytes: int):
     """Writes of this process past ``num_bytes`` fail with EFBIG (SIGXFSZ ignored meanwhile)."""
@@ -166,7 +157,7 @@ def test_resume_state_without_and_with_a_checkpoint(tmp_path):
         load_resume_state(manager, resume=False, current=CONFIG)
 
 
-def test_a_second_writer_is_refused_until_the_first_is_gone(tmp_path):
+def test_a_second_writer_is_refused_until_the_first_is_gone(other_process_locks, tmp_path):
     """Another process may not lock a locked folder, nor a second run in this process (a trainer
     built again in a notebook while the first still holds it: the refusal leaves the lock held);
     closing the lock (what a kill does too) frees it."""
@@ -183,7 +174,7 @@ def test_a_second_writer_is_refused_until_the_first_is_gone(tmp_path):
     lock_folder(out).close()
 
 
-def test_a_forked_child_does_not_hold_the_lock(tmp_path):
+def test_a_forked_child_does_not_hold_the_lock(other_process_locks, tmp_path):
     """A run's DataLoader workers are forked with the lock file open. A run killed while one of
     them lingers leaves the folder free: the lock was the killed process's own."""
     out = tmp_path / "run"

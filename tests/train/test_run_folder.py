@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +19,6 @@ from mvmae.train.resume import ResumeError
 from mvmae.train.run_folder import lock_folder
 from mvmae.train.writes import OutputWriteError
 
-REPO = Path(__file__).resolve().parents[2]
 RUN = {"model_size": "micro", "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, "batch_size": 4,
        "workers": 0, "epochs": 1, "warmup_epochs": 0, "masking": "random", "log_every": 1, "seed": 0}
 TORN = b'{"step": 4, "epoch": 1, "lo'  # what a kill in the middle of a record leaves
@@ -41,14 +38,6 @@ def finished(synth_shards, synth_codebook, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
     Pretrainer(config(synth_shards, synth_codebook, out)).run()
     return out
-
-
-def other_process_locks(out: Path) -> subprocess.CompletedProcess:
-    script = ("import sys; from pathlib import Path; from mvmae.train.run_folder import lock_folder\n"
-              "lock_folder(Path(sys.argv[1])).close()")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True,
-                          timeout=120)
 
 
 def contents(out: Path) -> dict[str, bytes]:
@@ -86,7 +75,8 @@ def unwritable_config_yaml(shards, codebook, out: Path, finished: Path) -> dict:
     (unwritable_config_yaml, OutputWriteError, "cannot write resolved config", False),
 ])
 def test_a_set_up_failure_releases_the_folder(fault: Callable, error, message, before_writes,
-                                              synth_shards, synth_codebook, finished, tmp_path):
+                                              synth_shards, synth_codebook, finished, other_process_locks,
+                                              tmp_path):
     """The folder is locked before set-up counts the steps of an epoch and loads the checkpoint;
     each failure there releases it (also while the failed trainer is still referenced, here by
     the exception's traceback). All but the failing write of config.yaml (the last step) come
@@ -106,7 +96,8 @@ def test_a_set_up_failure_releases_the_folder(fault: Callable, error, message, b
         assert contents(out) == before
 
 
-def test_a_trainer_not_run_holds_the_folder_until_closed(synth_shards, synth_codebook, tmp_path):
+def test_a_trainer_not_run_holds_the_folder_until_closed(synth_shards, synth_codebook, other_process_locks,
+                                                          tmp_path):
     out = tmp_path / "run"
     trainer = Pretrainer(config(synth_shards, synth_codebook, out))
     refused = other_process_locks(out)
@@ -120,6 +111,6 @@ def test_a_trainer_not_run_holds_the_folder_until_closed(synth_shards, synth_cod
     trainer.close()  # idempotent
 
 
-def test_a_finished_run_releases_the_folder(finished):
+def test_a_finished_run_releases_the_folder(finished, other_process_locks):
     assert other_process_locks(finished).returncode == 0
     assert not list(finished.glob(".*tmp*"))

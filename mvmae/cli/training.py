@@ -145,6 +145,7 @@ def pretrain(config_path: Path | None, train: tuple[str, ...], codebook_path: st
              "no_visible_motion_ratio", "tokens_per_s")
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
     click.echo(f"pretraining done: {summary} -> {cfg.out}")
+    _end_of_run()
 
 
 
@@ -259,11 +260,21 @@ def train_cmd(config_path: Path | None, train: tuple[str, ...], val: tuple[str, 
 
         click.echo(format_table(metrics))
     click.echo(f"training done -> {cfg.out} (best.pt by {cfg.best_metric}, last.pt, metrics.jsonl)")
+    _end_of_run()
 
 
 
 # The flags of `mvmae train` that a --pretrained checkpoint fixes.
 _PRETRAINED_FLAGS = ("motion_size", "motion_embed", "segment_frames", "mv_size", "iframe_size")
+
+
+def _end_of_run() -> None:
+    """A torchrun rank leaves here, its run complete (``distributed.exit_finished_rank``: no
+    interpreter teardown for gloo to abort); a plain process returns to click as usual."""
+    from mvmae.train.distributed import exit_finished_rank, launched_by_torchrun
+
+    if launched_by_torchrun():
+        exit_finished_rank()
 
 
 def _refuse_pretrained_conflicts(path: str, flags: dict[str, tuple[str, object]]) -> None:

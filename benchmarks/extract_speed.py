@@ -21,7 +21,7 @@ slice threading and one thread. motion-vector-extractor cannot be configured: it
 with FFmpeg's default (frame) threading and one thread per online CPU; pinned, those threads share
 the one core. It also links its own static FFmpeg build, not PyAV's.
 
-A full ``gc.collect()`` precedes every timed run (untimed): reading ``frame.side_data`` in PyAV 18.1
+A full ``gc.collect()`` precedes every timed run (untimed): reading ``frame.side_data`` in PyAV 18
 makes a reference cycle (VideoFrame -> SideDataContainer -> VideoFrame), so decoded frames are
 freed only by the cyclic collector; without it, the plain export loop kept ~100 MB more per pass of
 bigbuckbunny.mp4 and slowed itself and whatever ran after it.
@@ -57,6 +57,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mvmae.extract.decoder import ExtractConfig  # noqa: E402
+from mvmae.extract.picture import motion_vectors  # noqa: E402
 from mvmae.extract.video import extract_video  # noqa: E402
 
 PLAIN = "PyAV plain decode"
@@ -91,13 +92,12 @@ def pyav_plain(path: Path) -> int:
 
 def pyav_export_mvs(path: Path) -> int:
     container, stream = _open_one_thread(path, {"flags2": "+export_mvs"})
-    mv_type = av.sidedata.sidedata.Type.MOTION_VECTORS
     n = 0
     with container:
         for frame in container.decode(stream):
-            for sd in frame.side_data:
-                if sd.type == mv_type:
-                    sd.to_ndarray()
+            sd = motion_vectors(frame)
+            if sd is not None:
+                sd.to_ndarray()
             n += 1
     return n
 

@@ -63,7 +63,8 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mvmae.extract.mvfield import Blocks, rasterize  # noqa: E402
+from mvmae.extract.mvfield import rasterize  # noqa: E402
+from mvmae.extract.picture import blocks_of  # noqa: E402
 from mvmae.shards.clips import (ClipConfig, nearest_iframes, random_crop_box, resample_mv,  # noqa: E402
                                 snap_box)
 from mvmae.job.job import JobConfig, run_job  # noqa: E402
@@ -180,18 +181,16 @@ def on_the_fly_clip(path: Path, clip: ClipConfig, rng: np.random.Generator) -> d
         mv = np.zeros((clip.num_frames, 2, *cells), np.float32)  # (T, 2, h, w)
         valid = np.zeros((clip.num_frames, *cells), bool)  # (T, h, w)
         iframes: dict[int, np.ndarray] = {}  # uint8 (H, W, 3)
-        mv_type = av.sidedata.sidedata.Type.MOTION_VECTORS
         for frame in container.decode(stream):
             index = round(float(frame.pts * tb) * fps)
             if frame.key_frame:
                 iframes[index] = frame.to_ndarray(format="rgb24")
             if index >= start and (index - start) % clip.stride == 0:
                 t = (index - start) // clip.stride
-                for sd in frame.side_data:
-                    if sd.type == mv_type:
-                        blocks = Blocks.from_side_data(sd.to_ndarray())
-                        velocity = blocks.motion * blocks.direction  # raw, not resolved
-                        mv[t], valid[t] = rasterize(blocks, velocity, size, GRID)
+                blocks = blocks_of(frame)
+                if blocks is not None:
+                    velocity = blocks.motion * blocks.direction  # raw, not resolved
+                    mv[t], valid[t] = rasterize(blocks, velocity, size, GRID)
             if index >= start + clip.span - 1:
                 break
     index = np.array(sorted(iframes))

@@ -3,11 +3,14 @@ luma plane, and its RGB image turned upright (the stream's display rotation appl
 
 from __future__ import annotations
 
-import av
+from collections.abc import Mapping
+
 import numpy as np
-from av.sidedata.sidedata import SideDataContainer
+from av.sidedata.sidedata import SideDataContainer, Type
 
 from mvmae.extract.mvfield import Blocks
+
+_MV_TYPE = Type.MOTION_VECTORS
 
 
 def upright_rgb(frame, short_side: int, turns: int) -> np.ndarray:
@@ -22,15 +25,28 @@ def upright_rgb(frame, short_side: int, turns: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, turns)) if turns % 4 else image
 
 
-def blocks_of(frame) -> Blocks | None:
+def motion_vectors(frame):
+    """The frame's exported motion vectors (PyAV's ``MotionVectors`` side data), or None.
+
+    PyAV's ``SideDataContainer`` looks side data up by ``Type`` (17.0 and 18.0 checked), but what
+    iterating it yields changed in 18.1.1: the side-data objects before, the types since. The
+    lookup by type reads both; a container that has no lookup (older PyAV) is searched.
+    """
     # PyAV 18's ``frame.side_data`` caches a container that points back at the frame: a cycle
     # that frees decoded pictures only when the cycle collector runs (memory creeps up and
     # decoding slows). A container of our own is dropped as soon as we return.
-    for sd in SideDataContainer(frame):
-        if sd.type == av.sidedata.sidedata.Type.MOTION_VECTORS:
-            mvs = sd.to_ndarray()
-            return Blocks.from_side_data(mvs) if len(mvs) else None
-    return None
+    container = SideDataContainer(frame)
+    if isinstance(container, Mapping):
+        return container.get(_MV_TYPE)
+    return next((sd for sd in container if sd.type == _MV_TYPE), None)
+
+
+def blocks_of(frame) -> Blocks | None:
+    sd = motion_vectors(frame)
+    if sd is None:
+        return None
+    mvs = sd.to_ndarray()
+    return Blocks.from_side_data(mvs) if len(mvs) else None
 
 
 def luma_view(frame, size: tuple[int, int]) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mvmae.extract.mvfield import GRIDS, Blocks, grid_shape, rasterize
+from mvmae.extract.picture import motion_vectors
 
 SIZES = [(145, 177), (144, 192), (272, 640), (17, 9), (8, 8)]
 
@@ -22,9 +23,9 @@ def side_data_dtype(bikes_mp4) -> np.dtype:
         stream = container.streams.video[0]
         stream.codec_context.options = {"flags2": "+export_mvs"}
         for frame in container.decode(stream):
-            for sd in frame.side_data:
-                if sd.type == av.sidedata.sidedata.Type.MOTION_VECTORS:
-                    return sd.to_ndarray().dtype
+            sd = motion_vectors(frame)
+            if sd is not None:
+                return sd.to_ndarray().dtype
     pytest.fail("no MOTION_VECTORS side data in bikes.mp4")
 
 
@@ -171,15 +172,15 @@ def test_blocks_from_real_side_data_are_on_the_8px_lattice(bikes_mp4) -> None:
         stream.codec_context.options = {"flags2": "+export_mvs"}
         seen = 0
         for frame in container.decode(stream):
-            for sd in frame.side_data:
-                if sd.type != av.sidedata.sidedata.Type.MOTION_VECTORS:
-                    continue
-                mvs = sd.to_ndarray()
-                b = Blocks.from_side_data(mvs)
-                assert set(zip(b.bw.tolist(), b.bh.tolist())) <= {(16, 16), (16, 8), (8, 16), (8, 8)}
-                assert not (b.x0 % 8).any() and not (b.y0 % 8).any()
-                np.testing.assert_allclose(b.motion[0], (mvs["src_x"] - mvs["dst_x"]), atol=1.0)
-                seen += 1
+            sd = motion_vectors(frame)
+            if sd is None:
+                continue
+            mvs = sd.to_ndarray()
+            b = Blocks.from_side_data(mvs)
+            assert set(zip(b.bw.tolist(), b.bh.tolist())) <= {(16, 16), (16, 8), (8, 16), (8, 8)}
+            assert not (b.x0 % 8).any() and not (b.y0 % 8).any()
+            np.testing.assert_allclose(b.motion[0], (mvs["src_x"] - mvs["dst_x"]), atol=1.0)
+            seen += 1
             if seen == 12:
                 break
     assert seen == 12

@@ -135,7 +135,7 @@ def _reencode(args: tuple) -> str:
         for t, decoded in enumerate(inp.decode(video=0)):
             # a fresh frame: a decoded one carries its picture type, which libx264 would obey
             frame = av.VideoFrame.from_ndarray(decoded.to_ndarray(format="rgb24"), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
+            frame = frame.reformat(format="yuv420p", threads=1)
             frame.pts, frame.time_base = t, Fraction(1, 25)
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -184,7 +184,7 @@ def on_the_fly_clip(path: Path, clip: ClipConfig, rng: np.random.Generator) -> d
         for frame in container.decode(stream):
             index = round(float(frame.pts * tb) * fps)
             if frame.key_frame:
-                iframes[index] = frame.to_ndarray(format="rgb24")
+                iframes[index] = frame.reformat(format="rgb24", threads=1).to_ndarray()
             if index >= start and (index - start) % clip.stride == 0:
                 t = (index - start) // clip.stride
                 blocks = blocks_of(frame)

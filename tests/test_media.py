@@ -24,7 +24,7 @@ def decode_all(path: Path) -> list[av.VideoFrame]:
 
 def luma(frame: av.VideoFrame) -> np.ndarray:
     """Y plane as int32 (H, W)."""
-    return frame.to_ndarray(format="gray").astype(np.int32)
+    return frame.reformat(format="gray", threads=1).to_ndarray().astype(np.int32)
 
 
 def pict_types(frames: list[av.VideoFrame]) -> list[int]:

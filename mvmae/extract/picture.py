@@ -21,7 +21,11 @@ def upright_rgb(frame, short_side: int, turns: int) -> np.ndarray:
     if short_side and min(h, w) > short_side:
         s = short_side / min(h, w)
         h, w = max(1, round(h * s)), max(1, round(w * s))
-    image = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()  # (H', W', 3) as coded
+    # threads=1: PyAV (18.1.1) keeps one reformatter per thread; with swscale's slice threads, a
+    # process forked from another thread frees it and waits forever for threads it does not have
+    # (a DataLoader worker started from a helper thread hung so). One thread a process is also
+    # what extraction workers want.
+    image = frame.reformat(width=w, height=h, format="rgb24", threads=1).to_ndarray()  # (H', W', 3)
     return np.ascontiguousarray(np.rot90(image, turns)) if turns % 4 else image
 
 

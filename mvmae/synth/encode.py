@@ -41,7 +41,7 @@ def encode_h264(path: str | Path, frames: Iterable[np.ndarray], fps: int,
                 stream.pix_fmt = pix_fmt
                 stream.options = dict(options)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            frame = frame.reformat(format=pix_fmt)
+            frame = frame.reformat(format=pix_fmt, threads=1)  # no slice threads: picture.upright_rgb
             frame.pts, frame.time_base = t, Fraction(1, fps)
             container.mux(stream.encode(frame))
         if stream is None:

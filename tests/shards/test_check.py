@@ -74,7 +74,7 @@ def make_vfr_clip(path: Path) -> Path:
         stream.time_base = Fraction(1, 1000)
         t = 0
         for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", threads=1)
             frame.pts, frame.time_base = t, Fraction(1, 1000)
             t += 40 if i % 2 == 0 else 80
             container.mux(stream.encode(frame))

@@ -39,6 +39,7 @@ from webdataset.handlers import reraise_exception
 from mvmae.shards import clips as clip_sampling
 from mvmae.shards import sample as fmt
 from mvmae.shards.clips import Clip, ClipConfig, IFrameOps, ShardClipSource
+from mvmae.shards.forking import settle_exiting_feeders
 from mvmae.shards.sample import FormatVersionError, SampleError
 from mvmae.shards.stream import Handler, ReadConfig, ShardReadError, expand_urls, read_shards
 from mvmae.shards.shares import (EpochResampledShards, EpochShardList, EqualEpoch, SharedEpoch, read_share,
@@ -363,6 +364,8 @@ def make_loader(pipeline: wds.DataPipeline, num_workers: int = 0, *, pin_memory:
     if num_workers > 1 and 0 < shards < num_workers:
         log.warning("%d DataLoader workers for %d shard(s) per rank: %d worker(s) will be idle",
                     num_workers, shards, num_workers - shards)
+    if num_workers and multiprocessing_context in (None, "fork"):
+        settle_exiting_feeders()  # the previous loader's threads, before this one forks (forking.py)
     extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers,
              "timeout": timeout_s, "multiprocessing_context": multiprocessing_context} if num_workers else {}
     return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,

@@ -20,6 +20,7 @@ encoder should lift both above the random encoder; fine-tuning results are in la
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data = learning.start(args, "frozen-encoder probes")
     embed = learning.PRETRAIN.get("embed", PretrainConfig().embed)
-    num_classes = len(__import__("json").loads(Path(data.classes).read_text()))
+    num_classes = len(json.loads(Path(data.classes).read_text()))
     columns = ["knn 100%", "linear 100%", "knn 10%", "linear 10%"]
     print("| encoder | seed | " + " | ".join(f"test top-1, {c}" for c in columns) + " |")
     print("|---|---|" + "---|" * len(columns))

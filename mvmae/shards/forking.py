@@ -21,7 +21,7 @@ import threading
 import time
 
 FEEDER_NAME = "QueueFeederThread"  # multiprocessing.queues.Queue._start_thread
-NEEDED = sys.version_info < (3, 11, 8) or sys.version_info[:2] == (3, 10)
+NEEDED = sys.version_info < (3, 11, 8)  # 3.10 and older included
 
 
 def settle_exiting_feeders(budget_s: float = 1.0, teardown_s: float = 0.02) -> int:

@@ -16,7 +16,8 @@ done in its shard to a small Ray actor (:class:`ShardProgress`, no CPU of its ow
 to the driver's standing question "what changed?" wakes the driver as the tasks' ends do; the
 count it shows never goes back (a task that Ray runs again counts from the videos it had shown). The end-of-job
 summary counts the shards redone: those a task's supervisor redid (a video that crashed or hung
-its worker) and the tasks that Ray ran again.
+its worker) and the tasks that Ray ran again (each task waits for its attempt number from the
+actor before it starts work, and hands it back with its result).
 
 Without an address (nor ``RAY_ADDRESS``) a new local Ray instance is started with
 ``config.workers`` CPUs (one task each), even if another runs on this machine, and stopped at the
@@ -72,10 +73,12 @@ class ShardProgress:
             self.changed.set()
             self.changed = None
 
-    async def start(self, index: int) -> None:
+    async def start(self, index: int) -> int:
+        """A task for shard ``index`` started; returns its attempt (1, then 2 when Ray runs it again)."""
         self.attempts[index] = self.attempts.get(index, 0) + 1
         self.videos_done[index] = 0
         self._bump()
+        return self.attempts[index]
 
     async def update(self, index: int, num_videos: int) -> None:
         self.videos_done[index] = num_videos
@@ -95,19 +98,24 @@ class ShardProgress:
                 pass
         return self.version, dict(self.videos_done)
 
-    async def num_restarted(self) -> int:
-        """Tasks that Ray ran again (after their worker or node died)."""
-        return sum(n - 1 for n in self.attempts.values())
-
 
 def build_on_ray(task: ShardTask, config: JobConfig, job_id: str, faults: dict[str, dict],
                  progress=None) -> dict:
     """One shard, in a Ray task: the local supervisor with one worker. progress: the job's
     :class:`ShardProgress` actor (None: nothing reported). Returns ``{"stats": stats or None,
     "failed": bool, "faults": records of its videos, "num_redone": shard attempts its supervisor
-    started again}``."""
+    started again, plus 1 per earlier Ray attempt of this task}``."""
+    attempt = 1
     if progress is not None:
-        progress.start.remote(task.index)  # actor calls of one caller run in order: before its updates
+        # Waited for, before any work: a call only sent is lost with its worker when that worker is
+        # killed, and this attempt number is how the driver learns that Ray ran the task again.
+        # Actor calls of one caller run in order, so it lands before the task's updates.
+        ray = import_ray()
+        try:
+            attempt = ray.get(progress.start.remote(task.index))
+        except ray.exceptions.RayError as exc:  # no actor: no progress shown, the shard still built
+            log.warning("%s: no progress reporting (%s)", task.name, exc)
+            progress = None
     detached = FaultLog.detached(job_id, faults)
     built: list[dict] = []
 
@@ -131,7 +139,7 @@ def build_on_ray(task: ShardTask, config: JobConfig, job_id: str, faults: dict[s
     failed = pool.run([task])
     stats = built[-1] if built else None
     return {"stats": stats, "failed": bool(failed) or stats is None or "upload_error" in stats,
-            "faults": detached.records(e.key for e in task.entries), "num_redone": pool.num_redone}
+            "faults": detached.records(e.key for e in task.entries), "num_redone": pool.num_redone + attempt - 1}
 
 
 class RayEngine:
@@ -183,7 +191,6 @@ class RayEngine:
             run.faults.merge(result["faults"])
             if result["failed"]:
                 failed.append(task)
-        run.num_redone += watch.num_restarted()
         return sorted(failed, key=lambda t: t.index)
 
 
@@ -211,14 +218,6 @@ class _ProgressWatch:
         self.bar.show(videos_done)
         self.question = self.actor.changes.remote(version, PROGRESS_WAIT_S)
         return True
-
-    def num_restarted(self) -> int:
-        """Tasks that Ray ran again (0 if the actor cannot say)."""
-        try:
-            return self.ray.get(self.actor.num_restarted.remote(), timeout=PROGRESS_WAIT_S)
-        except (self.ray.exceptions.RayError, TimeoutError) as exc:
-            log.debug("tasks run again not counted: %s", exc)
-            return 0
 
 
 class _VideoCount:

@@ -202,7 +202,8 @@ def extract() -> None:
               help="Decoder slice threads (output stays deterministic; frame threading is never used).")
 @click.option("--skip-loop-filter", type=click.Choice(["none", "nokey"]), default="none", show_default=True,
               help="'nokey' skips deblocking on non-key frames: faster at 720p+, I-frames and raw "
-                   "vectors unchanged, ~2% of resolved cells may pick another reference.")
+                   "vectors unchanged, ~2% of resolved cells may pick another reference. --raw "
+                   "always uses 'nokey' (its output is the same bytes).")
 @handle_errors
 def video(path: Path, out: Path | None, show: Path | None, grid: str, iframe_size: int, raw: bool, threads: int,
           skip_loop_filter: str) -> None:

@@ -46,7 +46,9 @@ class ExtractConfig:
     skip_loop_filter: ``"none"`` decodes every pixel exactly (default); ``"nokey"`` skips the
     deblocking filter on non-key frames: exported vectors and I-frames stay bit-identical and 720p
     decodes faster, but the P/B pixels used for reference matching change slightly, which flips
-    the chosen reference of about 2% of cells on B-frame streams (measured on bikes.mp4).
+    the chosen reference of about 2% of cells on B-frame streams (measured on bikes.mp4). A raw
+    extraction matches no pixels, so it always skips it (:attr:`loop_filter`): its output is the
+    same bytes either way (``tests/extract/test_raw_loop_filter.py``), for a third less CPU.
     """
 
     grid: int = 8
@@ -68,6 +70,12 @@ class ExtractConfig:
     @property
     def method(self) -> str:
         return "raw" if self.raw else "resolved"
+
+    @property
+    def loop_filter(self) -> str:
+        """The decoder's ``skip_loop_filter`` setting: ``nokey`` for a raw extraction, whose output
+        no P/B pixel touches; else :attr:`skip_loop_filter`."""
+        return "nokey" if self.raw else self.skip_loop_filter
 
 
 @dataclass
@@ -153,8 +161,8 @@ class VideoDecoder:
     def _configure_decoder(self) -> None:
         cc = self.stream.codec_context
         opts = {"flags2": "+export_mvs"}
-        if self.config.skip_loop_filter != "none":
-            opts["skip_loop_filter"] = self.config.skip_loop_filter
+        if self.config.loop_filter != "none":
+            opts["skip_loop_filter"] = self.config.loop_filter
         cc.options = opts
         cc.thread_type = "SLICE"  # frame threading makes exported B-frame vectors non-deterministic
         cc.thread_count = self.config.threads

@@ -218,7 +218,7 @@ def _meta(path, dec: VideoDecoder, config: ExtractConfig, num_frames: int, seen:
         "decode_errors": stats.num_decode_errors if last else 0,
         "corrupt_frames": stats.num_corrupt_frames if last else 0,
         "iframe_short_side": config.iframe_short_side,
-        "skip_loop_filter": config.skip_loop_filter,
+        "skip_loop_filter": config.loop_filter,
         "warnings": warnings,
         "mvmae_version": __version__,
     }

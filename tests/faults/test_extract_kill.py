@@ -170,7 +170,8 @@ def test_hung_video_is_recorded_timeout_and_never_tried_again(kill_inputs, tmp_p
     of the whole job) and started again skips it: it ends failed with code 'timeout', every
     other video as in the uninterrupted run."""
     out = tmp_path / "out"
-    args = job_args(kill_inputs, out, "--video-timeout", "4")
+    # 10 s: well above a good video's time on a loaded 2-core machine (4 s once killed one there)
+    args = job_args(kill_inputs, out, "--video-timeout", "10")
     job = start_job(*args)
     try:
         pid, video = stop_worker_on_a_video(out, job, kill_inputs["good"])
@@ -185,7 +186,7 @@ def test_hung_video_is_recorded_timeout_and_never_tried_again(kill_inputs, tmp_p
     assert "  failed:      1  timeout" in stdout
     (record,) = assert_uninterrupted(kill_inputs, out, victim=key)
     assert (record["status"], record["code"], record["keys"]) == ("failed", "timeout", [])
-    assert "4 s" in record["reason"] and "killed" in record["reason"]
+    assert "10 s" in record["reason"] and "killed" in record["reason"]
     assert faults_of(out)[key]["source"] == record["source"]
 
 

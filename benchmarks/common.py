@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,3 +35,11 @@ def cpu_model() -> str:
                         platform.processor() or "unknown")
     except OSError:
         return platform.processor() or "unknown"
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, None when it is not installed."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -51,7 +50,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.media (clip generator) lives in the repository, not the package
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
-from common import cpu_model, git_state, loadavg  # noqa: E402
+from common import cpu_model, git_state, loadavg, package_version  # noqa: E402
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
@@ -324,10 +323,7 @@ def peak_memory(path: Path, num_frames: int) -> str:
 
 def machine_info(cpu: int) -> str:
     model = cpu_model()
-    try:
-        mvx = importlib.metadata.version("motion-vector-extractor")
-    except importlib.metadata.PackageNotFoundError:
-        mvx = "not installed"
+    mvx = package_version("motion-vector-extractor") or "not installed"
     lavc = ".".join(map(str, av.library_versions["libavcodec"]))
     import numba
     return "\n".join([
@@ -366,7 +362,6 @@ def main(argv: list[str] | None = None) -> None:
         files.append((f"generated pan ({spec['size'][0]}x{spec['size'][1]}, bf={spec['bframes']}, refs={spec['refs']}, "
                       f"gop={spec['gop']}, {args.long_frames} frames)",
                       long_clip(args.cache_dir, args.long_frames, spec)))
-    long_path = long_clip(args.cache_dir, args.long_frames, LONG_CLIPS["360p-gop250"])
     methods, mvx_missing = build_methods()
 
     report = ["# Extraction speed (one core, one decoder thread)", "", machine_info(cpu), ""]
@@ -383,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         report.append(section)
         print(section, flush=True)
     if not args.skip_memory:
+        long_path = long_clip(args.cache_dir, args.long_frames, LONG_CLIPS["360p-gop250"])
         section = (f"## Peak memory, resolved extraction of the generated clip (fresh process each)\n\n"
                    f"{peak_memory(long_path, args.long_frames)}\n")
         report.append(section)

@@ -73,7 +73,7 @@ from mvmae.shards.reader import build_train_pipeline, make_loader  # noqa: E402
 from mvmae.shards.sample import FORMAT_VERSION  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
-from common import cpu_model, git_state, loadavg  # noqa: E402
+from common import cpu_model, git_state, loadavg, package_version  # noqa: E402
 from onthefly import BATCH, on_the_fly_round, rgb_loaders, video_meta  # noqa: E402
 
 TARGET_SPEED_RATIO = 50.0  # issue 19: >= 50x the fastest on-the-fly loader per core (stretch 100x)
@@ -257,15 +257,6 @@ def speed_rows(r: dict) -> list[str]:
     return rows
 
 
-def _version(module: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(module)
-    except PackageNotFoundError:
-        return None
-
-
 def report(results: list[dict], seconds: float, memory: dict | None, cpu: int,
            args: argparse.Namespace, missing: dict) -> list[str]:
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
@@ -287,7 +278,7 @@ def report(results: list[dict], seconds: float, memory: dict | None, cpu: int,
     ]
     for r in results:
         lines += speed_rows(r)
-    versions = {name: _version(name) for name in ("decord", "torchcodec")}
+    versions = {name: package_version(name) for name in ("decord", "torchcodec")}
     lines += [""] + [f"- {name} {versions[name] or '(not installed)'}: "
                      f"{'measured' if name not in missing else 'not measured: ' + missing[name]}"
                      for name in ("decord", "torchcodec")]

@@ -103,7 +103,6 @@ def decord_clip(path: Path, meta: dict, rng: np.random.Generator) -> dict:
     h, w = _short_side(meta["size"])
     reader = decord.VideoReader(str(path), width=w, height=h, num_threads=1, ctx=decord.cpu(0))
     frames = reader.get_batch(_rgb_indices(meta["num_frames"], rng)).asnumpy()
-    del reader
     return _crop_flip(frames, rng)
 
 
@@ -123,10 +122,10 @@ def rgb_loaders(video: Path) -> tuple[dict, dict]:
     """The RGB on-the-fly loaders that work here ({name: function}) and why the others do not
     ({name: reason}); each is tried on ``video``, since torchcodec imports without FFmpeg and fails
     only when it loads its core library."""
-    loaders, missing = {}, {}
+    loaders, missing, meta = {}, {}, video_meta(video)
     for name, fn in (("decord", decord_clip), ("torchcodec", torchcodec_clip)):
         try:
-            fn(video, video_meta(video), np.random.default_rng(0))
+            fn(video, meta, np.random.default_rng(0))
             loaders[name] = fn
         except Exception as exc:  # noqa: BLE001 (reported under the table)
             text = " ".join(str(exc).split())  # torchcodec's message spans lines: its likely causes

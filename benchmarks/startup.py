@@ -10,15 +10,14 @@ cached in ``--cache-dir``.
    round-robin: ``python -c pass`` (the interpreter's own start), ``mvmae --help``, ``mvmae probe
    CLIP`` and ``mvmae extract video CLIP --out F.npz``; then the same extraction run ``N`` times
    through the same ``main`` in one process that ran it once before (warm: modules imported,
-   numba's kernels loaded). Reported: the median wall time and the median CPU time (user + sys of
+   kernels loaded). Reported: the median wall time and the median CPU time (user + sys of
    the child, which other work on the machine disturbs much less), and the cold extraction's
    ratio to the warm one. With ``--baseline-ref`` the same rows are measured for that git revision
-   (exported with ``git archive`` into the cache folder), interleaved with this tree's.
+   (exported with ``git archive`` into the cache folder, its C kernels built in place when it has
+   them), interleaved with this tree's.
 2. **Where a cold extraction's time goes**: one fresh process per run, the CPU time of each stage.
 3. **The .npz write** of the clip's export: ``np.savez_compressed`` (zlib level 6), mvmae's
    ``write_npz`` (level 1) and stored (no compression), time and size.
-4. **numba's on-disk cache**: a cold extraction with an empty ``NUMBA_CACHE_DIR`` (compiles the
-   kernels and fills it), then a cold one that finds them there.
 
 Every child runs with ``PYTHONPATH`` set to the tree measured; the process is pinned to one CPU.
 Timings are printed, never asserted.
@@ -62,7 +61,7 @@ def once():
         if exc.code:
             raise
     return time.perf_counter() - t0, time.process_time() - c0
-once()  # warm-up: imports, numba's kernels
+once()  # warm-up: imports, kernels (numba's cache in trees before the C kernels)
 with open(out, "w") as fh:
     for _ in range(repeats):
         fh.write("%r %r\n" % once())
@@ -77,12 +76,12 @@ marks.append(("import mvmae.cli", clock()))
 from mvmae.extract.decoder import ExtractConfig
 from mvmae.extract.export import save_export
 from mvmae.extract.video import extract_video
-marks.append(("import extraction (numpy, av, numba)", clock()))
+marks.append(("import extraction (numpy, av; numba before the C kernels)", clock()))
 import numpy as np
 from mvmae.extract import kernels
 i32 = np.zeros(4, np.int32)
 kernels.rasterize_blocks(i32, i32, i32 + 8, i32 + 8, np.zeros((2, 4), np.float32), 16, 16, 8)
-marks.append(("first numba call (on-disk cache load)", clock()))
+marks.append(("first kernel call (numba: its on-disk cache load)", clock()))
 fields = extract_video(sys.argv[1], ExtractConfig())
 marks.append(("extract_video", clock()))
 save_export(sys.argv[2], fields)
@@ -145,9 +144,14 @@ def export_tree(ref: str, cache_dir: Path) -> tuple[Path, str]:
     folder = cache_dir / f"tree-{commit}"
     if not folder.is_dir():
         tmp = Path(tempfile.mkdtemp(dir=cache_dir))
-        archive = subprocess.run(["git", "archive", commit, "mvmae"], cwd=REPO, check=True,
+        has_setup = subprocess.run(["git", "cat-file", "-e", f"{commit}:setup.py"], cwd=REPO,
+                                   stderr=subprocess.DEVNULL).returncode == 0
+        paths = ["mvmae", "setup.py", "setup.cfg", "pyproject.toml", "README.md"] if has_setup else ["mvmae"]
+        archive = subprocess.run(["git", "archive", commit, *paths], cwd=REPO, check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        if has_setup:  # the compiled kernels, in place
+            subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp, check=True)
         os.replace(tmp, folder)
     return folder, commit
 
@@ -181,7 +185,7 @@ def measure_commands(trees: dict[str, Path], clip: Path, work: Path, repeats: in
     cmds = commands(clip, work / "cold.npz")
     keys = [(label, name) for label in trees for name in cmds]
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in keys}
-    for label, tree in trees.items():  # untimed: compile or load numba's cache, fill the page cache
+    for label, tree in trees.items():  # untimed: fill numba's cache (older trees) and the page cache
         run_child(cmds[COLD], tree)
     for r in range(repeats):
         for label, name in keys[r % len(keys):] + keys[:r % len(keys)]:
@@ -237,18 +241,6 @@ def npz_table(tree: Path, clip: Path, repeats: int) -> str:
     return "\n".join(lines)
 
 
-def numba_cache_table(tree: Path, clip: Path, work: Path) -> str:
-    cache = Path(tempfile.mkdtemp(dir=work))
-    argv = commands(clip, work / "numba.npz")[COLD]
-    lines = ["| cold `mvmae extract video` with NUMBA_CACHE_DIR | wall s | CPU s | cache files after |",
-             "|---|---:|---:|---:|"]
-    for name in ("empty (compiles)", "filled by the run before (loads)"):
-        wall, cpu, _ = run_child(argv, tree, {"NUMBA_CACHE_DIR": str(cache)})
-        files = sum(1 for _ in cache.rglob("*.nbc"))
-        lines.append(f"| {name} | {wall:.2f} | {cpu:.2f} | {files} |")
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="runs per command and tree (default 5)")
@@ -257,7 +249,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "mvmae-bench",
                    help="where the clip and the baseline tree are kept between runs")
     p.add_argument("--cpu", type=int, help="CPU to pin to (default: the last one allowed)")
-    p.add_argument("--skip-numba-cache", action="store_true", help="skip section 4 (compiles: ~10-30 s)")
     return p.parse_args(argv)
 
 
@@ -286,8 +277,6 @@ def main(argv: list[str] | None = None) -> None:
                     ("Where a cold extraction's CPU time goes (fresh process each)",
                      lambda: stages_table(trees, clip, work, args.repeats)),
                     ("The .npz write of the clip's export (this tree)", lambda: npz_table(REPO, clip, args.repeats))]
-        if not args.skip_numba_cache:
-            sections.append(("numba's on-disk cache (this tree)", lambda: numba_cache_table(REPO, clip, work)))
         for title, build in sections:
             report.append(f"## {title}\n\n{build()}\n")
             print(report[-1], flush=True)

@@ -194,16 +194,20 @@ def test_a_training_write_error_is_one_line_with_its_hint(cli_runner) -> None:
                                     "(ENOSPC); free space, then rerun with --resume"]
 
 
-def test_help_and_probe_load_neither_numba_nor_torch(bikes_mp4) -> None:
-    """Start-up: `mvmae --help` and `mvmae probe` import neither numba (its import and kernel
-    loading cost a cold process about a second, benchmarks/startup.py) nor torch."""
+def test_help_probe_and_extract_load_no_jit_scipy_or_torch(bikes_mp4, tmp_path) -> None:
+    """Start-up: `mvmae --help`, `mvmae probe` and `mvmae extract video` import neither torch nor
+    scipy nor a JIT compiler (numba's import and kernel loading cost a cold process about a
+    second, benchmarks/startup.py; the extraction kernels are a compiled extension)."""
     code = ("import sys\nfrom mvmae.cli import main\n"
-            "for args in (['--help'], ['probe', sys.argv[1]]):\n"
+            "for args in (['--help'], ['probe', sys.argv[1]],\n"
+            "             ['extract', 'video', sys.argv[1], '--out', sys.argv[2]]):\n"
             "    main(args, standalone_mode=False)\n"
-            "print(sorted(m for m in ('numba', 'scipy', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('numba', 'llvmlite', 'scipy', 'torch') if m in sys.modules))")
     root = Path(mvmae.__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code, str(bikes_mp4)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    out = tmp_path / "bikes.npz"
+    proc = subprocess.run([sys.executable, "-c", code, str(bikes_mp4), str(out)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
+    assert out.stat().st_size > 0
 

@@ -81,8 +81,8 @@ def fail(message: str) -> None:
 
 # The exceptions that are a user's problem, as (module, class): reported as one line. Looked up
 # in sys.modules only: an exception of a module never imported cannot have been raised, and
-# importing them all (mvmae.job.job imports the decoder, hence numba) would cost every command
-# a second of start-up.
+# importing them all (mvmae.job.job imports the decoder, hence PyAV and numpy) would cost every
+# command start-up time it does not need.
 EXPECTED_ERRORS = (
     ("mvmae.datasets.lists", "DatasetError"),
     ("mvmae.extract.errors", "VideoError"),

@@ -62,23 +62,35 @@ static inline Py_ssize_t clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) {
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-/* SAD over a 4x4 lattice (1/8, 3/8, 5/8, 7/8 of the block's edges) between the block in cur and
- * ref displaced by (mx, my) px, rounded to the nearest pixel and clamped to the picture. */
-static int64_t sad(const Luma *cur, const Luma *ref, int32_t x0, int32_t y0, int32_t bw, int32_t bh,
-                   float mx, float my) {
-    Py_ssize_t hgt = cur->height, wid = cur->width;
-    int64_t total = 0;
+/* The 4x4 lattice of a block (1/8, 3/8, 5/8, 7/8 of its edges), clamped to the picture's last
+ * row and column; a negative coordinate counts from the end, as numpy indexes. */
+typedef struct {
+    Py_ssize_t px[4], py[4];
+} Lattice;
+
+static inline void lattice(Lattice *l, const Luma *cur, int32_t x0, int32_t y0, int32_t bw, int32_t bh) {
     for (int a = 0; a < 4; a++) {
         Py_ssize_t py = y0 + (Py_ssize_t)((bh * (2 * a + 1)) / 8);
-        if (py > hgt - 1) py = hgt - 1;
-        Py_ssize_t ry = clamp((Py_ssize_t)floor((double)py + (double)my + 0.5), 0, hgt - 1);
-        const uint8_t *crow = cur->data + wrap(py, hgt) * cur->row_stride;
-        const uint8_t *rrow = ref->data + ry * ref->row_stride;
+        Py_ssize_t px = x0 + (Py_ssize_t)((bw * (2 * a + 1)) / 8);
+        l->py[a] = py > cur->height - 1 ? cur->height - 1 : py;
+        l->px[a] = px > cur->width - 1 ? cur->width - 1 : px;
+    }
+}
+
+/* SAD over the lattice between the block in cur and ref displaced by (mx, my) px, rounded to the
+ * nearest pixel and clamped to the picture. floor(p + m + 0.5) == p + floor(m + 0.5) for an
+ * integer p: the rounding is done once per displacement, not per sample. */
+static int64_t sad(const Luma *cur, const Luma *ref, const Lattice *l, float mx, float my) {
+    Py_ssize_t hgt = cur->height, wid = cur->width;
+    Py_ssize_t dx = (Py_ssize_t)floor((double)mx + 0.5), dy = (Py_ssize_t)floor((double)my + 0.5);
+    Py_ssize_t rx[4];
+    for (int b = 0; b < 4; b++) rx[b] = clamp(l->px[b] + dx, 0, wid - 1);
+    int64_t total = 0;
+    for (int a = 0; a < 4; a++) {
+        const uint8_t *crow = cur->data + wrap(l->py[a], hgt) * cur->row_stride;
+        const uint8_t *rrow = ref->data + clamp(l->py[a] + dy, 0, hgt - 1) * ref->row_stride;
         for (int b = 0; b < 4; b++) {
-            Py_ssize_t px = x0 + (Py_ssize_t)((bw * (2 * b + 1)) / 8);
-            if (px > wid - 1) px = wid - 1;
-            Py_ssize_t rx = clamp((Py_ssize_t)floor((double)px + (double)mx + 0.5), 0, wid - 1);
-            int32_t diff = (int32_t)crow[wrap(px, wid)] - (int32_t)rrow[rx];
+            int32_t diff = (int32_t)crow[wrap(l->px[b], wid)] - (int32_t)rrow[rx[b]];
             total += diff < 0 ? -diff : diff;
         }
     }
@@ -182,6 +194,8 @@ static PyObject *resolve_blocks(PyObject *self, PyObject *args) {
         if (mx == 0 && my == 0) continue;
         float best_d = 0;
         int64_t best_sad = -1;
+        Lattice lat;
+        if (num_side[side] > 1) lattice(&lat, &cur, x0[i], y0[i], bw[i], bh[i]);
         for (Py_ssize_t c = 0; c < num_refs; c++) {
             float d = distances[c];
             if ((d > 0) != (side == 1)) continue;
@@ -189,7 +203,7 @@ static PyObject *resolve_blocks(PyObject *self, PyObject *args) {
                 best_d = d;
                 break;
             }
-            int64_t s = sad(&cur, &refs[c], x0[i], y0[i], bw[i], bh[i], mx, my);
+            int64_t s = sad(&cur, &refs[c], &lat, mx, my);
             if (best_sad < 0 || s < best_sad) {
                 best_d = d;
                 best_sad = s;
@@ -221,10 +235,12 @@ static PyObject *rasterize_blocks(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOnnnOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4],
                           &height, &width, &grid, &objs[5], &objs[6], &objs[7]))
         return NULL;
-    if (grid < 1 || height < 0 || width < 0) {
-        PyErr_SetString(PyExc_ValueError, "rasterize_blocks: bad size or grid");
+    if (grid < 1 || (grid & (grid - 1)) != 0 || height < 0 || width < 0) {
+        PyErr_SetString(PyExc_ValueError, "rasterize_blocks: the grid must be a power of 2, the size >= 0");
         return NULL;
     }
+    int shift = 0; /* cells by shifts: a division by a run-time value costs tens of cycles per block */
+    while (((Py_ssize_t)1 << shift) < grid) shift++;
     int got = 0;
     for (; got < 8; got++)
         if (get_buffer(objs[got], &v[got], got >= 5, names[got]) < 0) goto fail;
@@ -246,13 +262,14 @@ static PyObject *rasterize_blocks(PyObject *self, PyObject *args) {
         if (xb > width) xb = width;
         if (ya >= yb || xa >= xb) continue;
         float vx = velocity[i], vy = velocity[n + i];
-        for (Py_ssize_t cy = ya / grid; cy < (yb - 1) / grid + 1; cy++) {
-            Py_ssize_t top = cy * grid > ya ? cy * grid : ya;
-            Py_ssize_t bottom = (cy + 1) * grid < yb ? (cy + 1) * grid : yb;
+        Py_ssize_t cy_end = ((yb - 1) >> shift) + 1, cx_first = xa >> shift, cx_end = ((xb - 1) >> shift) + 1;
+        for (Py_ssize_t cy = ya >> shift; cy < cy_end; cy++) {
+            Py_ssize_t top = (cy << shift) > ya ? (cy << shift) : ya;
+            Py_ssize_t bottom = ((cy + 1) << shift) < yb ? ((cy + 1) << shift) : yb;
             Py_ssize_t oh = bottom - top;
-            for (Py_ssize_t cx = xa / grid; cx < (xb - 1) / grid + 1; cx++) {
-                Py_ssize_t left = cx * grid > xa ? cx * grid : xa;
-                Py_ssize_t right = (cx + 1) * grid < xb ? (cx + 1) * grid : xb;
+            for (Py_ssize_t cx = cx_first; cx < cx_end; cx++) {
+                Py_ssize_t left = (cx << shift) > xa ? (cx << shift) : xa;
+                Py_ssize_t right = ((cx + 1) << shift) < xb ? ((cx + 1) << shift) : xb;
                 float a = (float)(oh * (right - left));
                 Py_ssize_t k = cy * w + cx;
                 area[k] += a;
@@ -261,12 +278,11 @@ static PyObject *rasterize_blocks(PyObject *self, PyObject *args) {
             }
         }
     }
-    for (Py_ssize_t k = 0; k < h * w; k++) {
+    for (Py_ssize_t k = 0; k < h * w; k++) { /* branch-free, so it vectorises: 0 / 1 stays 0 */
+        float div = area[k] > 0 ? area[k] : 1.0f;
         valid[k] = area[k] > 0;
-        if (valid[k]) {
-            sx[k] /= area[k];
-            sy[k] /= area[k];
-        }
+        sx[k] /= div;
+        sy[k] /= div;
     }
     Py_END_ALLOW_THREADS
     for (int k = 0; k < 8; k++) PyBuffer_Release(&v[k]);

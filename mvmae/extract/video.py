@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -52,22 +53,48 @@ class VideoFields:
         return len(self.frame_types)
 
 
+# Anonymous pages mapped in one call where the platform can (Linux): a fault per 4 kB page as the
+# frames arrive cost 3 times as much CPU here.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeroed array on anonymous pages of its own, without the transparent-huge-page advice numpy
+    gives large arrays. The frame buffer is written once, frame by frame, and gains nothing from
+    huge pages; faulting them in (the kernel compacts memory for each 2 MB page when the advice
+    asks for it) cost 0.4-0.7 ms per frame of a 720p video here, 15-20% of a raw extraction
+    (benchmarks/RESULTS.md, issue 19). The pages are mapped at once (the buffer is sized to the
+    frames the container declares)."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    if _POPULATE:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
+    else:
+        buf = mmap.mmap(-1, nbytes)
+    return np.frombuffer(buf, dtype).reshape(shape)
+
+
+def _grown(a: np.ndarray, rows: int) -> np.ndarray:
+    out = _zeros((rows, *a.shape[1:]), a.dtype)
+    out[:len(a)] = a
+    return out
+
+
 class _FrameBuffer:
     """Per-frame arrays written into preallocated storage that grows by 1.5x when needed."""
 
     def __init__(self, capacity: int, cell_shape: tuple[int, int]) -> None:
         capacity = max(capacity, 1)
-        self.mv = np.zeros((capacity, 2, *cell_shape), np.float32)
-        self.valid = np.zeros((capacity, *cell_shape), bool)
+        self.mv = _zeros((capacity, 2, *cell_shape), np.float32)
+        self.valid = _zeros((capacity, *cell_shape), bool)
         self.types = np.zeros(capacity, np.uint8)
         self.n = 0
 
     def append(self, mv: np.ndarray, valid: np.ndarray, frame_type: str) -> None:
         if self.n == len(self.types):
-            grow = len(self.types) // 2 + 1
-            self.mv = np.concatenate([self.mv, np.zeros((grow, *self.mv.shape[1:]), np.float32)])
-            self.valid = np.concatenate([self.valid, np.zeros((grow, *self.valid.shape[1:]), bool)])
-            self.types = np.concatenate([self.types, np.zeros(grow, np.uint8)])
+            rows = len(self.types) + len(self.types) // 2 + 1
+            self.mv, self.valid, self.types = (_grown(a, rows) for a in (self.mv, self.valid, self.types))
         self.mv[self.n], self.valid[self.n] = mv, valid
         self.types[self.n] = ord(frame_type)
         self.n += 1

@@ -55,7 +55,7 @@ from common import cpu_model, git_state, loadavg, package_version  # noqa: E402
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mvmae.extract.decoder import ExtractConfig  # noqa: E402
+from mvmae.extract.config import ExtractConfig  # noqa: E402
 from mvmae.extract.picture import motion_vectors  # noqa: E402
 from mvmae.extract.video import extract_video  # noqa: E402
 
@@ -270,7 +270,8 @@ def table(results: dict[str, dict]) -> str:
 
 _CHILD = r"""
 import json, sys
-from mvmae.extract.decoder import ExtractConfig, VideoDecoder
+from mvmae.extract.config import ExtractConfig
+from mvmae.extract.decoder import VideoDecoder
 from mvmae.extract.video import extract_video
 
 def vm_hwm_mib():

@@ -73,7 +73,7 @@ clock = time.process_time
 marks = [("interpreter start", clock())]
 import mvmae.cli
 marks.append(("import mvmae.cli", clock()))
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.export import save_export
 from mvmae.extract.video import extract_video
 marks.append(("import extraction (numpy, av; numba before the C kernels)", clock()))
@@ -95,7 +95,7 @@ print(f"mvmae\t{mvmae.__file__}")
 _NPZ = r"""
 import io, sys, time, zipfile
 import numpy as np
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.export import write_npz
 from mvmae.extract.video import extract_video
 fields = extract_video(sys.argv[1], ExtractConfig())

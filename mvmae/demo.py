@@ -16,7 +16,7 @@ from typing import Callable
 from mvmae.eval.evaluate import EvalConfig, evaluate
 from mvmae.eval.metrics import StreamingMetrics
 from mvmae.eval.report import plot_training_curves
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.job.job import JobConfig, run_job
 from mvmae.synth import SynthConfig, make_dataset
 from mvmae.train.codebook import CodebookConfig, build_codebook

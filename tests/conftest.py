@@ -161,7 +161,7 @@ def long_pan_mp4(pan_clip_factory) -> Path:
 @pytest.fixture(scope="session")
 def bikes_fields(bikes_mp4):
     """bikes.mp4 extracted once per session: ``{"resolved": VideoFields, "raw": VideoFields}`` (grid 8)."""
-    from mvmae.extract.decoder import ExtractConfig
+    from mvmae.extract.config import ExtractConfig
     from mvmae.extract.video import extract_video
 
     return {

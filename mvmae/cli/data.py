@@ -214,7 +214,7 @@ def video(path: Path, out: Path | None, show: Path | None, grid: str, iframe_siz
     for P- and B-frames alike. Cells without a vector are marked invalid. --show draws them (the
     first I-frame, a P- and a B-frame field; see `mvmae shards show --help`).
     """
-    from mvmae.extract.decoder import ExtractConfig
+    from mvmae.extract.config import ExtractConfig
     from mvmae.extract.export import save_export
     from mvmae.extract.video import extract_video
 

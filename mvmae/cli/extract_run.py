@@ -106,7 +106,7 @@ def run(input_path: Path, out_dir: str, split: str, engine: str, ray_address: st
     """
     from tqdm import tqdm
 
-    from mvmae.extract.decoder import ExtractConfig
+    from mvmae.extract.config import ExtractConfig
     from mvmae.job.job import JobConfig, run_job
 
     part_index, num_parts = _parse_part(part)

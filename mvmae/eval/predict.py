@@ -26,7 +26,7 @@ import torch
 
 from mvmae.eval.evaluate import CROPS
 from mvmae.eval.views import softmax
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.shards.encoded import encode_video
 from mvmae.shards.reader import collate_clips, sample_clips
 from mvmae.shards.sample import SampleError

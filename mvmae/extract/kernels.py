@@ -36,20 +36,29 @@ def _int32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, np.int32)
 
 
-def unpack_side_data(mvs: np.ndarray):
-    """Structured MOTION_VECTORS array -> (x0, y0, bw, bh, motion (2, N) px, direction).
+def unpack_side_data(mvs):
+    """MOTION_VECTORS records -> (x0, y0, bw, bh, motion (2, N) px, direction).
 
-    x0, y0: int32 top-left corner (``dst - size // 2``); bw, bh: int32 size; motion: float32
-    ``motion / motion_scale`` (src - dst, px); direction: int32, +1 for a future source, else -1.
+    mvs: PyAV's ``MotionVectors`` side data itself (read in place, as its buffer of
+    AVMotionVector records) or its ``to_ndarray()`` structured array. x0, y0: int32 top-left
+    corner (``dst - size // 2``); bw, bh: int32 size; motion: float32 ``motion / motion_scale``
+    (src - dst, px); direction: int32, +1 for a future source, else -1.
     """
-    if mvs.dtype != SIDE_DATA_DTYPE:
-        raise TypeError(f"unpack_side_data: expected PyAV's motion-vector records {SIDE_DATA_DTYPE}, "
-                        f"got {mvs.dtype}")
-    n = len(mvs)
-    x0, y0, bw, bh, direction = (np.empty(n, np.int32) for _ in range(5))
+    if isinstance(mvs, np.ndarray):
+        if mvs.dtype != SIDE_DATA_DTYPE:
+            raise TypeError(f"unpack_side_data: expected PyAV's motion-vector records {SIDE_DATA_DTYPE}, "
+                            f"got {mvs.dtype}")
+        mvs = np.ascontiguousarray(mvs)
+        n = len(mvs)
+    else:
+        n, rest = divmod(memoryview(mvs).nbytes, SIDE_DATA_DTYPE.itemsize)
+        if rest:
+            raise TypeError(f"unpack_side_data: a buffer of {SIDE_DATA_DTYPE.itemsize}-byte motion-vector "
+                            f"records expected, got {n * SIDE_DATA_DTYPE.itemsize + rest} bytes")
+    ints = np.empty((5, n), np.int32)  # x0, y0, bw, bh, direction: one allocation
     motion = np.empty((2, n), np.float32)
-    _kernels.unpack_side_data(np.ascontiguousarray(mvs), x0, y0, bw, bh, motion, direction)
-    return x0, y0, bw, bh, motion, direction
+    _kernels.unpack_side_data(mvs, ints[0], ints[1], ints[2], ints[3], motion, ints[4])
+    return ints[0], ints[1], ints[2], ints[3], motion, ints[4]
 
 
 def resolve_blocks(cur, refs, distances, x0, y0, bw, bh, motion, direction):

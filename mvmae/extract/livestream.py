@@ -46,7 +46,8 @@ import av
 
 from mvmae.extract import h264, poc
 from mvmae.extract.container import ffmpeg_reason, nal_framing, open_stream
-from mvmae.extract.decoder import ExtractConfig, FrameField, VideoDecoder
+from mvmae.extract.config import ExtractConfig
+from mvmae.extract.decoder import FrameField, VideoDecoder
 
 log = logging.getLogger(__name__)
 

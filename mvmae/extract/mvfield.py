@@ -39,8 +39,8 @@ class Blocks:
         return len(self.x0)
 
     @classmethod
-    def from_side_data(cls, mvs: np.ndarray) -> "Blocks":
-        """Convert the structured array of PyAV's MOTION_VECTORS side data."""
+    def from_side_data(cls, mvs) -> "Blocks":
+        """Convert PyAV's MOTION_VECTORS side data (or its ``to_ndarray()`` structured array)."""
         return cls(*kernels.unpack_side_data(mvs))
 
 

@@ -47,10 +47,9 @@ def motion_vectors(frame):
 
 def blocks_of(frame) -> Blocks | None:
     sd = motion_vectors(frame)
-    if sd is None:
+    if sd is None or not len(sd):
         return None
-    mvs = sd.to_ndarray()
-    return Blocks.from_side_data(mvs) if len(mvs) else None
+    return Blocks.from_side_data(sd)  # read in place: no structured array in between
 
 
 def luma_view(frame, size: tuple[int, int]) -> np.ndarray:

@@ -13,7 +13,8 @@ import numpy as np
 
 from mvmae import __version__
 from mvmae.extract import errors
-from mvmae.extract.decoder import ExtractConfig, VideoDecoder
+from mvmae.extract.config import ExtractConfig
+from mvmae.extract.decoder import VideoDecoder
 
 log = logging.getLogger(__name__)
 

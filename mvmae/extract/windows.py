@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 
 from mvmae import __version__
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.livestream import Damage, Event, Resync, Skipping, TimedFrame
 from mvmae.extract.video import MV_CONVENTION, RAW_CONVENTION, VideoFields
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from mvmae import __version__
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.errors import VideoError
 from mvmae.extract.video import iter_segments
 from mvmae.files import FileLock, LockHeld, stale_temporaries

@@ -5,7 +5,7 @@ processes start quickly."""
 
 from __future__ import annotations
 
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.errors import VideoError
 from mvmae.extract.video import extract_video
 from mvmae.shards.sample import encode_sample

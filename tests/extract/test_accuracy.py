@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.video import extract_video
 
 TOL_PX = 0.25  # px per frame, on medians

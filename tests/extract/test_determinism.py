@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mvmae.extract import h264
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.export import load_export
 from mvmae.extract.video import extract_video
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 _SUBPROCESS = """
 import sys
 from mvmae.extract import h264
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.export import save_export
 from mvmae.extract.video import extract_video
 save_export(sys.argv[2], extract_video(sys.argv[1], ExtractConfig()))

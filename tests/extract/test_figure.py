@@ -12,7 +12,7 @@ except ImportError:  # ... or as the `tests` package
     from tests import media
 
 from mvmae.cli import main
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.extract.figure import choose_panels
 from mvmae.extract.video import extract_video
 

@@ -85,6 +85,8 @@ def test_blocks_with_no_candidate_on_their_side_are_unresolved() -> None:
 def test_kernels_reject_what_they_cannot_read() -> None:
     with pytest.raises(TypeError, match="motion-vector records"):
         kernels.unpack_side_data(np.zeros(3, np.int32))
+    with pytest.raises(TypeError, match="40-byte motion-vector records expected, got 41 bytes"):
+        kernels.unpack_side_data(bytes(41))
     luma = np.zeros((16, 16), np.uint8)
     one = np.array([0], np.int32)
     with pytest.raises(TypeError, match="uint8"):

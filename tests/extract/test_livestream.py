@@ -16,7 +16,8 @@ try:  # tests/ run as rootdir-relative modules (no tests/__init__.py) ...
 except ImportError:  # ... or as the `tests` package
     from tests import live_media
 
-from mvmae.extract.decoder import ExtractConfig, FrameField
+from mvmae.extract.config import ExtractConfig
+from mvmae.extract.decoder import FrameField
 from mvmae.extract.livestream import Damage, LiveStream, Resync, Skipping, TimedFrame
 from mvmae.extract.video import extract_video
 from mvmae.extract.windows import WindowConfig, cut_windows

@@ -180,6 +180,9 @@ def test_blocks_from_real_side_data_are_on_the_8px_lattice(bikes_mp4) -> None:
             assert set(zip(b.bw.tolist(), b.bh.tolist())) <= {(16, 16), (16, 8), (8, 16), (8, 8)}
             assert not (b.x0 % 8).any() and not (b.y0 % 8).any()
             np.testing.assert_allclose(b.motion[0], (mvs["src_x"] - mvs["dst_x"]), atol=1.0)
+            in_place = Blocks.from_side_data(sd)  # the side data's own buffer, no array in between
+            for name in ("x0", "y0", "bw", "bh", "motion", "direction"):
+                np.testing.assert_array_equal(getattr(in_place, name), getattr(b, name))
             seen += 1
             if seen == 12:
                 break

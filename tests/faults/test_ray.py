@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mvmae.cli import main
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.job.job import JobConfig, run_job
 
 import needs

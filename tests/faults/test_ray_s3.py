@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvmae.extract.decoder import ExtractConfig
+from mvmae.extract.config import ExtractConfig
 from mvmae.job.job import JobConfig, run_job
 from mvmae.synth import encode_h264, x264_options
 

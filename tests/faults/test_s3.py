@@ -71,7 +71,7 @@ def test_upload_failing_past_retries_is_left_for_the_next_run(s3, dataset, tmp_p
 
 
 def _extract_config():
-    from mvmae.extract.decoder import ExtractConfig
+    from mvmae.extract.config import ExtractConfig
 
     return ExtractConfig(iframe_short_side=96)
 

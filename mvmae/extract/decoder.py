@@ -320,6 +320,10 @@ class _FrameStream:
         if self.last_pts is not None:  # pictures displayed before the last emitted one are lost
             for pts in [p for p in self.by_pts if p < self.last_pts]:
                 self.lost.add(self.by_pts.pop(pts)[0])
+        if self.cfg.raw:  # no frame waits for a reference: only display ranks to forget
+            self.lost.clear()
+            self._trim(self.num_demuxed)
+            return
         waiting = [p.decode_index for p in self.pending] + [d for d, _ in self.by_pts.values()]
         first = min(waiting, default=self.num_demuxed)
         window = self._window(first)

@@ -55,8 +55,10 @@ static int get_luma(PyObject *obj, Py_buffer *view, Luma *luma) {
     return 0;
 }
 
-/* numba indexes like numpy: a negative index counts once from the end. */
-static inline Py_ssize_t wrap(Py_ssize_t i, Py_ssize_t n) { return i < 0 ? i + n : i; }
+/* A negative index counts once from the end, as numpy (and the numba kernels) index; one still
+ * outside the picture (a block reaching more than a picture's size beyond its left or top edge,
+ * which no decoder exports) reads the first row or column instead of memory it does not own. */
+static inline Py_ssize_t wrap(Py_ssize_t i, Py_ssize_t n) { return i >= 0 ? i : (i + n >= 0 ? i + n : 0); }
 
 static inline Py_ssize_t clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) {
     return v < lo ? lo : (v > hi ? hi : v);

@@ -2,8 +2,7 @@
 
     python benchmarks/extract_speed.py [--repeats N] [--out-md PATH]
 
-For each file, every method runs once to warm up (numba loads its compiled cache on the first
-call), then ``N`` timed runs are interleaved across methods (round-robin, the starting method
+For each file, every method runs once to warm up (imports, the page cache), then ``N`` timed runs are interleaved across methods (round-robin, the starting method
 rotating each round) so that machine noise spreads over all of them. Reported: median and best
 frames per second (wall clock), the ratio of the median to plain PyAV decoding measured in the same
 run, and the same ratio computed from this process's CPU time (``time.process_time``), which other
@@ -326,12 +325,11 @@ def machine_info(cpu: int) -> str:
     model = cpu_model()
     mvx = package_version("motion-vector-extractor") or "not installed"
     lavc = ".".join(map(str, av.library_versions["libavcodec"]))
-    import numba
     return "\n".join([
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: nproc {os.cpu_count()}, CPU model \"{model}\"; benchmark pinned to CPU {cpu}",
         f"- Python {platform.python_version()}, PyAV {av.__version__} (libavcodec {lavc}), numpy {np.__version__}, "
-        f"numba {numba.__version__}, motion-vector-extractor {mvx}",
+        f"mvmae's C kernels, motion-vector-extractor {mvx}",
         f"- mvmae: {git_state()}",
         f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
     ])

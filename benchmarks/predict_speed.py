@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             path = make_checkpoint(Path(tmp), f"m{len(name)}", overrides)
             for clips, crops in ((1, 1), (4, 2)) if name.startswith("micro") else ((1, 1),):
                 predictor = Predictor(PredictConfig(str(path), clips=clips, crops=crops, workers=0, device="cpu"))
-                time_predict(predictor, clip)  # warm-up: numba's cache, torch's first calls
+                time_predict(predictor, clip)  # warm-up: imports, torch's first calls
                 runs = [time_predict(predictor, clip) for _ in range(args.repeats)]
                 extract = statistics.median(r[0] for r in runs)
                 model = statistics.median(r[1] for r in runs)

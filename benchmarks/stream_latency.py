@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# predict on a live stream, 1 core: {cpu_model()}; {git_state()}; load {loadavg()}")
     print(f"stream: {SIZE[1]}x{SIZE[0]} MPEG-TS, {args.seconds:g} s at {FPS} fps, GOP {GOP}, "
           f"{len(ts) * 8 / args.seconds / 1e6:.2f} Mbit/s; CPU {cpu}\n")
-    extract_video(path)  # warm-up: numba's cache
+    extract_video(path)  # warm-up: imports, the page cache
     t = time.perf_counter()
     extract_video(path)
     print(f"baseline: extract_video of the stream as a file: {args.seconds / (time.perf_counter() - t):.1f}x real time\n")

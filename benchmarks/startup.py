@@ -73,7 +73,6 @@ clock = time.process_time
 marks = [("interpreter start", clock())]
 import mvmae.cli
 marks.append(("import mvmae.cli", clock()))
-from mvmae.extract.config import ExtractConfig
 from mvmae.extract.export import save_export
 from mvmae.extract.video import extract_video
 marks.append(("import extraction (numpy, av; numba before the C kernels)", clock()))
@@ -82,7 +81,7 @@ from mvmae.extract import kernels
 i32 = np.zeros(4, np.int32)
 kernels.rasterize_blocks(i32, i32, i32 + 8, i32 + 8, np.zeros((2, 4), np.float32), 16, 16, 8)
 marks.append(("first kernel call (numba: its on-disk cache load)", clock()))
-fields = extract_video(sys.argv[1], ExtractConfig())
+fields = extract_video(sys.argv[1])
 marks.append(("extract_video", clock()))
 save_export(sys.argv[2], fields)
 marks.append(("save_export (.npz)", clock()))
@@ -95,10 +94,9 @@ print(f"mvmae\t{mvmae.__file__}")
 _NPZ = r"""
 import io, sys, time, zipfile
 import numpy as np
-from mvmae.extract.config import ExtractConfig
 from mvmae.extract.export import write_npz
 from mvmae.extract.video import extract_video
-fields = extract_video(sys.argv[1], ExtractConfig())
+fields = extract_video(sys.argv[1])
 arrays = dict(mv=fields.mv, valid=fields.valid, frame_types=fields.frame_types, iframes=fields.iframes,
               iframe_index=fields.iframe_index)
 def stored(fh, **a):

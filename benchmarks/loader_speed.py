@@ -1,6 +1,6 @@
 """Training-clip loading speed on ONE core: the shard reader versus decoding the mp4s on the fly.
 
-    python benchmarks/loader_speed.py [--rounds N] [--cache-dir DIR] [--out-md PATH]
+    python benchmarks/loader_speed.py [--rounds N] [--iframe-sizes 256,224] [--cache-dir DIR] [--out-md PATH]
 
 Dataset: ``--num-videos`` (16) libx264 pans made with ``tests.media.make_pan_clip`` (360x640,
 ``--seconds`` 8 s at 25 fps, 2 B-frames, 3 references, an IDR every 24 frames, crf 18; a different
@@ -32,6 +32,10 @@ I-frame pixels and field resampling, the reader's torch I-frame resize):
 * **shards, motion only**: the same pipeline with ``num_iframes=0`` (no JPEG decoded), as
   pretraining, ``mvmae codebook`` and ``mvmae train --inputs mv`` read; a row for information,
   with no target.
+* **shards, I-frames stored at short side S** (only with ``--iframe-sizes``, e.g. ``256,224``):
+  the same videos extracted again with ``ExtractConfig(iframe_short_side=S)`` into their own
+  cached shards, read by the same pipeline; a row for information (issue 19's "I-frames stored
+  at the size training needs"; their quality cost: ``iframe_quality.py``), with no target.
 
 Timed in ``--rounds`` interleaved rounds (each: ``--epochs-per-round`` epochs of the reader, one
 clip per video with each on-the-fly loader; the default 16 epochs make the two timed intervals about as long,
@@ -67,6 +71,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mvmae.extract.decoder import ExtractConfig  # noqa: E402
 from mvmae.shards.clips import ClipConfig  # noqa: E402
 from mvmae.job.job import JobConfig, run_job  # noqa: E402
 from mvmae.shards.reader import build_train_pipeline, make_loader  # noqa: E402
@@ -79,6 +84,7 @@ from onthefly import BATCH, on_the_fly_round, rgb_loaders, video_meta  # noqa: E
 TARGET_SPEED_RATIO = 50.0  # issue 19: >= 50x the fastest on-the-fly loader per core (stretch 100x)
 TARGET_SIZE_RATIO = 1.5  # shards <= 1.5x the size of the source videos
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+IFRAME_SIDE = ExtractConfig().iframe_short_side  # what the default shards store (256 px)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -97,8 +103,8 @@ def _make_clip(args: tuple) -> str:
     return path
 
 
-def build_dataset(cache: Path, num_videos: int, seconds: float) -> tuple[list[Path], Path]:
-    """The mp4s (rendered in 2 processes, cached) and their shard folder."""
+def render_videos(cache: Path, num_videos: int, seconds: float) -> list[Path]:
+    """The mp4s (rendered in 2 processes, cached)."""
     videos_dir = cache / f"videos-{num_videos}x{seconds:g}s"
     videos_dir.mkdir(parents=True, exist_ok=True)
     num_frames = round(seconds * 25)
@@ -109,15 +115,18 @@ def build_dataset(cache: Path, num_videos: int, seconds: float) -> tuple[list[Pa
         jobs.append((str(videos_dir / f"pan{i:02d}.mp4"), round(speed * np.cos(angle), 2),
                      round(speed * np.sin(angle) * 0.5, 2), num_frames, PHOTOS[i % len(PHOTOS)]))
     with ProcessPoolExecutor(2) as pool:
-        videos = [Path(p) for p in pool.map(_make_clip, jobs)]
-    return videos, extract_shards(videos, videos_dir)
+        return [Path(p) for p in pool.map(_make_clip, jobs)]
 
 
-def extract_shards(videos: list[Path], folder: Path) -> Path:
+def extract_shards(videos: list[Path], folder: Path, iframe_side: int = IFRAME_SIDE) -> Path:
+    """The videos' shards (cached), I-frames stored at short side ``iframe_side`` px: ``folder/shards``
+    for the default size, ``folder/shards-iframes{iframe_side}`` for another."""
     listing = folder / "list.txt"
     listing.write_text("".join(f"{v.name} {i % 4}\n" for i, v in enumerate(videos)))
-    run_job(JobConfig(input=listing, out_dir=folder / "shards", shard_size=4, workers=2))
-    return folder / "shards"
+    out = folder / ("shards" if iframe_side == IFRAME_SIDE else f"shards-iframes{iframe_side}")
+    run_job(JobConfig(input=listing, out_dir=out, shard_size=4, workers=2,
+                      extract=ExtractConfig(iframe_short_side=iframe_side)))
+    return out
 
 
 def _reencode(args: tuple) -> str:
@@ -166,21 +175,26 @@ def reader_epochs(urls: str, clip: ClipConfig, first_epoch: int, num_epochs: int
 
 
 def measure(videos: list[Path], urls: str, clip: ClipConfig, rounds: int, epochs_per_round: int,
-            rgb: dict) -> dict:
+            rgb: dict, resized: dict[int, str] | None = None) -> dict:
     """Clips per second of each loader per round: ``{"wall": {name: [...]}, "cpu": {name: [...]}}``,
     by the wall clock and by this process's CPU time (the one core's time it got: the machine is
     shared, and other processes' turns on this core inflate the wall clock of both loaders).
-    rgb: the RGB on-the-fly loaders to measure too (:func:`rgb_loaders`)."""
+    rgb: the RGB on-the-fly loaders to measure too (:func:`rgb_loaders`); resized: {I-frame short
+    side: shard URLs} of the same videos with I-frames stored at other sizes (rows ``shards_{side}``)."""
     metas = {v: video_meta(v) for v in videos}
-    reader_epochs(urls, clip, 10_000, 1)  # warm-up: imports, numba cache, page cache
+    resized = {f"shards_{side}": u for side, u in (resized or {}).items()}
+    for u in (urls, *resized.values()):
+        reader_epochs(u, clip, 10_000, 1)  # warm-up: imports, numba cache, page cache
     on_the_fly_round(videos[:2], clip, np.random.default_rng(0))
     for fn in rgb.values():
         on_the_fly_round(videos[:2], clip, np.random.default_rng(0), fn, metas)
     motion_only = dataclasses.replace(clip, num_iframes=0)
-    names = ["shards", "shards_mv", "fly", *rgb]
+    names = ["shards", *resized, "shards_mv", "fly", *rgb]
     rates: dict[str, dict[str, list[float]]] = {kind: {n: [] for n in names} for kind in ("wall", "cpu")}
     for r in range(rounds):
         order = [("shards", lambda: reader_epochs(urls, clip, r * epochs_per_round, epochs_per_round)),
+                 *[(name, lambda u=u: reader_epochs(u, clip, r * epochs_per_round, epochs_per_round))
+                   for name, u in resized.items()],
                  ("shards_mv", lambda: reader_epochs(urls, motion_only, r * epochs_per_round, epochs_per_round)),
                  ("fly", lambda: on_the_fly_round(videos, clip, np.random.default_rng(r)))]
         order += [(name, lambda fn=fn: on_the_fly_round(videos, clip, np.random.default_rng(r), fn, metas))
@@ -232,22 +246,36 @@ LOADER_NAMES = {
 }
 
 
+def loader_name(name: str, resized: bool) -> str:
+    """A row's loader; with other stored I-frame sizes measured, the shard rows name theirs."""
+    if name == "shards" and resized:
+        return f"{LOADER_NAMES['shards']}, I-frames stored at short side {IFRAME_SIDE}"
+    if name.startswith("shards_") and name[7:].isdigit():
+        return f"shards, I-frames stored at short side {name[7:]} (same pipeline)"
+    return LOADER_NAMES[name]
+
+
 def speed_rows(r: dict) -> list[str]:
-    """The table rows of one data set: the shard reader, each on-the-fly loader, the reader without
-    I-frames; each row's ratio is the shard reader's speed over that row's (for the reader rows: over
-    the fastest on-the-fly loader). The verdict is on CPU time, for the default clips (one I-frame)."""
+    """The table rows of one data set: the shard reader (then the same videos' shards with I-frames
+    stored at other sizes), each on-the-fly loader, the reader without I-frames; each row's ratio is
+    the shard reader's speed over that row's (for the reader rows: over the fastest on-the-fly
+    loader). The verdict is on CPU time, for the default clips (one I-frame) and shards."""
     cpu = {k: statistics.median(v) for k, v in r["rates"]["cpu"].items()}
     wall = {k: statistics.median(v) for k, v in r["rates"]["wall"].items()}
-    baselines = [k for k in cpu if k not in ("shards", "shards_mv")]
+    baselines = [k for k in cpu if not k.startswith("shards")]
+    resized = [k for k in cpu if k.startswith("shards_") and k != "shards_mv"]
     fastest = max(baselines, key=cpu.get)
     fastest_wall = max(baselines, key=wall.get)
-    ratio = cpu["shards"] / cpu[fastest]
-    worst = min(s / max(r["rates"]["cpu"][b][i] for b in baselines)
-                for i, s in enumerate(r["rates"]["cpu"]["shards"]))
-    ok = "met" if ratio >= TARGET_SPEED_RATIO else "NOT met"
-    rows = [f"| {r['label']} | {LOADER_NAMES['shards']} | {cpu['shards']:,.1f} | {1000 / cpu['shards']:.2f} | "
-            f"**{ratio:.1f}x** over {fastest} (worst round {worst:.1f}x) | {wall['shards']:,.1f} | "
-            f"{wall['shards'] / wall[fastest_wall]:.1f}x | >= {TARGET_SPEED_RATIO:.0f}x: {ok} |"]
+    rows = []
+    for reader in ("shards", *resized):
+        ratio = cpu[reader] / cpu[fastest]
+        worst = min(s / max(r["rates"]["cpu"][b][i] for b in baselines)
+                    for i, s in enumerate(r["rates"]["cpu"][reader]))
+        ok = "met" if ratio >= TARGET_SPEED_RATIO else "NOT met"
+        rows.append(f"| {r['label']} | {loader_name(reader, bool(resized))} | {cpu[reader]:,.1f} | "
+                    f"{1000 / cpu[reader]:.2f} | **{ratio:.1f}x** over {fastest} (worst round {worst:.1f}x) | "
+                    f"{wall[reader]:,.1f} | {wall[reader] / wall[fastest_wall]:.1f}x | "
+                    f"{f'>= {TARGET_SPEED_RATIO:.0f}x: {ok}' if reader == 'shards' else '(no target)'} |")
     for b in baselines:
         rows.append(f"| {r['label']} | {LOADER_NAMES[b]} | {cpu[b]:,.1f} | {1000 / cpu[b]:.2f} | "
                     f"{cpu['shards'] / cpu[b]:.1f}x | {wall[b]:,.1f} | {wall['shards'] / wall[b]:.1f}x | |")
@@ -291,6 +319,10 @@ def report(results: list[dict], seconds: float, memory: dict | None, cpu: int,
         lines += [f"| {r['label']} | source mp4s | {mp4 / 1e6:.2f} MB | {mp4 / total_s / 1e3:.1f} | 1.00 | |",
                   f"| {r['label']} | shards (.tar) | {tar / 1e6:.2f} MB | {tar / total_s / 1e3:.1f} | "
                   f"**{tar / mp4:.2f}** | <= {TARGET_SIZE_RATIO}x: {verdict(tar / mp4 <= TARGET_SIZE_RATIO)} |"]
+        for side, folder in r["resized"].items():
+            tar = sum(t.stat().st_size for t in folder.glob("*.tar"))
+            lines.append(f"| {r['label']} | shards (.tar), I-frames at short side {side} | {tar / 1e6:.2f} MB | "
+                         f"{tar / total_s / 1e3:.1f} | {tar / mp4:.2f} | |")
     lines.append("")
     if memory:
         lines += [
@@ -319,6 +351,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--long-gop", type=int, default=250,
                    help="also measure the clips re-encoded with this GOP (x264's default keyint; 0: skip)")
+    p.add_argument("--iframe-sizes", type=lambda v: sorted({int(x) for x in v.split(",")}, reverse=True),
+                   default=[IFRAME_SIDE], help=f"I-frame short sides to store and read, e.g. 256,224: sizes "
+                   f"other than {IFRAME_SIDE} (the default shards) get their own shards and rows")
     p.add_argument("--out-md", type=Path, help="also write the report as markdown to this file")
     return p.parse_args(argv)
 
@@ -329,10 +364,14 @@ def shard_urls(shards: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    videos, shards = build_dataset(args.cache_dir, args.num_videos, args.seconds)
+    videos = render_videos(args.cache_dir, args.num_videos, args.seconds)
+    shards = extract_shards(videos, videos[0].parent)
     datasets = [("24", videos, shards)]
     if args.long_gop:
         datasets.append((f"{args.long_gop} (re-encoded)", *long_gop_dataset(videos, args.long_gop)))
+    # before pinning: extraction uses 2 worker processes
+    resized = [{side: extract_shards(vids, vids[0].parent, side) for side in args.iframe_sizes if side != IFRAME_SIDE}
+               for _, vids, _ in datasets]
     allowed = sorted(os.sched_getaffinity(0))
     cpu = allowed[-1] if args.cpu is None else args.cpu
     os.sched_setaffinity(0, {cpu})
@@ -342,9 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, reason in missing.items():
         print(f"{name}: not measured ({reason})", file=sys.stderr)
     results = []
-    for label, vids, shard_dir in datasets:
-        rates = measure(vids, shard_urls(shard_dir), clip, args.rounds, args.epochs_per_round, rgb)
-        results.append({"label": label, "videos": vids, "shards": shard_dir, "rates": rates})
+    for (label, vids, shard_dir), other in zip(datasets, resized):
+        rates = measure(vids, shard_urls(shard_dir), clip, args.rounds, args.epochs_per_round, rgb,
+                        {side: shard_urls(folder) for side, folder in other.items()})
+        results.append({"label": label, "videos": vids, "shards": shard_dir, "rates": rates, "resized": other})
     memory = None if args.skip_memory else worker_memory(shard_urls(shards), clip, args.worker_batches)
     lines = report(results, args.seconds, memory, cpu, args, missing)
     print("\n".join(lines))

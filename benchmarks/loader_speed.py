@@ -20,7 +20,7 @@ I-frame pixels and field resampling, the reader's torch I-frame resize):
   into torch tensors (everything a DataLoader worker does).
 * **on the fly**: what a decode-at-train-time loader does per clip: open the mp4 with PyAV (one
   slice thread, ``+export_mvs``), seek to the keyframe before the clip, decode to the clip's last
-  frame, rasterise each clip frame's exported vectors onto the 8-px grid (mvmae's numba kernel with
+  frame, rasterise each clip frame's exported vectors onto the 8-px grid (mvmae's C kernel with
   the raw vectors: no reference resolution, so this is *cheaper* than what the shards hold), take
   the decoded I-frame nearest the clip centre as RGB, then crop/resample/resize as above. Only
   the I-frames decoded anyway are used (no extra decoding to reach a nearer one).
@@ -184,7 +184,7 @@ def measure(videos: list[Path], urls: str, clip: ClipConfig, rounds: int, epochs
     metas = {v: video_meta(v) for v in videos}
     resized = {f"shards_{side}": u for side, u in (resized or {}).items()}
     for u in (urls, *resized.values()):
-        reader_epochs(u, clip, 10_000, 1)  # warm-up: imports, numba cache, page cache
+        reader_epochs(u, clip, 10_000, 1)  # warm-up: imports, page cache
     on_the_fly_round(videos[:2], clip, np.random.default_rng(0))
     for fn in rgb.values():
         on_the_fly_round(videos[:2], clip, np.random.default_rng(0), fn, metas)

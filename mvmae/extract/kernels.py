@@ -94,10 +94,9 @@ def rasterize_blocks(x0, y0, bw, bh, velocity, height, width, grid):
     """
     h = (height + grid - 1) // grid
     w = (width + grid - 1) // grid
-    sums = np.zeros((2, h, w), np.float32)
-    area = np.zeros((h, w), np.float32)
+    sums = np.empty((2, h, w), np.float32)
     valid = np.empty((h, w), np.bool_)
     _kernels.rasterize_blocks(_int32(x0), _int32(y0), _int32(bw), _int32(bh),
                               np.ascontiguousarray(velocity, np.float32), int(height), int(width),
-                              int(grid), sums, area, valid)
+                              int(grid), np.zeros(3 * (h * w + 1), np.float32), sums, valid)
     return sums, valid

@@ -82,7 +82,7 @@ static inline void lattice(Lattice *l, const Luma *cur, int32_t x0, int32_t y0, 
 /* SAD over the lattice between the block in cur and ref displaced by (mx, my) px, rounded to the
  * nearest pixel and clamped to the picture. floor(p + m + 0.5) == p + floor(m + 0.5) for an
  * integer p: the rounding is done once per displacement, not per sample. */
-static int64_t sad(const Luma *cur, const Luma *ref, const Lattice *l, float mx, float my) {
+static int64_t sad(const Luma *cur, const Luma *ref, const Lattice *l, float mx, float my, int64_t limit) {
     Py_ssize_t hgt = cur->height, wid = cur->width;
     Py_ssize_t dx = (Py_ssize_t)floor((double)mx + 0.5), dy = (Py_ssize_t)floor((double)my + 0.5);
     Py_ssize_t rx[4];
@@ -95,6 +95,7 @@ static int64_t sad(const Luma *cur, const Luma *ref, const Lattice *l, float mx,
             int32_t diff = (int32_t)crow[wrap(l->px[b], wid)] - (int32_t)rrow[rx[b]];
             total += diff < 0 ? -diff : diff;
         }
+        if (total >= limit) break; /* it cannot beat the best so far: the rest does not matter */
     }
     return total;
 }
@@ -205,7 +206,7 @@ static PyObject *resolve_blocks(PyObject *self, PyObject *args) {
                 best_d = d;
                 break;
             }
-            int64_t s = sad(&cur, &refs[c], &lat, mx, my);
+            int64_t s = sad(&cur, &refs[c], &lat, mx, my, best_sad < 0 ? INT64_MAX : best_sad);
             if (best_sad < 0 || s < best_sad) {
                 best_d = d;
                 best_sad = s;

@@ -356,8 +356,10 @@ class _FrameStream:
         else:
             refs = [self.ref_luma[d] for d in self._window(item.decode_index) if d in self.ref_luma]
             velocity, ok = resolve_velocity(item.blocks, item.luma, item.rank, refs)
-            blocks = item.blocks if ok.all() else subset_blocks(item.blocks, ok)
-            mv, valid = self._rasterize(blocks, velocity[:, ok])
+            if ok.all():
+                mv, valid = self._rasterize(item.blocks, velocity)
+            else:
+                mv, valid = self._rasterize(subset_blocks(item.blocks, ok), velocity[:, ok])
         return FrameField(item.index, item.frame_type, mv, valid, item.iframe, item.picture, item.pts,
                           item.decode_index, item.corrupt)
 

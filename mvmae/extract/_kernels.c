@@ -65,9 +65,13 @@ static inline Py_ssize_t clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) {
 }
 
 /* The 4x4 lattice of a block (1/8, 3/8, 5/8, 7/8 of its edges), clamped to the picture's last
- * row and column; a negative coordinate counts from the end, as numpy indexes. */
+ * row and column: px, py as displaced into a reference; the block's own samples, where a
+ * negative coordinate counts from the end (as numpy indexes), as the rows and columns of ``cur``
+ * they read (computed once per block, not once per candidate). */
 typedef struct {
     Py_ssize_t px[4], py[4];
+    const uint8_t *cur_row[4];
+    Py_ssize_t cur_col[4];
 } Lattice;
 
 static inline void lattice(Lattice *l, const Luma *cur, int32_t x0, int32_t y0, int32_t bw, int32_t bh) {
@@ -76,6 +80,8 @@ static inline void lattice(Lattice *l, const Luma *cur, int32_t x0, int32_t y0, 
         Py_ssize_t px = x0 + (Py_ssize_t)((bw * (2 * a + 1)) / 8);
         l->py[a] = py > cur->height - 1 ? cur->height - 1 : py;
         l->px[a] = px > cur->width - 1 ? cur->width - 1 : px;
+        l->cur_row[a] = cur->data + wrap(l->py[a], cur->height) * cur->row_stride;
+        l->cur_col[a] = wrap(l->px[a], cur->width);
     }
 }
 
@@ -91,10 +97,9 @@ static int64_t sad(const Luma *cur, const Luma *ref, const Lattice *l, float mx,
     for (int b = 0; b < 4; b++) rx[b] = clamp(l->px[b] + dx, 0, wid - 1);
     int64_t total = 0;
     for (int a = 0; a < 4; a++) {
-        const uint8_t *crow = cur->data + wrap(l->py[a], hgt) * cur->row_stride;
         const uint8_t *rrow = ref->data + clamp(l->py[a] + dy, 0, hgt - 1) * ref->row_stride;
         for (int b = 0; b < 4; b++) {
-            int32_t diff = (int32_t)crow[wrap(l->px[b], wid)] - (int32_t)rrow[rx[b]];
+            int32_t diff = (int32_t)l->cur_row[a][l->cur_col[b]] - (int32_t)rrow[rx[b]];
             total += diff < 0 ? -diff : diff;
             if (total >= limit) return total; /* it cannot beat the best so far */
         }
@@ -200,7 +205,6 @@ static PyObject *resolve_blocks(PyObject *self, PyObject *args) {
         float best_d = 0;
         int64_t best_sad = -1;
         Lattice lat;
-        if (num_side[side] > 1) lattice(&lat, &cur, x0[i], y0[i], bw[i], bh[i]);
         for (Py_ssize_t c = 0; c < num_refs; c++) {
             float d = distances[c];
             if ((d > 0) != (side == 1)) continue;
@@ -208,6 +212,7 @@ static PyObject *resolve_blocks(PyObject *self, PyObject *args) {
                 best_d = d;
                 break;
             }
+            if (best_sad < 0) lattice(&lat, &cur, x0[i], y0[i], bw[i], bh[i]); /* the first SAD */
             int64_t s = sad(&cur, &refs[c], &lat, mx, my, best_sad < 0 ? INT64_MAX : best_sad);
             if (best_sad < 0 || s < best_sad) {
                 best_d = d;
